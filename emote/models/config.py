@@ -1,0 +1,263 @@
+"""Model configuration: frozen dataclasses, one preset per size of the one EMO architecture.
+
+A config is validated once, when built, and saved beside every artifact made
+from it (checkpoint, bundle manifest). It holds no torch: the runtime reads it
+from the manifest to know shapes, frame counts and sampler defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLE_RATE = 16_000  # wav2vec2's input rate, Hz
+VAE_SCALE_FACTOR = 8  # SD's AutoencoderKL: three 2x downsamplings
+VAE_SCALING = 0.18215  # SD's latent scaling constant (latents = mean * 0.18215)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The SD-style UNet shared by the ReferenceNet and the backbone (diffusers parameter names).
+
+    `attention_levels[i]` says whether level i is a CrossAttn block (SD1.5: all
+    but the deepest). `num_heads` is SD's legacy `attention_head_dim` (a head count).
+    """
+
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    attention_levels: tuple[bool, ...] = (True, True, True, False)
+    layers_per_block: int = 2
+    num_heads: int = 8
+    cross_attention_dim: int = 768  # attn2 context: audio tokens in the backbone
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    in_channels: int = 4
+    out_channels: int = 4
+    # EMO additions (backbone only; the ReferenceNet never has them)
+    temporal_heads: int = 8
+    temporal_max_len: int = 32  # positional-encoding table length (AnimateDiff: 32)
+    speed_dim: int = 0  # 0: no speed layers; else the speed tokens' width
+
+    def __post_init__(self) -> None:
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError("attention_levels needs one entry per block_out_channels level")
+        for c in self.block_out_channels:
+            if c % self.norm_num_groups or c % self.num_heads or c % self.temporal_heads:
+                raise ValueError(
+                    f"channel count {c} must divide by norm_num_groups={self.norm_num_groups}, "
+                    f"num_heads={self.num_heads} and temporal_heads={self.temporal_heads}"
+                )
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """diffusers AutoencoderKL arguments; 2**(levels-1) must be the /8 of SD."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    latent_channels: int = 4
+
+    def __post_init__(self) -> None:
+        if 2 ** (len(self.block_out_channels) - 1) != VAE_SCALE_FACTOR:
+            raise ValueError(f"the VAE must downsample by {VAE_SCALE_FACTOR}: give 4 levels")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """wav2vec2 (transformers Wav2Vec2Config fields) and the per-frame projection to tokens."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: int = 512  # all seven feature-extractor convs
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    do_normalize: bool = True  # zero-mean unit-variance per window, as Wav2Vec2FeatureExtractor
+    window: int = 2  # m: neighbours each side of a frame (EMO: 2, so 5 frames)
+    tokens: int = 32  # audio tokens per video frame (Hallo's context_tokens)
+    proj_hidden: int = 512  # Hallo's intermediate_dim
+    left_context: int = 8  # frames of audio before a clip fed to wav2vec2 (0.32 s at 25 fps)
+
+    @property
+    def right_context(self) -> int:
+        return self.window  # the look-ahead a clip waits for: its last frame's right neighbours
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One preset: the whole model and its clip geometry."""
+
+    name: str
+    unet: UNetConfig
+    vae: VAEConfig
+    audio: AudioConfig
+    resolution: int = 512  # pixels, square
+    frames: int = 12  # f: frames generated per clip
+    motion_frames: int = 4  # n: previous frames fed back per clip
+    fps: int = 25
+    face_locator_channels: tuple[int, ...] = (16, 32, 64, 128)
+    face_locator_in_channels: int = 1  # the face mask
+    speed_buckets: int = 9  # D: tanh speed buckets
+    speed_tokens: int = 2  # tokens per frame the temporal layers attend to
+    speed_default: float = 0.3  # the constant head speed used at inference (normalised 0..1)
+    # sampler defaults (the runtime's fast default and the published baseline)
+    sampler: str = "dpmpp_2m"
+    steps: int = 4
+    guidance_scale: float = 3.5
+    guidance_steps: int | None = None
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+    zero_snr: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.resolution % (VAE_SCALE_FACTOR * 2 ** (len(self.unet.block_out_channels) - 1)):
+            raise ValueError(f"resolution {self.resolution} must divide by the VAE and UNet downsampling")
+        if SAMPLE_RATE % self.fps:
+            raise ValueError(f"fps {self.fps} must divide {SAMPLE_RATE} (one frame = a whole number of samples)")
+        if self.motion_frames + self.frames > self.unet.temporal_max_len:
+            raise ValueError("motion_frames + frames exceed the temporal positional encoding")
+        if self.unet.speed_dim and self.speed_buckets < 1:
+            raise ValueError("speed layers need speed_buckets >= 1")
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // VAE_SCALE_FACTOR
+
+    @property
+    def samples_per_frame(self) -> int:
+        return SAMPLE_RATE // self.fps  # 640 at 25 fps
+
+    @property
+    def audio_window_frames(self) -> int:
+        """Frames of audio one clip's encoder call sees: left context + clip + look-ahead."""
+        return self.audio.left_context + self.frames + self.audio.right_context
+
+    @property
+    def audio_window_samples(self) -> int:
+        return self.audio_window_frames * self.samples_per_frame
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        tuples = lambda sub, keys: {k: tuple(v) if k in keys else v for k, v in sub.items()}  # noqa: E731
+        unet = UNetConfig(**tuples(d.pop("unet"), {"block_out_channels", "attention_levels"}))
+        vae = VAEConfig(**tuples(d.pop("vae"), {"block_out_channels"}))
+        audio = AudioConfig(**d.pop("audio"))
+        if "face_locator_channels" in d:
+            d["face_locator_channels"] = tuple(d["face_locator_channels"])
+        return cls(unet=unet, vae=vae, audio=audio, **d)
+
+
+def _tiny() -> ModelConfig:
+    return ModelConfig(
+        name="tiny",
+        unet=UNetConfig(
+            block_out_channels=(32, 64),
+            attention_levels=(True, False),
+            layers_per_block=1,
+            num_heads=2,
+            cross_attention_dim=32,
+            norm_num_groups=8,
+            temporal_heads=2,
+            temporal_max_len=16,
+            speed_dim=16,
+        ),
+        vae=VAEConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4),
+        audio=AudioConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=32,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            tokens=4,
+            proj_hidden=64,
+            left_context=4,
+        ),
+        resolution=64,
+        frames=4,
+        motion_frames=2,
+        face_locator_channels=(8, 8, 16, 16),
+        speed_buckets=5,
+        sampler="dpmpp_2m",
+        steps=4,
+        guidance_scale=2.0,
+    )
+
+
+def _demo() -> ModelConfig:
+    # Sized for real time on a 2-core CPU (DESIGN.md: ~4 GFLOP per frame all in).
+    return ModelConfig(
+        name="demo",
+        unet=UNetConfig(
+            block_out_channels=(64, 128, 128),
+            attention_levels=(True, True, False),
+            layers_per_block=1,
+            num_heads=4,
+            cross_attention_dim=64,
+            norm_num_groups=16,
+            temporal_heads=4,
+            temporal_max_len=16,
+            speed_dim=32,
+        ),
+        vae=VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
+        audio=AudioConfig(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            conv_dim=64,
+            num_conv_pos_embeddings=32,
+            num_conv_pos_embedding_groups=8,
+            tokens=8,
+            proj_hidden=128,
+            left_context=8,
+        ),
+        resolution=128,
+        frames=8,
+        motion_frames=2,
+        face_locator_channels=(16, 16, 32, 32),
+        speed_buckets=9,
+        sampler="dpmpp_2m",
+        steps=4,
+        guidance_scale=2.5,
+        guidance_steps=1,
+    )
+
+
+def _emo_sd15() -> ModelConfig:
+    # EMO's published configuration: SD1.5 UNet, SD VAE, wav2vec2-base, 12 + 4 frames, DDIM 40.
+    return ModelConfig(
+        name="emo-sd15",
+        unet=UNetConfig(speed_dim=768),
+        vae=VAEConfig(),
+        audio=AudioConfig(),
+        resolution=512,
+        frames=12,
+        motion_frames=4,
+        sampler="ddim",
+        steps=40,
+        guidance_scale=3.5,
+    )
+
+
+PRESETS = {"tiny": _tiny, "demo": _demo, "emo-sd15": _emo_sd15}
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset; an unknown name is a ValueError listing the valid ones."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,145 @@
+"""The PyTorch reference pipeline: EMO's inference as published, eager, fp32.
+
+It is the baseline of every speed and fidelity figure, so it is written to be
+right, not fast: diffusers' schedulers do the sampling (an independent oracle for
+the runtime's coefficient tables), and every projection of the conditioning is
+recomputed inside each step as an eager implementation with attention hooks does
+(ReferenceNet once per clip, keys/values per step). Clip planning, audio windows
+and noise come from ``emote.runtime.clips`` so that the runtime cuts the same clips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..runtime.clips import ClipPlan, audio_window, clip_noise
+from .emo import ClipCondition, EMOModel
+
+FAMILIES = ("ddim", "dpmpp_2m", "euler", "lcm")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Sampler settings shared by the reference pipeline and the runtime."""
+
+    family: str = "ddim"
+    steps: int = 40
+    guidance_scale: float = 3.5
+    guidance_steps: int | None = None  # guide only the first k steps (None: all)
+    prediction_type: str = "epsilon"
+    spacing: str = "leading"
+    zero_snr: bool = False
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown sampler {self.family!r}: one of {', '.join(FAMILIES)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def guided(self, step: int) -> bool:
+        return self.guidance_scale > 1.0 and (self.guidance_steps is None or step < self.guidance_steps)
+
+
+def diffusers_scheduler(spec: SamplerSpec):
+    """The diffusers scheduler of ``spec`` with SD's training schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
+
+    common = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=spec.prediction_type,
+        timestep_spacing=spec.spacing,
+        steps_offset=1,
+        rescale_betas_zero_snr=spec.zero_snr,
+    )
+    if spec.family == "ddim":
+        return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **common)
+    if spec.family == "dpmpp_2m":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+    if spec.family == "euler":
+        return EulerDiscreteScheduler(**common)
+    return LCMScheduler(**common)
+
+
+def to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class ReferencePipeline:
+    """``pipe(image, mask, audio) -> frames``: one portrait and 16 kHz audio to uint8 video frames."""
+
+    def __init__(self, model: EMOModel, sampler: SamplerSpec | None = None):
+        self.model = model.eval()
+        self.sampler = sampler or SamplerSpec(guidance_scale=model.config.guidance_scale)
+        if self.sampler.family == "lcm":
+            raise ValueError("the reference pipeline draws no per-step noise: LCM runs in the runtime only")
+
+    def plan(self, n_samples: int) -> ClipPlan:
+        c = self.model.config
+        return ClipPlan.for_samples(
+            n_samples,
+            clip_frames=c.frames,
+            motion_frames=c.motion_frames,
+            fps=c.fps,
+            left_context=c.audio.left_context,
+            lookahead=c.audio.right_context,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        audio: np.ndarray,
+        *,
+        seed: int = 0,
+        speed: float | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8."""
+        m, cfg, spec = self.model, self.model.config, self.sampler
+        plan = self.plan(len(audio))
+        f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size
+        speed_t = torch.full((f,), cfg.speed_default if speed is None else speed)
+        face_mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+        ref_latent = m.encode_image(to_pixels(image[None]))
+        motion_latents = torch.zeros(n, 4, h, h)  # the first clip has no previous frames
+        out = np.empty((plan.frames, cfg.resolution, cfg.resolution, 3), np.uint8)
+
+        bar = tqdm(total=plan.clips * spec.steps, desc="reference", unit="step", disable=not progress)
+        for c in range(plan.clips):
+            tokens = m.encode_audio(torch.from_numpy(audio_window(audio, plan, c)))
+            ref_tokens = m.reference_net.features(ref_latent).tokens
+            motion_hidden = m.reference_net.features(motion_latents).hidden
+            speed_tokens = m.speed_encoder(speed_t) if m.speed_encoder is not None else None
+            face = m.face_locator(face_mask)
+
+            scheduler = diffusers_scheduler(spec)
+            scheduler.set_timesteps(spec.steps)
+            x = torch.from_numpy(clip_noise(seed, c, (f, 4, h, h))) * scheduler.init_noise_sigma
+            for i, t in enumerate(scheduler.timesteps):
+                # as published: every key/value projected again inside the step
+                clip = ClipCondition(
+                    audio=m.backbone.context_kv(tokens),
+                    motion=m.backbone.motion_kv(motion_hidden),
+                    speed=m.backbone.speed_kv(speed_tokens) if speed_tokens is not None else None,
+                    face=face,
+                )
+                ref = m.backbone.reference_kv(ref_tokens)
+                g = spec.guidance_scale if spec.guided(i) else None
+                eps = m.model_output(scheduler.scale_model_input(x, t), t.float(), ref, clip, g)
+                x = scheduler.step(eps, t, x).prev_sample
+                bar.update()
+            frames = m.decode_latents(x).numpy()
+            keep = plan.kept(c)
+            out[c * f : c * f + keep] = frames[:keep]
+            motion_latents = m.encode_image(to_pixels(frames[f - n :]))
+        bar.close()
+        return out

@@ -1,0 +1,497 @@
+"""The SD-style UNet of EMO: ReferenceNet and backbone in one definition (diffusers parameter names).
+
+Three modes of one class:
+- ``plain``: an SD UNet (``attn2`` on a context, output head); equal to diffusers'
+  ``UNet2DConditionModel`` with the same config, which the tests check;
+- ``reference``: the ReferenceNet: no temporal layers, no output head; returns the
+  input of every ``attn1`` (the reference tokens) and the hidden state at every place
+  where the backbone has a temporal layer (the motion-frame features);
+- ``backbone``: ``attn1`` keys/values extended by the reference tokens' keys/values,
+  ``attn2`` attends to the frame's audio tokens, AnimateDiff-style temporal layers
+  after every (resnet, attention) unit whose first attention joins the motion frames
+  along the frame axis and whose second attends to the speed tokens.
+
+Every conditioning tensor enters as a precomputed key/value pair (``StepCondition``),
+never through hooks or module state: the projections that do not depend on x_t are
+made once (``reference_kv``, ``audio_kv``, ``motion_kv``, ``speed_kv``) and the step
+only multiplies queries. Used by export and the PyTorch reference pipeline only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import UNetConfig
+
+KV = tuple[Tensor, Tensor]
+
+
+@dataclass
+class StepCondition:
+    """Keys/values the backbone attends to, one entry per layer in forward order.
+
+    ctx: ``attn2`` of every transformer block, (N or 1, M, C) each.
+    ref: extra ``attn1`` keys/values of every transformer block, (1, R, C); None: plain self-attention.
+    motion: motion-frame keys/values of every temporal layer, (hw, n, C); None: no motion frames.
+    speed: speed-token keys/values of every temporal layer, (f, S, C); None: no speed layers.
+    face: face-locator features added after ``conv_in``, (1, C0, h, w); None: none.
+    frames: f, the frames of one clip (the batch is G*f for G guidance branches).
+    """
+
+    ctx: list[KV]
+    ref: list[KV] | None = None
+    motion: list[KV] | None = None
+    speed: list[KV] | None = None
+    face: Tensor | None = None
+    frames: int = 1
+
+
+@dataclass
+class ReferenceFeatures:
+    """What the ReferenceNet returns: ``attn1`` inputs (B, hw, C) and temporal-layer inputs (B, C, h, w)."""
+
+    tokens: list[Tensor]
+    hidden: list[Tensor]
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding as diffusers' ``get_timestep_embedding`` with flip_sin_to_cos=True, shift 0."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, out)
+        self.linear_2 = nn.Linear(out, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class ResnetBlock2D(nn.Module):
+    def __init__(self, cin: int, cout: int, temb: int, groups: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (self.conv_shortcut(x) if self.conv_shortcut is not None else x) + h
+
+
+class Downsample2D(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+    """Multi-head scaled dot-product attention; k/v broadcast over q's batch when theirs is 1."""
+    b, n, c = q.shape
+    d = c // heads
+    k = k.expand(b, -1, -1)
+    v = v.expand(b, -1, -1)
+    q = q.reshape(b, n, heads, d).transpose(1, 2)
+    k = k.reshape(b, -1, heads, d).transpose(1, 2)
+    v = v.reshape(b, -1, heads, d).transpose(1, 2)
+    # the softmax stays in the graph as one op so that precision passes can pin it to fp32
+    w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (d**-0.5), dim=-1)
+    return torch.matmul(w, v).transpose(1, 2).reshape(b, n, c)
+
+
+class Attention(nn.Module):
+    """diffusers' ``Attention`` parameter layout (to_q, to_k, to_v, to_out.0), queries and keys split."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+
+    def kv(self, context: Tensor) -> KV:
+        return self.to_k(context), self.to_v(context)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return self.to_out[0](attend(self.to_q(x), k, v, self.heads))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention (+ reference keys/values), cross-attention (audio in the backbone), GEGLU MLP."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, h: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None) -> Tensor:
+        n = self.norm1(h)
+        if tokens_out is not None:
+            tokens_out.append(n)  # the ReferenceNet's reference feature: attn1's input
+        k, v = self.attn1.kv(n)
+        if ref is not None:
+            b = n.shape[0]
+            k = torch.cat([k, ref[0].expand(b, -1, -1)], dim=1)
+            v = torch.cat([v, ref[1].expand(b, -1, -1)], dim=1)
+        h = self.attn1(n, k, v) + h
+        h = self.attn2(self.norm2(h), *ctx) + h
+        return self.ff(self.norm3(h)) + h
+
+
+class Transformer2DModel(nn.Module):
+    """SD1.5's spatial transformer: GroupNorm, 1x1 conv in, one transformer block, 1x1 conv out."""
+
+    def __init__(self, c: int, heads: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.proj_in = nn.Conv2d(c, c, 1)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, heads, context_dim)])
+        self.proj_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None) -> Tensor:
+        b, c, hh, ww = x.shape
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        h = self.transformer_blocks[0](h, ctx, ref, tokens_out)
+        return self.proj_out(h.transpose(1, 2).reshape(b, c, hh, ww)) + x
+
+
+def sinusoid_table(length: int, dim: int) -> Tensor:
+    """AnimateDiff's temporal positional encoding, (1, length, dim)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, length, dim)
+    pe[0, :, 0::2] = torch.sin(pos * div)
+    pe[0, :, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        self.register_buffer("pe", sinusoid_table(max_len, dim))  # persistent: AnimateDiff checkpoints hold it
+
+
+class TemporalAttention(nn.Module):
+    """AnimateDiff's VersatileAttention parameter layout; temporal or per-frame cross-attention."""
+
+    def __init__(self, dim: int, heads: int, max_len: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.pos_encoder = PositionalEncoding(dim, max_len) if context_dim is None else None
+
+
+class TemporalTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, max_len: int, speed_dim: int):
+        super().__init__()
+        second = TemporalAttention(dim, heads, max_len, speed_dim or None)
+        self.attention_blocks = nn.ModuleList([TemporalAttention(dim, heads, max_len), second])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
+        self.ff = FeedForward(dim)
+        self.ff_norm = nn.LayerNorm(dim)
+
+
+class TemporalTransformer3DModel(nn.Module):
+    def __init__(self, c: int, heads: int, groups: int, max_len: int, speed_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.proj_in = nn.Linear(c, c)
+        self.transformer_blocks = nn.ModuleList([TemporalTransformerBlock(c, heads, max_len, speed_dim)])
+        self.proj_out = nn.Linear(c, c)
+
+
+class MotionModule(nn.Module):
+    """EMO's temporal layer (AnimateDiff motion-module names).
+
+    First attention: temporal self-attention over [motion frames, clip frames] at
+    each pixel; only the clip frames' queries are computed (their outputs are the
+    ones kept), so the motion frames' keys/values are a per-clip constant.
+    Second attention: each frame's pixels attend to that frame's speed tokens
+    (EMO's speed layers); with ``speed_dim=0`` it is AnimateDiff's second temporal
+    self-attention.
+    """
+
+    def __init__(self, c: int, heads: int, groups: int, max_len: int, speed_dim: int):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer3DModel(c, heads, groups, max_len, speed_dim)
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        """(B, C, h, w) -> (B, hw, C): per-frame GroupNorm then proj_in."""
+        tt = self.temporal_transformer
+        return tt.proj_in(tt.norm(x).flatten(2).transpose(1, 2))
+
+    def motion_kv(self, feats: Tensor) -> KV:
+        """Keys/values of the n motion frames, (hw, n, C): per clip, never per step."""
+        block = self.temporal_transformer.transformer_blocks[0]
+        attn = block.attention_blocks[0]
+        n = feats.shape[0]
+        m = block.norms[0](self._tokens(feats).transpose(0, 1))  # (hw, n, C)
+        m = m + attn.pos_encoder.pe[:, :n]
+        return attn.to_k(m), attn.to_v(m)
+
+    def speed_kv(self, tokens: Tensor) -> KV:
+        attn = self.temporal_transformer.transformer_blocks[0].attention_blocks[1]
+        return attn.to_k(tokens), attn.to_v(tokens)
+
+    def forward(self, x: Tensor, frames: int, motion: KV | None, speed: KV | None) -> Tensor:
+        tt = self.temporal_transformer
+        block = tt.transformer_blocks[0]
+        bf, c, hh, ww = x.shape
+        g, hw = bf // frames, hh * ww
+        h = self._tokens(x).reshape(g, frames, hw, c).transpose(1, 2).reshape(g * hw, frames, c)
+
+        a0, a1 = block.attention_blocks
+        offset = 0 if motion is None else motion[0].shape[1]
+        n = block.norms[0](h) + a0.pos_encoder.pe[:, offset : offset + frames]
+        k, v = a0.to_k(n), a0.to_v(n)
+        if motion is not None:
+            k = torch.cat([motion[0].repeat(g, 1, 1), k], dim=1)
+            v = torch.cat([motion[1].repeat(g, 1, 1), v], dim=1)
+        h = a0.to_out[0](attend(a0.to_q(n), k, v, a0.heads)) + h
+
+        n = block.norms[1](h)
+        if speed is not None:  # per-frame cross-attention: (g*hw, f, C) -> (g*f, hw, C)
+            q = n.reshape(g, hw, frames, c).transpose(1, 2).reshape(g * frames, hw, c)
+            k, v = (t.repeat(g, 1, 1) for t in speed)
+            o = attend(a1.to_q(q), k, v, a1.heads)
+            o = o.reshape(g, frames, hw, c).transpose(1, 2).reshape(g * hw, frames, c)
+        else:
+            n = n + a1.pos_encoder.pe[:, offset : offset + frames]
+            o = attend(a1.to_q(n), a1.to_k(n), a1.to_v(n), a1.heads)
+        h = a1.to_out[0](o) + h
+        h = block.ff(block.ff_norm(h)) + h
+
+        h = tt.proj_out(h).reshape(g, hw, frames, c).transpose(1, 2).reshape(bf, hw, c)
+        return h.transpose(1, 2).reshape(bf, c, hh, ww) + x
+
+
+class Block(nn.Module):
+    """One level of the UNet: resnets, optional attentions and motion modules, optional resampler."""
+
+    def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample):
+        super().__init__()
+        temb = cfg.block_out_channels[0] * 4
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.resnets = nn.ModuleList([ResnetBlock2D(c, cout, temb, g, eps) for c in cins])
+        if attention:
+            self.attentions = nn.ModuleList(
+                [Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g) for _ in cins]
+            )
+        if temporal:
+            self.motion_modules = nn.ModuleList(
+                [MotionModule(cout, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim) for _ in cins]
+            )
+        if resample == "down":
+            self.downsamplers = nn.ModuleList([Downsample2D(cout)])
+        elif resample == "up":
+            self.upsamplers = nn.ModuleList([Upsample2D(cout)])
+
+
+class MidBlock(nn.Module):
+    def __init__(self, cfg: UNetConfig, c: int, temporal: bool):
+        super().__init__()
+        temb = cfg.block_out_channels[0] * 4
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        self.attentions = nn.ModuleList([Transformer2DModel(c, cfg.num_heads, cfg.cross_attention_dim, g)])
+        self.resnets = nn.ModuleList([ResnetBlock2D(c, c, temb, g, eps) for _ in range(2)])
+        if temporal:
+            self.motion_modules = nn.ModuleList(
+                [MotionModule(c, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim)]
+            )
+
+
+MODES = ("plain", "reference", "backbone")
+
+
+class UNet(nn.Module):
+    """SD-style UNet; see the module docstring for the three modes."""
+
+    def __init__(self, cfg: UNetConfig, mode: str = "backbone"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown UNet mode {mode!r}: one of {MODES}")
+        self.cfg, self.mode = cfg, mode
+        temporal = mode == "backbone"
+        ch = cfg.block_out_channels
+        levels, lpb = len(ch), cfg.layers_per_block
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(ch[0], ch[0] * 4)
+
+        self.down_blocks = nn.ModuleList()
+        skips = [ch[0]]
+        cin = ch[0]
+        for i, cout in enumerate(ch):
+            last = i == levels - 1
+            cins = [cin] + [cout] * (lpb - 1)
+            self.down_blocks.append(
+                Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down")
+            )
+            skips += [cout] * lpb + ([] if last else [cout])
+            cin = cout
+        self.mid_block = MidBlock(cfg, ch[-1], temporal)
+
+        self.up_blocks = nn.ModuleList()
+        rev = list(reversed(ch))
+        prev = ch[-1]
+        for i, cout in enumerate(rev):
+            cins = []
+            for _ in range(lpb + 1):
+                cins.append(prev + skips.pop())
+                prev = cout
+            level = levels - 1 - i
+            self.up_blocks.append(
+                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None)
+            )
+        if mode != "reference":
+            self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+            self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    # -- layer inventories (forward order), used to name graph inputs -------------------
+    def transformer_blocks(self) -> list[BasicTransformerBlock]:
+        return [m for m in self.modules() if isinstance(m, BasicTransformerBlock)]
+
+    def motion_modules(self) -> list[MotionModule]:
+        return [m for m in self.modules() if isinstance(m, MotionModule)]
+
+    # -- per-video / per-clip projections (hoisted out of the step) --------------------
+    def reference_kv(self, tokens: list[Tensor]) -> list[KV]:
+        """attn1 keys/values of the reference tokens: once per video."""
+        return [blk.attn1.kv(t) for blk, t in zip(self.transformer_blocks(), tokens, strict=True)]
+
+    def context_kv(self, context: Tensor) -> list[KV]:
+        """attn2 keys/values of a context (audio tokens per frame in the backbone): once per clip."""
+        return [blk.attn2.kv(context) for blk in self.transformer_blocks()]
+
+    def motion_kv(self, hidden: list[Tensor]) -> list[KV]:
+        return [mm.motion_kv(h) for mm, h in zip(self.motion_modules(), hidden, strict=True)]
+
+    def speed_kv(self, tokens: Tensor) -> list[KV]:
+        return [mm.speed_kv(tokens) for mm in self.motion_modules()]
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x: Tensor, t: Tensor, cond: StepCondition) -> Tensor:
+        """Model output (eps or v) for x (G*f, C, h, w) at timestep t (a scalar or (N,) tensor)."""
+        if self.mode == "reference":
+            raise RuntimeError("the ReferenceNet has no output head: call features()")
+        h = self._walk(x, t, cond, None)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    def features(self, x: Tensor, context: Tensor | None = None) -> ReferenceFeatures:
+        """ReferenceNet: run at timestep 0 and collect attn1 inputs and temporal-layer inputs.
+
+        ``context`` feeds attn2 (EMO: none, so zeros: the layer then adds its output bias).
+        """
+        if context is None:
+            context = x.new_zeros(x.shape[0], 1, self.cfg.cross_attention_dim)
+        out = ReferenceFeatures([], [])
+        cond = StepCondition(ctx=self.context_kv(context), frames=x.shape[0])
+        self._walk(x, torch.zeros((), device=x.device), cond, out)
+        return out
+
+    def _walk(self, x: Tensor, t: Tensor, cond: StepCondition, out: ReferenceFeatures | None) -> Tensor:
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
+        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]))
+        h = self.conv_in(x)
+        if cond.face is not None:
+            h = h + cond.face
+        counters = [0, 0]  # transformer blocks, motion modules seen so far
+        tokens_out = out.tokens if out is not None else None
+
+        def attn(block_attn: Transformer2DModel, h: Tensor) -> Tensor:
+            i = counters[0]
+            counters[0] += 1
+            ref = cond.ref[i] if cond.ref is not None else None
+            return block_attn(h, cond.ctx[i], ref, tokens_out)
+
+        def temporal(block, j: int, h: Tensor) -> Tensor:
+            if out is not None:
+                out.hidden.append(h)
+            if not hasattr(block, "motion_modules"):
+                return h
+            i = counters[1]
+            counters[1] += 1
+            motion = cond.motion[i] if cond.motion is not None else None
+            speed = cond.speed[i] if cond.speed is not None else None
+            return block.motion_modules[j](h, cond.frames, motion, speed)
+
+        skips = [h]
+        for blk in self.down_blocks:
+            for j, res in enumerate(blk.resnets):
+                h = res(h, temb)
+                if hasattr(blk, "attentions"):
+                    h = attn(blk.attentions[j], h)
+                h = temporal(blk, j, h)
+                skips.append(h)
+            if hasattr(blk, "downsamplers"):
+                h = blk.downsamplers[0](h)
+                skips.append(h)
+
+        mid = self.mid_block
+        h = mid.resnets[0](h, temb)
+        h = attn(mid.attentions[0], h)
+        h = temporal(mid, 0, h)
+        h = mid.resnets[1](h, temb)
+
+        for blk in self.up_blocks:
+            for j, res in enumerate(blk.resnets):
+                h = res(torch.cat([h, skips.pop()], dim=1), temb)
+                if hasattr(blk, "attentions"):
+                    h = attn(blk.attentions[j], h)
+                h = temporal(blk, j, h)
+            if hasattr(blk, "upsamplers"):
+                h = blk.upsamplers[0](h)
+        return h

@@ -1,0 +1,90 @@
+"""Clip planning: how many frames an audio track makes, and which audio each clip sees.
+
+Pure integer arithmetic on sample counts (no float rounding surprises), shared by
+the runtime, the streaming path and the PyTorch reference pipeline so that all
+three cut the same clips from the same audio.
+
+- frames = round(samples x fps / 16000), halves rounded up: 0.1 s at 25 fps is
+  2.5 -> 3 frames, 7.3 s is 182.5 -> 183 frames.
+- clip c covers frames [c*f, c*f + f); the last clip is padded with silent audio
+  and its extra frames are dropped.
+- clip c's audio window is [c*f - L, c*f + f + m) frames (L frames of left context,
+  m = 2 frames of look-ahead), zero outside the track; so a stream can start clip c
+  as soon as sample (c*f + f + m) * 640 has arrived (25 fps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+def frame_count(samples: int, fps: int) -> int:
+    """round(samples / 16000 x fps), halves up, exactly."""
+    return (samples * fps + SAMPLE_RATE // 2) // SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    frames: int  # total video frames
+    clip_frames: int  # f
+    motion_frames: int  # n
+    fps: int
+    left_context: int  # L, audio frames before a clip
+    lookahead: int  # m, audio frames after a clip
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError("the audio is shorter than one video frame")
+
+    @classmethod
+    def for_samples(cls, samples: int, *, clip_frames: int, motion_frames: int, fps: int, left_context: int, lookahead: int) -> "ClipPlan":
+        return cls(frame_count(samples, fps), clip_frames, motion_frames, fps, left_context, lookahead)
+
+    @property
+    def samples_per_frame(self) -> int:
+        return SAMPLE_RATE // self.fps
+
+    @property
+    def clips(self) -> int:
+        return -(-self.frames // self.clip_frames)
+
+    @property
+    def window_samples(self) -> int:
+        return (self.left_context + self.clip_frames + self.lookahead) * self.samples_per_frame
+
+    def kept(self, clip: int) -> int:
+        """Frames of ``clip`` that are part of the video (the last clip is trimmed)."""
+        return min(self.clip_frames, self.frames - clip * self.clip_frames)
+
+    def window_range(self, clip: int) -> tuple[int, int]:
+        """Sample range [start, stop) of the clip's audio window (may reach outside the track)."""
+        start = (clip * self.clip_frames - self.left_context) * self.samples_per_frame
+        return start, start + self.window_samples
+
+    def samples_needed(self, clip: int) -> int:
+        """Samples that must have arrived before ``clip`` can start (its window's end)."""
+        return self.window_range(clip)[1]
+
+
+def audio_window(samples: np.ndarray, plan: ClipPlan, clip: int) -> np.ndarray:
+    """The clip's window of float32 samples, zero outside the track: shape (1, window_samples)."""
+    start, stop = plan.window_range(clip)
+    out = np.zeros(stop - start, dtype=np.float32)
+    lo, hi = max(start, 0), min(stop, len(samples))
+    if hi > lo:
+        out[lo - start : hi - start] = samples[lo:hi]
+    return out[None]
+
+
+def clip_noise(seed: int, clip: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The initial noise of one clip: standard normal float32, a pure function of (seed, clip)."""
+    return np.random.default_rng([seed, clip]).standard_normal(shape, dtype=np.float32)
+
+
+def step_noise(seed: int, clip: int, step: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise injected at a step by stochastic samplers (LCM), a pure function of (seed, clip, step)."""
+    return np.random.default_rng([seed, clip, step + 1]).standard_normal(shape, dtype=np.float32)

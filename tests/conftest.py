@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny models and inputs made at test time (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip cleanly on machines without an NVIDIA GPU and TensorRT."""
+    from emote.engines.probe import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT (run bench/gpu_check.sh on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from emote.models.config import preset
+
+    return preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    from emote.models.emo import build_model
+
+    return build_model(tiny_config, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tiny_config):
+    """A random portrait, a centred face mask and 1.2 s of speech-like noise."""
+    r = tiny_config.resolution
+    rng = np.random.default_rng(0)
+    image = (rng.random((r, r, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((r, r), np.float32)
+    mask[r // 4 : 3 * r // 4, r // 4 : 3 * r // 4] = 1.0
+    t = np.arange(int(1.2 * 16000)) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
+    return image, mask, audio
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model):
+    """The tiny model (seed 0) exported once for the whole session."""
+    from emote.export.bundle import export_bundle
+
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    return export_bundle(tiny_model, path, weights={"source": "random", "seed": 0}, progress=False)

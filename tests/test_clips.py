@@ -1,0 +1,69 @@
+"""Clip planning: frame counts, clip windows, motion frames carried, the last clip trimmed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emote.runtime.clips import ClipPlan, audio_window, frame_count
+
+
+@pytest.mark.parametrize("seconds, frames", [(0.1, 3), (1.0, 25), (7.3, 183)])
+def test_frame_count_rounds_halves_up(seconds, frames):
+    # 0.1 s x 25 = 2.5 -> 3 and 7.3 s x 25 = 182.5 -> 183: round half up on the exact sample count
+    assert frame_count(round(seconds * 16000), 25) == frames
+
+
+def test_frame_count_other_cases():
+    assert frame_count(639, 25) == 1  # 0.999 frames
+    assert frame_count(320, 25) == 1  # exactly half a frame rounds up
+    assert frame_count(319, 25) == 0
+
+
+def plan(seconds: float, f: int = 12, n: int = 4) -> ClipPlan:
+    return ClipPlan.for_samples(round(seconds * 16000), clip_frames=f, motion_frames=n, fps=25, left_context=8, lookahead=2)
+
+
+def test_last_clip_trimmed():
+    p = plan(7.3)
+    assert p.frames == 183 and p.clips == 16  # 15 full clips of 12 + 3 frames
+    assert [p.kept(c) for c in range(p.clips)] == [12] * 15 + [3]
+    assert sum(p.kept(c) for c in range(p.clips)) == p.frames
+
+
+def test_too_short_audio_is_an_error():
+    with pytest.raises(ValueError, match="shorter than one video frame"):
+        plan(0.001)
+
+
+def test_windows_cover_context_and_lookahead():
+    p = plan(2.0)
+    spf = 640
+    assert p.window_samples == (8 + 12 + 2) * spf
+    assert p.window_range(0) == (-8 * spf, 14 * spf)
+    assert p.window_range(1) == (4 * spf, 26 * spf)
+    # a stream may start clip 0 once 14 frames (12 + 2 look-ahead) of audio have arrived
+    assert p.samples_needed(0) == 14 * spf
+
+
+def test_audio_window_zero_pads_outside_the_track():
+    p = plan(1.0)
+    audio = np.arange(16000, dtype=np.float32) + 1
+    w0 = audio_window(audio, p, 0)[0]
+    assert w0.shape == (p.window_samples,)
+    assert np.all(w0[: 8 * 640] == 0) and w0[8 * 640] == 1  # left context before the start: silence
+    last = audio_window(audio, p, p.clips - 1)[0]
+    start, _ = p.window_range(p.clips - 1)
+    assert last[16000 - start - 1] == 16000 and np.all(last[16000 - start :] == 0)
+
+
+def test_motion_frames_carried(tiny_model, tiny_inputs):
+    """Clip c starts from clip c-1's last n frames: changing clip 0's noise changes clip 1."""
+    from emote.models.pipeline import ReferencePipeline, SamplerSpec
+
+    image, mask, audio = tiny_inputs
+    pipe = ReferencePipeline(tiny_model, SamplerSpec(steps=2, guidance_scale=1.0))
+    a = pipe(image, mask, audio[:16000], seed=0)
+    b = pipe(image, mask, audio[:16000], seed=1)
+    assert a.shape == (25, 64, 64, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a[:4], b[:4])
