@@ -1,0 +1,77 @@
+"""The one contract every backend meets; the runtime sees nothing else of an engine.
+
+A backend opens a bundle's graphs and allocates buffers. A graph is bound once to
+named buffers (``bind``) and the returned call runs it with no allocation and no
+copies (``call()``), so that the runtime can bind the per-clip outputs of one graph
+as the inputs of the next and replay the step loop over fixed buffers (ping-pong
+between two bindings). ``run`` is the convenience path for one-off calls.
+
+Buffers are numpy arrays on the CPU backends; device backends return objects with
+the same shape and dtype and copy through ``to_host``/``from_host``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Buffer = Any  # np.ndarray on CPU backends; a device allocation on GPU backends
+
+
+class Graph(ABC):
+    name: str
+    inputs: dict[str, tuple[tuple[int, ...], np.dtype]]
+    outputs: dict[str, tuple[tuple[int, ...], np.dtype]]
+
+    @abstractmethod
+    def bind(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> Callable[[], None]:
+        """A call that runs the graph reading ``inputs`` and writing ``outputs`` in place."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call with host arrays in and freshly allocated host arrays out (not for hot loops)."""
+        outs = {n: np.empty(shape, dtype) for n, (shape, dtype) in self.outputs.items()}
+        self.bind({k: np.ascontiguousarray(v) for k, v in feeds.items()}, outs)()
+        return outs
+
+
+class Backend(ABC):
+    """Opens graphs and owns their buffers; a context manager that frees what it holds."""
+
+    name: str
+
+    @abstractmethod
+    def load(self, name: str, path: Path) -> Graph: ...
+
+    def alloc(self, shape: tuple[int, ...], dtype: np.dtype | str) -> Buffer:
+        return np.zeros(shape, dtype)
+
+    def to_host(self, buf: Buffer) -> np.ndarray:
+        return buf
+
+    def from_host(self, buf: Buffer, array: np.ndarray) -> None:
+        np.copyto(buf, array, casting="no")
+
+    def synchronize(self) -> None:
+        """Wait for queued work (device backends); a no-op on the CPU."""
+
+    def close(self) -> None:
+        """Free sessions and buffers."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_feed(graph: str, name: str, expected: tuple[tuple[int, ...], np.dtype], buf: Buffer) -> None:
+    """Shape and dtype of a buffer against a graph's declared tensor: the failing tensor is named."""
+    shape, dtype = expected
+    if tuple(buf.shape) != tuple(shape) or np.dtype(buf.dtype) != np.dtype(dtype):
+        raise ValueError(
+            f"{graph}: tensor {name!r} is {np.dtype(buf.dtype).name}{list(buf.shape)}, expected {np.dtype(dtype).name}{list(shape)}"
+        )

@@ -1,0 +1,288 @@
+"""The bundle's graphs as torch modules with named, static inputs and outputs.
+
+One wrapper per ONNX file. Each knows its input specs (name, shape, dtype), so
+export, ``emote verify`` and the tests share one definition of every tensor that
+crosses a graph boundary. Images cross as uint8 NHWC (what users and video
+encoders have); the conversion to [-1, 1] floats happens inside the graphs.
+
+| graph              | inputs                                              | outputs                      |
+| ------------------ | --------------------------------------------------- | ---------------------------- |
+| audio_encoder      | audio (1, S)                                        | audio_tokens (f, T, D)       |
+| reference_net      | reference (1, H, W, 3) uint8                        | ref_k_i, ref_v_i             |
+| vae_encoder        | frames (n, H, W, 3) uint8                           | latents (n, 4, h, w)         |
+| clip_condition     | audio_tokens, motion_latents, face_mask, speed      | audio_k_i, audio_v_i, motion_k_j, motion_v_j, speed_k_j, speed_v_j, face |
+| denoise_step       | x, row, x0_prev, noise + all keys/values and face   | x_next, x0                   |
+| denoise_step_cond  | the same, without the unconditional branch          | x_next, x0                   |
+| vae_decoder        | latents (f, 4, h, w)                                | frames (f, H, W, 3) uint8    |
+
+The sampler row is ``emote.runtime.sampler.ROW``: (t, a_x, a_o, c_x, c_0, c_p, c_n, g).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..models.config import ModelConfig
+from ..models.emo import ClipCondition, EMOModel
+from ..runtime.sampler import ROW
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: float32, uint8, ...
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def layer_counts(model: EMOModel) -> tuple[int, int]:
+    """(transformer blocks, temporal layers) of the backbone: the number of K/V pairs of each kind."""
+    return len(model.backbone.transformer_blocks()), len(model.backbone.motion_modules())
+
+
+def to_pixels(frames: Tensor) -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
+    return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class Graph(nn.Module):
+    """A bundle graph: ``inputs()``/``outputs()`` name its tensors; forward takes them in order."""
+
+    name: str
+
+    def __init__(self, model: EMOModel):
+        super().__init__()
+        self.model = model
+        self.cfg: ModelConfig = model.config
+        self.blocks, self.temporal = layer_counts(model)
+
+    def inputs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def output_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Random inputs of the right shapes and ranges (for export tracing and parity checks)."""
+        out = {}
+        for s in self.inputs():
+            if s.dtype == "uint8":
+                out[s.name] = rng.integers(0, 256, s.shape, dtype=np.uint8)
+            elif s.name == "row":
+                out[s.name] = example_row(rng)
+            elif s.name in ("face_mask", "speed"):
+                out[s.name] = rng.random(s.shape, dtype=np.float32)
+            else:
+                out[s.name] = rng.standard_normal(s.shape, dtype=np.float32)
+        return out
+
+
+def example_row(rng: np.random.Generator) -> np.ndarray:
+    """A plausible sampler row: a DDIM step of eps-prediction at a random timestep."""
+    from ..runtime.sampler import make_sampler
+
+    table = make_sampler("ddim", 10, guidance_scale=2.5)
+    return table.rows[rng.integers(0, len(table.rows))].copy()
+
+
+class AudioEncoderGraph(Graph):
+    name = "audio_encoder"
+
+    def inputs(self):
+        return [TensorSpec("audio", (1, self.cfg.audio_window_samples), "float32")]
+
+    def output_names(self):
+        return ["audio_tokens"]
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.model.encode_audio(audio)
+
+
+class ReferenceGraph(Graph):
+    """Reference image -> VAE latent -> ReferenceNet -> the backbone's attn1 keys/values: once per video."""
+
+    name = "reference_net"
+
+    def inputs(self):
+        r = self.cfg.resolution
+        return [TensorSpec("reference", (1, r, r, 3), "uint8")]
+
+    def output_names(self):
+        return [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+
+    def forward(self, reference: Tensor) -> tuple[Tensor, ...]:
+        kv = self.model.reference(self.model.encode_image(to_pixels(reference)))
+        return tuple(t for pair in kv for t in pair)
+
+
+class VAEEncoderGraph(Graph):
+    """The previous clip's last n frames -> motion latents: once per clip."""
+
+    name = "vae_encoder"
+
+    def inputs(self):
+        r = self.cfg.resolution
+        return [TensorSpec("frames", (self.cfg.motion_frames, r, r, 3), "uint8")]
+
+    def output_names(self):
+        return ["latents"]
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.model.encode_image(to_pixels(frames))
+
+
+class VAEDecoderGraph(Graph):
+    name = "vae_decoder"
+
+    def inputs(self):
+        h = self.cfg.latent_size
+        return [TensorSpec("latents", (self.cfg.frames, 4, h, h), "float32")]
+
+    def output_names(self):
+        return ["frames"]
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.model.decode_latents(latents)
+
+
+def clip_output_names(blocks: int, temporal: int, speed: bool) -> list[str]:
+    names = [f"audio_{kv}_{i}" for i in range(blocks) for kv in "kv"]
+    names += [f"motion_{kv}_{j}" for j in range(temporal) for kv in "kv"]
+    if speed:
+        names += [f"speed_{kv}_{j}" for j in range(temporal) for kv in "kv"]
+    return names + ["face"]
+
+
+class ClipConditionGraph(Graph):
+    """Audio tokens, motion latents, face mask, speed -> every per-clip key/value: once per clip."""
+
+    name = "clip_condition"
+
+    def inputs(self):
+        c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
+        return [
+            TensorSpec("audio_tokens", (f, c.audio.tokens, c.unet.cross_attention_dim), "float32"),
+            TensorSpec("motion_latents", (c.motion_frames, 4, h, h), "float32"),
+            TensorSpec("face_mask", (1, c.face_locator_in_channels, c.resolution, c.resolution), "float32"),
+            TensorSpec("speed", (f,), "float32"),
+        ]
+
+    def output_names(self):
+        return clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim))
+
+    def forward(self, audio_tokens, motion_latents, face_mask, speed) -> tuple[Tensor, ...]:
+        cc = self.model.clip_condition(audio_tokens, motion_latents, face_mask, speed)
+        out = [t for pair in cc.audio for t in pair] + [t for pair in cc.motion for t in pair]
+        if cc.speed is not None:
+            out += [t for pair in cc.speed for t in pair]
+        return tuple(out) + (cc.face,)
+
+
+class DenoiseStepGraph(Graph):
+    """One whole denoising step: model (+ guidance), then the solver update in fp32.
+
+    x0      = a_x x + a_o out
+    x_next  = c_x x + c_0 x0 + c_p x0_prev + c_n noise
+    ``guided``: out = out_u + g (out_c - out_u), the unconditional branch's audio
+    keys/values baked in as constants; else the conditional branch alone.
+    """
+
+    def __init__(self, model: EMOModel, guided: bool):
+        super().__init__(model)
+        self.guided = guided
+        self.name = "denoise_step" if guided else "denoise_step_cond"
+        if guided:
+            with torch.no_grad():
+                uncond = model.uncond_audio_kv()
+            for i, (k, v) in enumerate(uncond):
+                self.register_buffer(f"uncond_k_{i}", k.clone(), persistent=False)
+                self.register_buffer(f"uncond_v_{i}", v.clone(), persistent=False)
+
+    def inputs(self):
+        c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
+        latent = (f, 4, h, h)
+        specs = [
+            TensorSpec("x", latent, "float32"),
+            TensorSpec("row", (len(ROW),), "float32"),
+            TensorSpec("x0_prev", latent, "float32"),
+            TensorSpec("noise", latent, "float32"),
+        ]
+        kv_shapes = self.kv_shapes()
+        specs += [TensorSpec(n, kv_shapes[n], "float32") for n in self.kv_names()]
+        return specs
+
+    def kv_names(self) -> list[str]:
+        names = [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+        return names + clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim))
+
+    def kv_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the per-video and per-clip tensors, read off the model on the meta device."""
+        return condition_shapes(self.model)
+
+    def output_names(self):
+        return ["x_next", "x0"]
+
+    def forward(self, x, row, x0_prev, noise, *cond) -> tuple[Tensor, Tensor]:
+        b, t_ = self.blocks, self.temporal
+        ref = [(cond[2 * i], cond[2 * i + 1]) for i in range(b)]
+        rest = cond[2 * b :]
+        audio = [(rest[2 * i], rest[2 * i + 1]) for i in range(b)]
+        rest = rest[2 * b :]
+        motion = [(rest[2 * j], rest[2 * j + 1]) for j in range(t_)]
+        rest = rest[2 * t_ :]
+        speed = None
+        if self.cfg.unet.speed_dim:
+            speed = [(rest[2 * j], rest[2 * j + 1]) for j in range(t_)]
+            rest = rest[2 * t_ :]
+        (face,) = rest
+        clip = ClipCondition(audio=audio, motion=motion, speed=speed, face=face)
+        t = row[0:1]
+        if self.guided:
+            uncond = [(getattr(self, f"uncond_k_{i}"), getattr(self, f"uncond_v_{i}")) for i in range(b)]
+            out = self.model.model_output(x, t, ref, clip, row[7], uncond)
+        else:
+            out = self.model.model_output(x, t, ref, clip, None)
+        out = out.float()  # the solver update stays fp32 whatever the backbone's precision
+        x0 = row[1] * x + row[2] * out
+        x_next = row[3] * x + row[4] * x0 + row[5] * x0_prev + row[6] * noise
+        return x_next, x0
+
+
+_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def condition_shapes(model: EMOModel) -> dict[str, tuple[int, ...]]:
+    """Shape of every reference and clip-condition output, by running those graphs on the meta device."""
+    cfg = model.config
+    key = cfg.to_json()
+    if key not in _SHAPES:
+        from ..models.emo import build_model
+
+        meta = build_model(cfg, device="meta")
+        shapes = {}
+        with torch.no_grad():
+            for g in (ReferenceGraph(meta), ClipConditionGraph(meta)):
+                args = [torch.empty(s.shape, dtype=getattr(torch, s.dtype), device="meta") for s in g.inputs()]
+                outs = g(*args)
+                shapes.update({n: tuple(o.shape) for n, o in zip(g.output_names(), outs, strict=True)})
+        _SHAPES[key] = shapes
+    return _SHAPES[key]
+
+
+def all_graphs(model: EMOModel) -> list[Graph]:
+    """Every graph of a bundle, in the order the runtime first uses them."""
+    return [
+        AudioEncoderGraph(model),
+        ReferenceGraph(model),
+        VAEEncoderGraph(model),
+        ClipConditionGraph(model),
+        DenoiseStepGraph(model, guided=True),
+        DenoiseStepGraph(model, guided=False),
+        VAEDecoderGraph(model),
+    ]

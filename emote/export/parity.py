@@ -1,0 +1,165 @@
+"""Parity: every graph of a bundle against its PyTorch module, on random and on real inputs.
+
+``compare`` is the reusable core (two dicts of arrays -> one row per output with
+max abs error, max relative error and SQNR); ``verify_bundle`` runs each graph in
+a backend and in PyTorch on the same inputs. Definitions:
+- relative error = max |got - ref| / max |ref| (norm-wise: element-wise ratios explode near 0);
+- SQNR = 10 log10(sum ref^2 / sum (got - ref)^2) dB (inf when equal).
+Tolerances per precision are in ``TOLERANCES``; uint8 image outputs may differ by
+one level where a value sits on a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engines.base import Backend
+from ..models.emo import EMOModel
+from ..runtime.manifest import Bundle
+from .graphs import Graph, all_graphs
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_rel: float | None  # None: not checked
+    min_sqnr_db: float
+    max_uint8_levels: int = 1
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_rel=1e-3, min_sqnr_db=60.0),
+    "fp16": Tolerance(max_rel=None, min_sqnr_db=35.0, max_uint8_levels=8),
+    "bf16": Tolerance(max_rel=None, min_sqnr_db=25.0, max_uint8_levels=16),
+    "int8": Tolerance(max_rel=None, min_sqnr_db=20.0, max_uint8_levels=32),
+}
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    graph: str
+    output: str
+    inputs: str  # "random" or "real"
+    max_abs: float
+    max_rel: float
+    sqnr_db: float
+    ok: bool
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return (
+            f"{mark} {self.graph:<18} {self.output:<16} {self.inputs:<6} "
+            f"max_abs {self.max_abs:9.3g}  max_rel {self.max_rel:9.3g}  sqnr {self.sqnr_db:7.1f} dB"
+        )
+
+
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    noise = float(np.sum((got - ref) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def psnr_db(ref: np.ndarray, got: np.ndarray, peak: float = 255.0) -> float:
+    mse = float(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
+
+
+def compare(graph: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str = "fp32", inputs: str = "random") -> list[ParityRow]:
+    tol = TOLERANCES[precision]
+    rows = []
+    for name, r in ref.items():
+        g = got[name]
+        if g.shape != r.shape:
+            rows.append(ParityRow(graph, name, inputs, math.inf, math.inf, -math.inf, False))
+            continue
+        diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(np.abs(r.astype(np.float64)).max()) if r.size else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+        s = sqnr_db(r, g)
+        if r.dtype == np.uint8:
+            ok = max_abs <= tol.max_uint8_levels and s >= min(tol.min_sqnr_db, 40.0)
+        else:
+            ok = s >= tol.min_sqnr_db and (tol.max_rel is None or max_rel <= tol.max_rel)
+        rows.append(ParityRow(graph, name, inputs, max_abs, max_rel, s, ok))
+    return rows
+
+
+def torch_outputs(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    graph.eval()
+    args = [torch.from_numpy(feeds[s.name]) for s in graph.inputs()]
+    with torch.no_grad():
+        out = graph(*args)
+    out = out if isinstance(out, tuple) else (out,)
+    return {n: o.numpy() for n, o in zip(graph.output_names(), out, strict=True)}
+
+
+def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
+    """Inputs of every graph made from the example portrait and speech, chained as the pipeline would."""
+    from ..demo import example_inputs
+    from ..runtime.clips import audio_window
+    from ..runtime.sampler import make_sampler
+    from .graphs import AudioEncoderGraph, ClipConditionGraph, ReferenceGraph, VAEEncoderGraph
+
+    cfg = model.config
+    portrait, audio = example_inputs(cfg.resolution)
+    from ..models.pipeline import ReferencePipeline
+
+    plan = ReferencePipeline(model).plan(len(audio))
+    n, f = cfg.motion_frames, cfg.frames
+    feeds: dict[str, dict[str, np.ndarray]] = {}
+    feeds["audio_encoder"] = {"audio": audio_window(audio, plan, min(1, plan.clips - 1))}
+    feeds["reference_net"] = {"reference": portrait.image[None]}
+    feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], n, axis=0)}
+    tokens = torch_outputs(AudioEncoderGraph(model), feeds["audio_encoder"])["audio_tokens"]
+    latents = torch_outputs(VAEEncoderGraph(model), feeds["vae_encoder"])["latents"]
+    feeds["clip_condition"] = {
+        "audio_tokens": tokens,
+        "motion_latents": latents,
+        "face_mask": portrait.mask[None, None].astype(np.float32),
+        "speed": np.full((f,), cfg.speed_default, np.float32),
+    }
+    cond = torch_outputs(ClipConditionGraph(model), feeds["clip_condition"])
+    cond.update(torch_outputs(ReferenceGraph(model), feeds["reference_net"]))
+    table = make_sampler("ddim", 10, guidance_scale=cfg.guidance_scale)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(latents.shape[1:], dtype=np.float32)
+    step = {"x": np.broadcast_to(x, (f, *x.shape)).copy(), "row": table.rows[3], "x0_prev": np.repeat(latents[:1], f, 0),
+            "noise": np.zeros((f, *x.shape), np.float32), **cond}
+    feeds["denoise_step"] = step
+    feeds["denoise_step_cond"] = step
+    feeds["vae_decoder"] = {"latents": np.repeat(latents[:1], f, axis=0)}
+    return feeds
+
+
+def verify_bundle(
+    bundle_path: str | Path,
+    model: EMOModel,
+    backend: Backend,
+    precision: str = "fp32",
+    inputs: tuple[str, ...] = ("random", "real"),
+    graphs: list[str] | None = None,
+) -> list[ParityRow]:
+    """Every graph of the bundle in ``backend`` against ``model`` in PyTorch; one row per output."""
+    bundle = Bundle.open(bundle_path)
+    real = real_inputs(model) if "real" in inputs else {}
+    rows: list[ParityRow] = []
+    for g in all_graphs(model):
+        if graphs and g.name not in graphs:
+            continue
+        engine = backend.load(g.name, bundle.graph_path(g.name, precision))
+        for kind in inputs:
+            feeds = g.example(np.random.default_rng(7)) if kind == "random" else real[g.name]
+            ref = torch_outputs(g, feeds)
+            got = engine.run({k: feeds[k] for k in engine.inputs})
+            rows += compare(g.name, ref, got, precision, kind)
+    return rows

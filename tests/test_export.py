@@ -1,0 +1,153 @@
+"""Export: the tiny bundle is complete, valid ONNX, verified against PyTorch, and hoisted."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from emote.cli import main
+from emote.errors import EmoteError
+from emote.export.hoisting import misplaced_work
+from emote.runtime.manifest import Bundle, file_sha256
+
+GRAPHS = ["audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder"]
+
+
+def test_bundle_files_and_manifest(tiny_bundle, tiny_config):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["format"] == "emote-bundle/1"
+    assert manifest["preset"] == "tiny" and manifest["model"]["frames"] == tiny_config.frames
+    assert manifest["opset"] >= 17
+    assert manifest["weights"] == {"source": "random", "seed": 0}
+    assert sorted(manifest["graphs"]) == sorted(GRAPHS)
+    for name, sha in manifest["files"].items():
+        assert file_sha256(tiny_bundle / name) == sha
+    step = manifest["graphs"]["denoise_step"]
+    names = [i["name"] for i in step["inputs"]]
+    assert names[:4] == ["x", "row", "x0_prev", "noise"]
+    f, h = tiny_config.frames, tiny_config.latent_size
+    assert step["inputs"][0]["shape"] == [f, 4, h, h]
+    assert [o["name"] for o in step["outputs"]] == ["x_next", "x0"]
+    assert manifest["graphs"]["vae_decoder"]["outputs"][0] == {"name": "frames", "shape": [f, 64, 64, 3], "dtype": "uint8"}
+    assert manifest["sampler"]["family"] == tiny_config.sampler
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_graphs_pass_the_full_onnx_checker(tiny_bundle, graph):
+    model = onnx.load(str(tiny_bundle / f"{graph}.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        assert all(d.HasField("dim_value") for d in dims), f"{value.name} has a dynamic dimension"
+
+
+def test_verify_passes_on_random_and_real_inputs(tiny_bundle, tiny_model):
+    from emote.engines.onnxruntime import OnnxRuntimeBackend
+    from emote.export.parity import verify_bundle
+
+    rows = verify_bundle(tiny_bundle, tiny_model, OnnxRuntimeBackend())
+    assert {r.inputs for r in rows} == {"random", "real"}
+    assert {r.graph for r in rows} == set(GRAPHS)
+    bad = [r.line() for r in rows if not r.ok]
+    assert not bad, "\n".join(bad)
+    floats = [r for r in rows if r.output not in ("frames",)]
+    assert min(r.sqnr_db for r in floats) >= 60.0
+
+
+def test_verify_cli_exit_codes(tiny_bundle, capsys):
+    assert main(["verify", str(tiny_bundle), "--inputs", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "sqnr" in out
+
+
+@pytest.mark.parametrize("graph", ["denoise_step", "denoise_step_cond"])
+def test_step_graph_holds_only_per_step_work(tiny_bundle, graph):
+    model = onnx.load(str(tiny_bundle / f"{graph}.onnx"))
+    assert misplaced_work(model) == []
+    heavy = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    assert len(heavy) > 50  # the backbone is in there
+
+
+def test_hoisting_check_finds_per_clip_work():
+    """A step graph that projects a per-clip tensor itself is flagged."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.ones(64, np.float32))
+    nodes = [
+        helper.make_node("MatMul", ["audio_tokens", "w"], ["k"], name="project_audio"),  # per clip: misplaced
+        helper.make_node("MatMul", ["x", "k"], ["y"], name="attend"),  # per step: fine
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "naive",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [8, 8]) for n in ("x", "audio_tokens")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])],
+        [w],
+    )
+    assert misplaced_work(helper.make_model(graph)) == ["MatMul project_audio"]
+
+
+def test_export_errors(tiny_bundle, tmp_path, capsys):
+    assert main(["export", "--preset", "huge", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "emote: error: unknown preset 'huge': choose one of tiny, demo, emo-sd15"
+    assert main(["export", "--preset", "tiny", "--out", str(tiny_bundle)]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err
+    assert main(["export", "--preset", "tiny", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_rejects_a_mismatched_checkpoint(tmp_path, capsys):
+    from emote.models.checkpoint import save_checkpoint
+    from emote.models.config import preset
+    from emote.models.emo import build_model
+
+    save_checkpoint(build_model(preset("tiny")), tmp_path / "ck")
+    assert main(["export", "--preset", "demo", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "b")]) == 2
+    assert "is for preset 'tiny', not 'demo'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_full_disk_leaves_nothing(tiny_model, tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import emote.export.bundle as bundle_mod
+
+    calls = []
+
+    def full(graph, path):
+        calls.append(graph.name)
+        if len(calls) == 3:
+            path.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        shutil.copy(tiny_bundle / f"{graph.name}.onnx", path)
+
+    monkeypatch.setattr(bundle_mod, "export_graph", full)
+    with pytest.raises(EmoteError, match="disk full"):
+        bundle_mod.export_bundle(tiny_model, tmp_path / "bundle", progress=False)
+    assert calls == GRAPHS[:3]
+    assert list(tmp_path.iterdir()) == []  # no bundle, no temp folder
+
+
+def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "vae_decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EmoteError, match="vae_decoder.onnx does not match its sha256"):
+        Bundle.open(copy)
+    (copy / "audio_encoder.onnx").unlink()
+    with pytest.raises(EmoteError, match="missing"):
+        Bundle.open(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format"] = "emote-bundle/0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmoteError, match="format 'emote-bundle/0'"):
+        Bundle.open(copy)
