@@ -1,0 +1,165 @@
+"""`emote`: the command line, thin over the package.
+
+Each subcommand imports what it needs only when it runs (``emote generate`` never
+loads torch). A user's mistake (``EmoteError``) is one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import EmoteError
+
+
+def _doctor(args) -> int:
+    from .doctor import main
+
+    return main()
+
+
+def _export(args) -> int:
+    from .export.bundle import export_bundle
+    from .models.checkpoint import resolve_model
+
+    model, weights = resolve_model(args.preset, args.checkpoint, seed=args.seed)
+    if args.height is not None or args.width is not None:
+        h, w = args.height or args.width, args.width or args.height
+        if h != w:
+            raise EmoteError(f"--height {h} and --width {w} differ: bundles are square for now (give one size)")
+        resolution = h
+    else:
+        resolution = None
+    try:
+        model.with_geometry(frames=args.frames, resolution=resolution)
+    except ValueError as e:
+        raise EmoteError(str(e)) from None
+    if weights["source"] == "random":
+        print(f"emote: note: no checkpoint for preset {args.preset!r}: exporting random weights (seed {args.seed})", file=sys.stderr)
+    out = export_bundle(model, args.out, weights=weights, force=args.force, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _verify(args) -> int:
+    from .export.parity import verify_bundle
+    from .models.checkpoint import model_for_bundle
+    from .runtime.manifest import Bundle
+    from .runtime.pipeline import make_backend
+
+    bundle = Bundle.open(args.bundle)
+    model = model_for_bundle(bundle.manifest, args.checkpoint)
+    inputs = tuple(s.strip() for s in args.inputs.split(",") if s.strip())
+    with make_backend(args.backend) as backend:
+        rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs)
+    for r in rows:
+        print(r.line())
+    failed = [r for r in rows if not r.ok]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _generate(args) -> int:
+    from .runtime.face import parse_face_box
+    from .runtime.generate import generate_video
+    from .runtime.pipeline import Pipeline
+
+    face_box = parse_face_box(args.face_box) if args.face_box else None
+    backend_options = {"providers": args.providers.split(",")} if args.providers else None
+    with Pipeline(
+        args.bundle,
+        backend=args.backend,
+        precision=args.precision,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_steps=args.guidance_steps if args.guidance_steps is not None else "default",
+        backend_options=backend_options,
+    ) as pipe:
+        summary = generate_video(
+            pipe, args.image, args.audio, args.out, seed=args.seed, face_box=face_box, fps=args.fps,
+            png_dir=args.png, npy_path=args.npy, progress=not args.quiet,
+        )
+    print(f"wrote {args.out}: {summary.line()}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emote",
+        description="Emote Edge: run EMO-style talking-portrait diffusion models on edge GPUs and CPUs.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("doctor", help="versions, CPU features, GPUs and the backends that will work here")
+    d.set_defaults(run=_doctor)
+
+    d = sub.add_parser("export", help="PyTorch model -> ONNX bundle (graphs + manifest.json)")
+    d.add_argument("--preset", required=True, help="model preset: tiny, demo, emo-sd15")
+    d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
+    d.add_argument("--out", required=True, help="bundle folder to write")
+    d.add_argument("--precision", default="fp32", choices=["fp32"], help="graph precision (fp32; fp16 and int8 come from `emote quantize`)")
+    d.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
+    d.add_argument("--height", type=int, help="image height in pixels (default: the preset's)")
+    d.add_argument("--width", type=int, help="image width in pixels (default: the preset's)")
+    d.add_argument("--seed", type=int, default=0, help="seed of random weights when there is no checkpoint")
+    d.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=_export)
+
+    d = sub.add_parser("verify", help="each graph of a bundle against PyTorch: max abs/rel error and SQNR per output")
+    d.add_argument("bundle", help="bundle folder")
+    d.add_argument("--checkpoint", help="the checkpoint the bundle was exported from (default: as recorded in the manifest)")
+    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    d.add_argument("--precision", default="fp32", help="graph precision to check: fp32, fp16, int8")
+    d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
+    d.set_defaults(run=_verify)
+
+    d = sub.add_parser("generate", help="portrait + audio -> MP4 with the audio muxed in")
+    d.add_argument("--bundle", required=True, help="bundle folder (from `emote export`)")
+    d.add_argument("--image", required=True, help="portrait image (any size; the face is found and cropped)")
+    d.add_argument("--audio", required=True, help="speech or song: WAV, FLAC, OGG or MP3, any rate")
+    d.add_argument("-o", "--out", required=True, help="output .mp4")
+    d.add_argument("--sampler", choices=["ddim", "dpmpp_2m", "euler", "lcm"], help="default: the bundle's")
+    d.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
+    d.add_argument("--guidance", type=float, help="audio guidance scale (1 = none)")
+    d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
+    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
+    d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")
+    d.add_argument("--precision", default="fp32", help="graph precision: fp32, fp16, int8 (if the bundle has them)")
+    d.add_argument("--face-box", help="X,Y,W,H of the face in the image, when detection fails")
+    d.add_argument("--png", help="also write PNG frames to this folder")
+    d.add_argument("--npy", help="also write all frames to this .npy file")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=_generate)
+
+    d = sub.add_parser("demo", help="the example portrait and speech through the embedded demo model, to a video")
+    d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
+    d.set_defaults(run=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EmoteError as e:
+        print(f"emote: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emote: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

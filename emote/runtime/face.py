@@ -1,0 +1,95 @@
+"""The face: found (OpenCV's bundled Haar cascades, no downloads) or given, cropped, masked.
+
+EMO crops around the face with a generous margin so that head, hair and neck
+show: the crop is a square of side ``margin`` x the face box's larger side,
+centred a little below the box centre (faces sit in the upper half of a
+portrait), padded by edge replication where it leaves the image, and resized to
+the model's resolution. The face-region mask (the face box in the crop: 1 inside,
+0 outside) is the face locator's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import EmoteError
+
+MARGIN = 2.0  # crop side / face side: head, hair and shoulders show
+CENTRE_SHIFT = 0.1  # crop centre moved down by this fraction of the face height
+CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml")
+
+
+@dataclass(frozen=True)
+class Portrait:
+    image: np.ndarray  # (R, R, 3) uint8, the model's input
+    mask: np.ndarray  # (R, R) float32 in {0, 1}: the face region
+    box: tuple[int, int, int, int]  # x, y, w, h of the face in the source image
+
+
+def parse_face_box(text: str) -> tuple[int, int, int, int]:
+    """'X,Y,W,H' (pixels) -> a box; a clear error for anything else."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        x, y, w, h = (int(round(float(p))) for p in parts)
+    except ValueError:
+        raise EmoteError(f"--face-box {text!r}: expected X,Y,W,H in pixels, e.g. 120,80,200,220") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise EmoteError(f"--face-box {text!r}: width and height must be positive and X, Y not negative")
+    return x, y, w, h
+
+
+def detect_face(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The largest frontal face (x, y, w, h), or None."""
+    import cv2
+
+    grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    side = min(grey.shape)
+    for name in CASCADES:
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+        faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, side // 8),) * 2)
+        if len(faces):
+            x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+            return int(x), int(y), int(w), int(h)
+    return None
+
+
+def crop_portrait(rgb: np.ndarray, box: tuple[int, int, int, int], size: int, margin: float = MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """A square crop around ``box`` resized to ``size``, and the face mask in it."""
+    x, y, w, h = box
+    side = int(round(margin * max(w, h)))
+    cx, cy = x + w / 2, y + h / 2 + CENTRE_SHIFT * h
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    H, W = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
+    src = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else rgb
+    crop = src[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
+    image = np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS if side > size else Image.BICUBIC))
+    scale = size / side
+    mask = np.zeros((size, size), np.float32)
+    mx0, my0 = int(round((x - x0) * scale)), int(round((y - y0) * scale))
+    mx1, my1 = int(round((x + w - x0) * scale)), int(round((y + h - y0) * scale))
+    mask[max(my0, 0) : max(my1, 0), max(mx0, 0) : max(mx1, 0)] = 1.0
+    return np.array(image, dtype=np.uint8), mask  # a writable copy, not PIL's read-only buffer
+
+
+def prepare_portrait(image: str | Path | np.ndarray, size: int, face_box: tuple[int, int, int, int] | None = None) -> Portrait:
+    """Load (if a path), find or take the face, crop and mask for a model of resolution ``size``."""
+    from .image import load_image
+
+    name = str(image) if isinstance(image, (str, Path)) else "the image"
+    rgb = load_image(image) if isinstance(image, (str, Path)) else np.ascontiguousarray(image, dtype=np.uint8)
+    if face_box is None:
+        face_box = detect_face(rgb)
+        if face_box is None:
+            raise EmoteError(f"no face found in {name}: pass --face-box X,Y,W,H (the face in pixels)")
+    else:
+        x, y, w, h = face_box
+        H, W = rgb.shape[:2]
+        if x >= W or y >= H or x + w <= 0 or y + h <= 0:
+            raise EmoteError(f"--face-box {x},{y},{w},{h} lies outside {name} ({W}x{H} pixels)")
+    crop, mask = crop_portrait(rgb, face_box, size)
+    return Portrait(crop, mask, tuple(int(v) for v in face_box))

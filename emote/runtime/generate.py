@@ -1,0 +1,115 @@
+"""One portrait and one audio file to a video file: the job behind `emote generate` and `emote demo`.
+
+Frames stream from the pipeline into the video writer clip by clip; the writer
+renames its temp file into place only when every frame is written, so an
+interrupted run leaves no broken file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import EmoteError
+from .pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class Summary:
+    frames: int
+    audio_seconds: float
+    wall_seconds: float
+    first_frame_seconds: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Generation seconds per second of audio (<= 1 is real time)."""
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("inf")
+
+    def line(self) -> str:
+        return (
+            f"{self.frames} frames for {self.audio_seconds:.2f} s of audio in {self.wall_seconds:.2f} s: "
+            f"{self.fps:.1f} frames/s, real-time factor {self.real_time_factor:.2f}, first frame after {self.first_frame_seconds:.2f} s"
+        )
+
+
+def check_output_path(path: Path) -> None:
+    """Fail before any work if the output cannot be written."""
+    import os
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EmoteError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir():
+        raise EmoteError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise EmoteError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def retime(frames: np.ndarray, src_fps: int, dst_fps: float) -> np.ndarray:
+    """Nearest-frame resampling of a clip's frames from the model's rate to the output rate."""
+    if dst_fps == src_fps:
+        return frames
+    n = int(round(len(frames) * dst_fps / src_fps))
+    idx = np.minimum((np.arange(n) * src_fps / dst_fps).astype(np.int64), len(frames) - 1)
+    return frames[idx]
+
+
+def generate_video(
+    pipe: Pipeline,
+    image: str | Path,
+    audio: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    face_box=None,
+    fps: float | None = None,
+    png_dir: str | Path | None = None,
+    npy_path: str | Path | None = None,
+    progress: bool = True,
+) -> Summary:
+    from .audio import load_audio
+    from .video import VideoWriter, write_npy, write_png_frames
+
+    out = Path(out)
+    check_output_path(out)
+    for extra in (npy_path,):
+        if extra is not None:
+            check_output_path(Path(extra))
+    samples = load_audio(audio)
+    portrait = pipe.prepare(image, face_box)
+    plan = pipe.plan(len(samples))
+    out_fps = fps or pipe.fps
+    if out_fps <= 0:
+        raise EmoteError(f"--fps must be positive, got {out_fps}")
+    bar = tqdm(total=plan.clips * len(pipe.sampler.rows), unit="step", desc="generate", disable=not progress)
+    collected = [] if (png_dir or npy_path) else None
+    start = time.perf_counter()
+    first = None
+    n_frames = 0
+    with VideoWriter(out, out_fps, pipe.resolution, audio=samples) as video:
+        for clip in pipe.stream(portrait, samples, seed=seed, progress=lambda c, s: bar.update()):
+            if first is None:
+                first = time.perf_counter() - start
+            frames = retime(clip, pipe.fps, out_fps)
+            video.write(frames)
+            n_frames += len(frames)
+            if collected is not None:
+                collected.append(frames)
+    wall = time.perf_counter() - start
+    bar.close()
+    if collected is not None:
+        allf = np.concatenate(collected)
+        if png_dir:
+            write_png_frames(allf, png_dir)
+        if npy_path:
+            write_npy(allf, npy_path)
+    return Summary(n_frames, len(samples) / 16000, wall, first or wall)

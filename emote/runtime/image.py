@@ -1,0 +1,59 @@
+"""Images as users have them -> RGB uint8 arrays.
+
+Any size and mode (RGB, RGBA, LA, greyscale, palette, 16-bit, CMYK), EXIF
+orientation applied. Transparent pixels are composited on white (a cut-out
+portrait on a transparent background should not become a black silhouette).
+Every failure is one EmoteError naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import EmoteError
+
+MIN_SIDE = 32  # pixels: smaller images hold no usable face
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """A PIL image of any mode -> (H, W, 3) uint8 RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        g = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode == "F":
+        g = np.clip(np.round(np.asarray(img) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, upright."""
+    path = Path(path)
+    if not path.exists():
+        raise EmoteError(f"image {path} not found")
+    if path.is_dir():
+        raise EmoteError(f"image {path} is a directory, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = to_rgb(img)
+    except UnidentifiedImageError:
+        raise EmoteError(f"{path} is not an image (PNG, JPEG, WebP, BMP, TIFF...)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise EmoteError(f"image {path} is unreadable ({e}): truncated or corrupt?") from None
+    h, w = rgb.shape[:2]
+    if h == 0 or w == 0:
+        raise EmoteError(f"image {path} is empty ({w}x{h} pixels)")
+    if min(h, w) < MIN_SIDE:
+        raise EmoteError(f"image {path} is {w}x{h} pixels: at least {MIN_SIDE} pixels a side are needed")
+    return np.ascontiguousarray(rgb)

@@ -1,0 +1,279 @@
+"""The lean runtime: a bundle, an engine backend and numpy; frames out clip by clip.
+
+The hoisted plan of DESIGN.md, over buffers allocated once and bound once:
+
+    per video  reference_net(reference)            -> ref keys/values
+    per clip   audio_encoder(window)               -> audio tokens
+               vae_encoder(previous last n frames) -> motion latents (zeros for clip 0)
+               clip_condition(...)                 -> audio/motion/speed keys/values, face features
+               K x denoise_step                    (x, x0 ping-pong between two fixed bindings)
+               vae_decoder(x)                      -> uint8 frames, yielded at once
+
+Each graph's outputs are bound as the next graph's inputs: no copies between
+graphs, nothing allocated inside the loop. Imports numpy and the chosen engine
+only: never torch, diffusers or transformers (a test checks it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EmoteError
+from .clips import SAMPLE_RATE, ClipPlan, audio_window, clip_noise, frame_count, step_noise
+from .manifest import Bundle
+from .sampler import SamplerTable, make_sampler
+
+GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
+
+
+def make_backend(backend: str = "onnxruntime", **options):
+    """An engine backend by name, imported only when asked for."""
+    if backend == "onnxruntime":
+        from ..engines.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(**options)
+    if backend == "openvino":
+        from ..engines.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(**options)
+    if backend == "tensorrt":
+        from ..engines.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(**options)
+    raise EmoteError(f"unknown backend {backend!r}: one of onnxruntime, openvino, tensorrt")
+
+
+@dataclass
+class Timings:
+    """Seconds per stage call, appended as the pipeline runs (read by `emote bench`)."""
+
+    calls: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.calls.setdefault(stage, []).append(seconds)
+
+
+class AudioSource:
+    """Samples arriving over time: a whole array, or an iterator of float32 16 kHz chunks."""
+
+    def __init__(self, audio: np.ndarray | Iterable[np.ndarray]):
+        if isinstance(audio, np.ndarray):
+            self.chunks: Iterator[np.ndarray] = iter(())
+            self.parts = [np.asarray(audio, np.float32).reshape(-1)]
+            self.ended = True
+        else:
+            self.chunks = iter(audio)
+            self.parts = []
+            self.ended = False
+        self.length = sum(len(p) for p in self.parts)
+        self._samples: np.ndarray | None = None
+
+    def wait_for(self, n: int) -> bool:
+        """Read chunks until ``n`` samples have arrived or the stream ends; True if n are there."""
+        while self.length < n and not self.ended:
+            try:
+                chunk = np.asarray(next(self.chunks), np.float32).reshape(-1)
+            except StopIteration:
+                self.ended = True
+                break
+            self.parts.append(chunk)
+            self.length += len(chunk)
+            self._samples = None
+        return self.length >= n
+
+    def finish(self) -> None:
+        self.wait_for(np.iinfo(np.int64).max)
+
+    @property
+    def samples(self) -> np.ndarray:
+        if self._samples is None:
+            self._samples = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+            self.parts = [self._samples]
+        return self._samples
+
+
+class Pipeline:
+    """``Pipeline(bundle).stream(image, audio)`` yields uint8 frames (N, H, W, 3) per clip.
+
+    image: a path, an RGB array of any size, or a prepared ``Portrait``.
+    audio: a path, float32 samples at 16 kHz, or an iterator of such chunks (a live stream).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path | Bundle,
+        *,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_steps: int | None | str = "default",
+        backend_options: dict | None = None,
+    ):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        cfg = self.bundle.config
+        self.cfg = cfg
+        self.frames, self.motion = cfg["frames"], cfg["motion_frames"]
+        self.resolution, self.fps = cfg["resolution"], cfg["fps"]
+        self.precision = precision
+        self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
+        self.timings = Timings()
+        self.backend = make_backend(backend, **(backend_options or {}))
+        self.graphs = {g: self.backend.load(g, self.bundle.graph_path(g, self._precision_of(g))) for g in GRAPHS}
+        self._allocate()
+
+    def _precision_of(self, graph: str) -> str:
+        """Low-precision variants exist for the heavy graphs; the rest stay fp32."""
+        key = f"{graph}.{self.precision}"
+        return self.precision if self.precision != "fp32" and key in self.bundle.manifest["graphs"] else "fp32"
+
+    def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
+        d = self.bundle.sampler_defaults
+        try:
+            return make_sampler(
+                family or d["family"],
+                steps or d["steps"],
+                prediction_type=d["prediction_type"],
+                spacing=d["spacing"],
+                zero_snr=d["zero_snr"],
+                guidance_scale=d["guidance_scale"] if guidance_scale is None else guidance_scale,
+                guidance_steps=d["guidance_steps"] if guidance_steps == "default" else guidance_steps,
+            )
+        except ValueError as e:
+            raise EmoteError(str(e)) from None
+
+    # -- buffers and bindings, made once ---------------------------------------------------
+    def _allocate(self) -> None:
+        be, g = self.backend, self.graphs
+        buf: dict[str, object] = {}
+        for graph in g.values():
+            for name, (shape, dtype) in {**graph.inputs, **graph.outputs}.items():
+                if name in ("x", "x0_prev", "x_next", "x0", "latents", "frames"):
+                    continue  # ping-pong and per-graph buffers below
+                if name not in buf:
+                    buf[name] = be.alloc(shape, dtype)
+        latent = g["denoise_step"].inputs["x"][0]
+        xs = [be.alloc(latent, np.float32) for _ in range(2)]
+        x0s = [be.alloc(latent, np.float32) for _ in range(2)]
+        frames = be.alloc(*g["vae_decoder"].outputs["frames"])
+        motion_frames = be.alloc(*g["vae_encoder"].inputs["frames"])
+        self.buf, self.xs, self.x0s, self.out_frames = buf, xs, x0s, frames
+
+        def bind(name: str, extra_in=None, extra_out=None):
+            graph = g[name]
+            ins = {k: buf[k] for k in graph.inputs if k in buf}
+            ins.update(extra_in or {})
+            outs = {k: buf[k] for k in graph.outputs if k in buf}
+            outs.update(extra_out or {})
+            return graph.bind(ins, outs)
+
+        self.call_audio = bind("audio_encoder")
+        self.call_reference = bind("reference_net")
+        self.call_motion = bind("vae_encoder", {"frames": motion_frames}, {"latents": buf["motion_latents"]})
+        self.motion_frames_buf = motion_frames
+        self.call_condition = bind("clip_condition")
+        # step p reads x[p], x0[p] and writes x[1-p], x0[1-p]
+        self.call_step = {
+            guided: [
+                bind(name, {"x": xs[p], "x0_prev": x0s[p]}, {"x_next": xs[1 - p], "x0": x0s[1 - p]})
+                for p in (0, 1)
+            ]
+            for guided, name in ((True, "denoise_step"), (False, "denoise_step_cond"))
+        }
+        self.call_decode = [bind("vae_decoder", {"latents": xs[p]}, {"frames": frames}) for p in (0, 1)]
+
+    def _timed(self, stage: str, call) -> None:
+        t0 = time.perf_counter()
+        call()
+        self.backend.synchronize()
+        self.timings.add(stage, time.perf_counter() - t0)
+
+    # -- inputs --------------------------------------------------------------------------
+    def prepare(self, image, face_box=None):
+        from .face import Portrait, prepare_portrait
+
+        return image if isinstance(image, Portrait) else prepare_portrait(image, self.resolution, face_box=face_box)
+
+    def plan(self, samples: int) -> ClipPlan:
+        a = self.cfg["audio"]
+        return ClipPlan.for_samples(
+            samples, clip_frames=self.frames, motion_frames=self.motion, fps=self.fps,
+            left_context=a["left_context"], lookahead=a["window"],
+        )
+
+    # -- generation ----------------------------------------------------------------------
+    def stream(self, image, audio, *, seed: int = 0, face_box=None, speed: float | None = None, progress=None) -> Iterator[np.ndarray]:
+        """Yield each clip's frames (kept frames only) as soon as they are decoded."""
+        portrait = self.prepare(image, face_box)
+        if isinstance(audio, (str, Path)):
+            from .audio import load_audio
+
+            audio = load_audio(audio)
+        source = AudioSource(audio)
+        be, b, f, n = self.backend, self.buf, self.frames, self.motion
+        table = self.sampler
+
+        be.from_host(b["reference"], portrait.image[None])
+        be.from_host(b["face_mask"], portrait.mask[None, None].astype(np.float32))
+        be.from_host(b["speed"], np.full((f,), self.cfg["speed_default"] if speed is None else speed, np.float32))
+        self._timed("reference_net", self.call_reference)
+        be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
+
+        spf = SAMPLE_RATE // self.fps
+        plan_window = self.plan(max(source.length, spf))  # window geometry only; frame count known at the end
+        clip = 0
+        stochastic = bool(np.any(table.rows[:, 6] != 0))
+        latent_shape = tuple(self.xs[0].shape)
+        while True:
+            needed = plan_window.samples_needed(clip)
+            live = source.wait_for(needed)
+            total = None if live else frame_count(source.length, self.fps)
+            if total == 0:
+                raise EmoteError("the audio is shorter than one video frame (20 ms at 25 fps): nothing to generate")
+            if total is not None and clip * f >= total:
+                break
+            keep = f if total is None else min(f, total - clip * f)
+
+            be.from_host(b["audio"], audio_window(source.samples, plan_window, clip))
+            self._timed("audio_encoder", self.call_audio)
+            if clip > 0:
+                self._timed("vae_encoder", self.call_motion)
+            self._timed("clip_condition", self.call_condition)
+
+            be.from_host(self.xs[0], clip_noise(seed, clip, latent_shape) * np.float32(table.init_scale))
+            be.from_host(self.x0s[0], np.zeros(latent_shape, np.float32))
+            for i, row in enumerate(table.rows):
+                be.from_host(b["row"], row)
+                if stochastic:
+                    be.from_host(b["noise"], step_noise(seed, clip, i, latent_shape))
+                self._timed("denoise_step", self.call_step[bool(table.guided[i])][i % 2])
+                if progress is not None:
+                    progress(clip, i)
+            self._timed("vae_decoder", self.call_decode[len(table.rows) % 2])
+            frames = be.to_host(self.out_frames)
+            out = np.array(frames[:keep])  # the buffer is reused by the next clip
+            be.from_host(self.motion_frames_buf, frames[f - n :])
+            yield out
+            clip += 1
+            if total is not None and clip * f >= total:
+                break
+
+    def generate(self, image, audio, **kw) -> np.ndarray:
+        """All frames of the video: (round(seconds x fps), H, W, 3) uint8."""
+        clips = list(self.stream(image, audio, **kw))
+        return np.concatenate(clips) if clips else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,173 @@
+"""Video out: MP4 (H.264 + AAC) through PyAV, frames arriving clip by clip; PNG and NPY too.
+
+Every writer writes to a temporary file beside the target and renames it into
+place only when complete: an interrupted run leaves neither a broken file nor
+the temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EmoteError
+from .audio import SAMPLE_RATE
+
+AUDIO_RATE = 48_000  # AAC's usual rate; the 16 kHz track is resampled to it
+
+
+def _check_dir(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise EmoteError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise EmoteError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    return Path(tmp)
+
+
+class VideoWriter:
+    """``with VideoWriter("out.mp4", 25, 512, audio=samples) as v: v.write(frames)`` (uint8 (N, H, W, 3))."""
+
+    def __init__(self, path: str | Path, fps: float, size: int | tuple[int, int], audio: np.ndarray | None = None, crf: int = 18):
+        self.path = Path(path)
+        _check_dir(self.path)
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self.width, self.height = (size, size) if isinstance(size, int) else size
+        self.audio = audio
+        self.crf = crf
+        self.frames = 0
+        self.container = None
+
+    def __enter__(self) -> "VideoWriter":
+        import av
+
+        self.tmp = _temp_beside(self.path)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        v = self.container.add_stream("libx264", rate=self.fps)
+        v.width, v.height, v.pix_fmt = self.width, self.height, "yuv420p"
+        v.options = {"crf": str(self.crf), "preset": "veryfast"}
+        v.codec_context.time_base = 1 / self.fps
+        self.video = v
+        self.audio_stream = None
+        if self.audio is not None and len(self.audio):
+            self.audio_stream = self.container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        import av
+
+        if frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (N, {self.height}, {self.width}, 3), got {frames.dtype}{list(frames.shape)}")
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts = self.frames
+            self.frames += 1
+            for packet in self.video.encode(vf):
+                self.container.mux(packet)
+
+    def _mux_audio(self) -> None:
+        import av
+        import soxr
+
+        samples = soxr.resample(np.asarray(self.audio, np.float32), SAMPLE_RATE, AUDIO_RATE).astype(np.float32)
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=AUDIO_RATE)
+        step = 1024 * 16
+        for i in range(0, len(samples), step):
+            frame = av.AudioFrame.from_ndarray(samples[None, i : i + step], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = AUDIO_RATE, i
+            for rf in resampler.resample(frame):
+                for packet in self.audio_stream.encode(rf):
+                    self.container.mux(packet)
+        for rf in resampler.resample(None):
+            for packet in self.audio_stream.encode(rf):
+                self.container.mux(packet)
+        for packet in self.audio_stream.encode(None):
+            self.container.mux(packet)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for packet in self.video.encode(None):
+                    self.container.mux(packet)
+                if self.audio_stream is not None:
+                    self._mux_audio()
+            self.container.close()
+            if exc_type is None:
+                os.chmod(self.tmp, 0o644)
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
+
+
+def write_png_frames(frames: np.ndarray, folder: str | Path) -> None:
+    """frame_000000.png, ... in ``folder`` (created); written into a temp folder renamed at the end."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise EmoteError(f"cannot write PNG frames to {folder}: the folder is not empty")
+    _check_dir(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(tmp / f"frame_{i:06d}.png")
+        tmp.chmod(0o755)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_npy(frames: np.ndarray, path: str | Path) -> None:
+    path = Path(path)
+    _check_dir(path)
+    tmp = _temp_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, frames)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def probe_video(path: str | Path) -> dict:
+    """What a player sees: frames, fps, size, codecs, audio duration (decoded, not guessed)."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        info = {
+            "frames": frames,
+            "fps": float(v.average_rate) if v.average_rate else 0.0,
+            "width": v.codec_context.width,
+            "height": v.codec_context.height,
+            "video_codec": v.codec_context.name,
+            "video_streams": len(c.streams.video),
+            "audio_streams": len(c.streams.audio),
+            "audio_codec": None,
+            "audio_seconds": 0.0,
+        }
+    if info["audio_streams"]:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            n = sum(fr.samples for fr in c.decode(a))
+            info["audio_codec"] = a.codec_context.name
+            info["audio_seconds"] = n / a.codec_context.sample_rate
+    return info
