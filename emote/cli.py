@@ -85,6 +85,51 @@ def _generate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from pathlib import Path
+
+    from .bench.report import write_reports
+    from .bench.run import benchmark
+    from .bench.variants import default_variants
+    from .demo import example_inputs
+    from .export.bundle import ensure_bundle
+    from .runtime.manifest import Bundle
+
+    out = Path(args.out)
+    if args.bundle and args.preset:
+        raise EmoteError("give --bundle or --preset, not both")
+    if args.quick:
+        args.repeat = args.repeat or 2
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.seconds = args.seconds or 1.0
+    preset_name = args.preset or ("tiny" if args.quick else None)
+    if args.bundle:
+        bundle = Bundle.open(args.bundle)
+    elif preset_name:
+        bundle = Bundle.open(ensure_bundle(out / f"bundle-{preset_name}", preset_name))
+    else:
+        raise EmoteError("give --bundle BUNDLE or --preset NAME (or --quick for the tiny preset)")
+    specs = default_variants(bundle, quick=args.quick)
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        known = {s.name: s for s in specs}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            raise EmoteError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+        specs = [known[w] for w in wanted]
+    portrait, audio = example_inputs(bundle.config["resolution"])
+    if args.seconds:
+        audio = audio[: int(args.seconds * 16000)]
+    record = benchmark(bundle.path, specs, portrait, audio, repeat=args.repeat or 3,
+                       warmup=1 if args.warmup is None else args.warmup, threads=args.threads,
+                       progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+    record["command"] = "emote " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("emote") else None
+    paths = write_reports(record, out)
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
@@ -141,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--npy", help="also write all frames to this .npy file")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(run=_generate)
+
+    d = sub.add_parser("bench", help="latency per component and end to end, side by side with the PyTorch baseline")
+    d.add_argument("--bundle", help="bundle to benchmark")
+    d.add_argument("--preset", help="export this preset's bundle (cached in the output folder) and benchmark it")
+    d.add_argument("--variants", help="comma-separated variant names (default: all that apply)")
+    d.add_argument("--repeat", type=int, help="measured runs per variant (default 3; --quick 2)")
+    d.add_argument("--warmup", type=int, help="unmeasured runs per variant first (default 1)")
+    d.add_argument("--seconds", type=float, help="seconds of the example speech to use (default all; --quick 1)")
+    d.add_argument("--threads", type=int, help="CPU threads for every backend (default: all usable cores)")
+    d.add_argument("--quick", action="store_true", help="small and fast: tiny preset, 1 s of audio, 2 runs")
+    d.add_argument("-o", "--out", required=True, help="results folder: results.json, results.md, results.png")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(run=_bench)
 
     d = sub.add_parser("demo", help="the example portrait and speech through the embedded demo model, to a video")
     d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")

@@ -24,26 +24,6 @@ def example_inputs(resolution: int):
     return prepare_portrait(PORTRAIT, resolution), load_audio(SPEECH)
 
 
-def cached_bundle(folder: Path) -> Path:
-    """The demo bundle in ``folder``, exported again only if the model or weights changed."""
-    import json
-
-    from . import __version__
-    from .export.bundle import export_bundle
-    from .models.checkpoint import resolve_model
-    from .runtime.manifest import MANIFEST
-
-    model, weights = resolve_model(PRESET)
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        if m.get("weights") == weights and m.get("model") == model.config.to_dict() and m.get("emote_version") == __version__:
-            print(f"using the cached bundle {folder}")
-            return folder
-    print(f"exporting the {PRESET} model to {folder} (once; reused by later runs)")
-    return export_bundle(model, folder, weights=weights, force=True)
-
-
 def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
     from .models.checkpoint import shipped_checkpoint
     from .runtime.generate import generate_video
@@ -51,7 +31,9 @@ def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = cached_bundle(out / "bundle")
+    from .export.bundle import ensure_bundle
+
+    bundle = ensure_bundle(out / "bundle", PRESET)
     video = out / "demo.mp4"
     with Pipeline(bundle, steps=steps) as pipe:
         summary = generate_video(pipe, PORTRAIT, SPEECH, video)

@@ -30,7 +30,6 @@ from ..runtime.manifest import FORMAT, MANIFEST, file_sha256, write_manifest
 from .graphs import Graph, all_graphs
 
 OPSET = 18
-EXTERNAL_DATA_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit, with room for the graph itself
 
 
 def export_graph(graph: Graph, path: Path) -> None:
@@ -40,8 +39,6 @@ def export_graph(graph: Graph, path: Path) -> None:
     specs = graph.inputs()
     example = graph.example(rng)
     args = tuple(torch.from_numpy(example[s.name]) for s in specs)
-    n_bytes = sum(p.numel() * p.element_size() for p in graph.parameters())
-    external = n_bytes > EXTERNAL_DATA_BYTES
     # the exporter's own notices (torchvision ops it skips, its internal deprecations) are not the user's concern
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
@@ -54,28 +51,29 @@ def export_graph(graph: Graph, path: Path) -> None:
             output_names=graph.output_names(),
             opset_version=OPSET,
             dynamo=True,
-            external_data=external,
+            external_data=False,  # torch still moves weights out past its 1.5 GB threshold
             optimize=True,
             verbose=False,
         )
+    external = Path(str(path) + ".data").exists()
     clean_graph(path, external)
     onnx.checker.check_model(str(path), full_check=True)
 
 
 def clean_graph(path: Path, external: bool) -> None:
-    """Constant folding, dead-node removal and shape inference (onnxslim), in place."""
+    """Dead-node removal, constant folding and shape inference, in place.
+
+    Graphs under 2 GB go through onnxslim; larger ones (weights in external data,
+    beyond protobuf's limit) keep the exporter's own constant folding and get ONNX
+    shape inference on the file, never loaded whole into memory.
+    """
+    if external:
+        onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True)
+        return
     import onnxslim
 
-    model = onnx.load(str(path), load_external_data=True)
-    model = onnxslim.slim(model)
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    if external:
-        data = path.name + ".data"
-        for f in path.parent.glob(path.name + "*.data"):
-            f.unlink()
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
-    else:
-        onnx.save_model(model, str(path))
+    model = onnxslim.slim(onnx.load(str(path)))
+    onnx.save_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), str(path))
 
 
 def export_bundle(
@@ -150,3 +148,21 @@ def output_specs(path: Path) -> list[dict]:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
         specs.append({"name": o.name, "shape": [d.dim_value for d in t.shape.dim], "dtype": dtype})
     return specs
+
+
+def ensure_bundle(folder: str | Path, preset_name: str) -> Path:
+    """The preset's bundle in ``folder``, exported again only if the model, weights or emote changed."""
+    import json
+
+    from ..models.checkpoint import resolve_model
+
+    folder = Path(folder)
+    model, weights = resolve_model(preset_name)
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m.get("weights") == weights and m.get("model") == model.config.to_dict() and m.get("emote_version") == __version__:
+            print(f"using the cached bundle {folder}")
+            return folder
+    print(f"exporting the {preset_name} model to {folder} (once; reused by later runs)")
+    return export_bundle(model, folder, weights=weights, force=True)

@@ -55,12 +55,13 @@ class Graph(nn.Module):
     """A bundle graph: ``inputs()``/``outputs()`` name its tensors; forward takes them in order."""
 
     name: str
+    components: tuple[str, ...] = ()  # the model components the graph uses
 
     def __init__(self, model: EMOModel):
         super().__init__()
-        self.model = model
         self.cfg: ModelConfig = model.config
         self.blocks, self.temporal = layer_counts(model)
+        self.model = model.only(*self.components)
 
     def inputs(self) -> list[TensorSpec]:
         raise NotImplementedError
@@ -92,6 +93,7 @@ def example_row(rng: np.random.Generator) -> np.ndarray:
 
 
 class AudioEncoderGraph(Graph):
+    components = ("audio_encoder",)
     name = "audio_encoder"
 
     def inputs(self):
@@ -106,6 +108,8 @@ class AudioEncoderGraph(Graph):
 
 class ReferenceGraph(Graph):
     """Reference image -> VAE latent -> ReferenceNet -> the backbone's attn1 keys/values: once per video."""
+
+    components = ("vae", "reference_net", "backbone")
 
     name = "reference_net"
 
@@ -124,6 +128,8 @@ class ReferenceGraph(Graph):
 class VAEEncoderGraph(Graph):
     """The previous clip's last n frames -> motion latents: once per clip."""
 
+    components = ("vae",)
+
     name = "vae_encoder"
 
     def inputs(self):
@@ -138,6 +144,7 @@ class VAEEncoderGraph(Graph):
 
 
 class VAEDecoderGraph(Graph):
+    components = ("vae",)
     name = "vae_decoder"
 
     def inputs(self):
@@ -161,6 +168,8 @@ def clip_output_names(blocks: int, temporal: int, speed: bool) -> list[str]:
 
 class ClipConditionGraph(Graph):
     """Audio tokens, motion latents, face mask, speed -> every per-clip key/value: once per clip."""
+
+    components = ("reference_net", "backbone", "face_locator", "speed_encoder")
 
     name = "clip_condition"
 
@@ -192,6 +201,8 @@ class DenoiseStepGraph(Graph):
     ``guided``: out = out_u + g (out_c - out_u), the unconditional branch's audio
     keys/values baked in as constants; else the conditional branch alone.
     """
+
+    components = ("backbone",)
 
     def __init__(self, model: EMOModel, guided: bool):
         super().__init__(model)

@@ -81,6 +81,19 @@ class EMOModel(nn.Module):
             self.audio_encoder.clip_frames = self.config.frames
         return self
 
+    def only(self, *components: str) -> "EMOModel":
+        """A view holding only the named components (same parameters, no copies).
+
+        Export wraps one of these per graph so that a graph's exported program lifts
+        only the weights that graph can use, not every component's.
+        """
+        view = EMOModel.__new__(EMOModel)
+        nn.Module.__init__(view)
+        view.config = self.config
+        for name in components:
+            setattr(view, name, getattr(self, name))
+        return view
+
     def component_parameters(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in m.parameters()) for name, m in self.named_children()}
 
@@ -96,7 +109,8 @@ class EMOModel(nn.Module):
     def uncond_audio_kv(self) -> list[KV]:
         """attn2 keys/values of zero audio tokens: the unconditional branch, a model constant."""
         a = self.config.audio
-        zeros = torch.zeros(1, a.tokens, self.config.unet.cross_attention_dim, device=self.vae.device)
+        device = next(self.backbone.parameters()).device
+        zeros = torch.zeros(1, a.tokens, self.config.unet.cross_attention_dim, device=device)
         return self.backbone.context_kv(zeros)
 
     # -- per clip -----------------------------------------------------------------------

@@ -37,12 +37,12 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
         with av.open(str(path)) as container:
             streams = container.streams.audio
             if not streams:
-                raise EmoteError(f"{path} has no audio stream")
+                raise EmoteError(f"{path} is not an audio file (no audio stream): expected WAV, FLAC, OGG or MP3")
             stream = streams[0]
             rate = stream.rate or stream.codec_context.sample_rate
             chunks = [f.to_ndarray() for f in container.decode(stream)]
     except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise EmoteError(f"{path} is not a readable audio file ({e.__class__.__name__}): expected WAV, FLAC, OGG or MP3") from None
+        raise EmoteError(f"{path} is not an audio file ({e.__class__.__name__}): expected WAV, FLAC, OGG or MP3") from None
     if not chunks:
         raise EmoteError(f"audio {path} holds no samples")
     data = np.concatenate([c if c.ndim == 2 else c[None] for c in chunks], axis=1)  # (channels, n) for planar

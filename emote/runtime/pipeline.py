@@ -129,16 +129,22 @@ class Pipeline:
         self._allocate()
 
     def _precision_of(self, graph: str) -> str:
-        """Low-precision variants exist for the heavy graphs; the rest stay fp32."""
-        key = f"{graph}.{self.precision}"
-        return self.precision if self.precision != "fp32" and key in self.bundle.manifest["graphs"] else "fp32"
+        """Low-precision variants exist for the heavy graphs; graphs without one stay fp32.
+
+        The step graph must exist at the asked precision: a bundle without it is an error.
+        """
+        if self.precision == "fp32":
+            return "fp32"
+        if graph == "denoise_step":
+            self.bundle.graph(graph, self.precision)  # raises, naming the precisions the bundle has
+        return self.precision if f"{graph}.{self.precision}" in self.bundle.manifest["graphs"] else "fp32"
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
         d = self.bundle.sampler_defaults
         try:
             return make_sampler(
                 family or d["family"],
-                steps or d["steps"],
+                d["steps"] if steps is None else steps,
                 prediction_type=d["prediction_type"],
                 spacing=d["spacing"],
                 zero_snr=d["zero_snr"],
@@ -202,10 +208,13 @@ class Pipeline:
 
     def plan(self, samples: int) -> ClipPlan:
         a = self.cfg["audio"]
-        return ClipPlan.for_samples(
-            samples, clip_frames=self.frames, motion_frames=self.motion, fps=self.fps,
-            left_context=a["left_context"], lookahead=a["window"],
-        )
+        try:
+            return ClipPlan.for_samples(
+                samples, clip_frames=self.frames, motion_frames=self.motion, fps=self.fps,
+                left_context=a["left_context"], lookahead=a["window"],
+            )
+        except ValueError as e:
+            raise EmoteError(f"{e}: nothing to generate") from None
 
     # -- generation ----------------------------------------------------------------------
     def stream(self, image, audio, *, seed: int = 0, face_box=None, speed: float | None = None, progress=None) -> Iterator[np.ndarray]:
@@ -252,7 +261,8 @@ class Pipeline:
                 be.from_host(b["row"], row)
                 if stochastic:
                     be.from_host(b["noise"], step_noise(seed, clip, i, latent_shape))
-                self._timed("denoise_step", self.call_step[bool(table.guided[i])][i % 2])
+                guided = bool(table.guided[i])
+                self._timed("denoise_step" if guided else "denoise_step_cond", self.call_step[guided][i % 2])
                 if progress is not None:
                     progress(clip, i)
             self._timed("vae_decoder", self.call_decode[len(table.rows) % 2])

@@ -1,0 +1,50 @@
+"""The machine's achievable peak, measured in the same run and the same backend: one big GEMM.
+
+The "fraction of peak" of a graph is its FLOP/s over this GEMM's, so both come
+from the same engine, threads and precision on the same (possibly shared) machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+N = 1024  # a 1024^3 GEMM: 2.1 GFLOP, large enough to reach the kernels' plateau
+
+
+def gemm_graph(path: Path, n: int = N, dtype: str = "float32") -> None:
+    elem = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "gemm",
+        [helper.make_tensor_value_info("a", elem, [n, n])],
+        [helper.make_tensor_value_info("y", elem, [n, n])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+def measure_peak(backend, repeat: int = 10, n: int = N) -> float:
+    """Best GFLOP/s of an n^3 fp32 GEMM in ``backend`` (a Backend instance)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        gemm_graph(path, n)
+        graph = backend.load("gemm", path)
+        a = backend.alloc((n, n), np.float32)
+        backend.from_host(a, np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
+        y = backend.alloc((n, n), np.float32)
+        call = graph.bind({"a": a}, {"y": y})
+        call()
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            call()
+            backend.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9

@@ -1,0 +1,111 @@
+"""The runs a benchmark compares: the PyTorch reference pipeline and the runtime's settings.
+
+A variant is prepared once (sessions created, model loaded) and then run many
+times on the same inputs; each run returns its frames, the time to the first
+clip, and (for the runtime) per-stage call times. Nothing is read from disk or
+written inside a run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    kind: str  # "reference" or "runtime"
+    sampler: str = "ddim"
+    steps: int = 40
+    guidance_steps: int | None = None  # None: guide every step
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        g = "every step" if self.guidance_steps is None else f"first {self.guidance_steps} step(s)"
+        if self.kind == "reference":
+            return f"PyTorch eager, {self.sampler} {self.steps}, guidance on {g}, fp32"
+        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, guidance on {g}"
+
+
+def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
+    """Baseline + the runtime settings of issue #5, and low-precision ones where the bundle has them."""
+    out = [
+        VariantSpec("reference-ddim40", "reference"),
+        VariantSpec("ort-fp32-ddim40", "runtime"),
+        VariantSpec("ort-fp32-dpm8", "runtime", "dpmpp_2m", 8),
+        VariantSpec("ort-fp32-dpm4", "runtime", "dpmpp_2m", 4),
+        VariantSpec("ort-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, guidance_steps=1),
+    ]
+    graphs = bundle.manifest["graphs"]
+    for prec in ("int8", "fp16"):
+        if f"denoise_step.{prec}" in graphs:
+            out.append(VariantSpec(f"ort-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, precision=prec))
+    from ..engines.probe import has_module
+
+    if has_module("openvino") and not quick:
+        out.append(VariantSpec("ov-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino"))
+        out.append(VariantSpec("ov-bf16-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", backend_options={"precision": "bf16"}))
+    return out
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    first_frame: float
+    frames: np.ndarray
+    stages: dict[str, list[float]]
+
+
+class Variant:
+    """A prepared variant: ``run()`` generates the video once and times it."""
+
+    def __init__(self, spec: VariantSpec, bundle, model_factory, guidance_scale: float, threads: int):
+        self.spec = spec
+        self.threads = threads
+        if spec.kind == "reference":
+            import torch
+
+            from ..models.pipeline import ReferencePipeline, SamplerSpec
+
+            torch.set_num_threads(threads)
+            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps,
+                                  bundle.sampler_defaults["prediction_type"], bundle.sampler_defaults["spacing"],
+                                  bundle.sampler_defaults["zero_snr"])
+            self.pipe = ReferencePipeline(model_factory(), sampler)
+        else:
+            from ..runtime.pipeline import Pipeline
+
+            options = dict(spec.backend_options)
+            options.setdefault("threads", threads)
+            self.pipe = Pipeline(bundle, backend=spec.backend, precision=spec.precision, sampler=spec.sampler,
+                                 steps=spec.steps, guidance_scale=guidance_scale, guidance_steps=spec.guidance_steps,
+                                 backend_options=options)
+
+    def run(self, portrait, audio: np.ndarray, seed: int) -> RunResult:
+        if self.spec.kind == "reference":
+            t0 = time.perf_counter()
+            frames = self.pipe(portrait.image, portrait.mask, audio, seed=seed)
+            seconds = time.perf_counter() - t0
+            # the reference returns the whole video at the end: its first frame comes with the last
+            return RunResult(seconds, seconds, frames, {})
+        self.pipe.timings.calls.clear()
+        clips = []
+        t0 = time.perf_counter()
+        first = None
+        for clip in self.pipe.stream(portrait, audio, seed=seed):
+            if first is None:
+                first = time.perf_counter() - t0
+            clips.append(clip)
+        seconds = time.perf_counter() - t0
+        stages = {k: list(v) for k, v in self.pipe.timings.calls.items()}
+        return RunResult(seconds, first, np.concatenate(clips), stages)
+
+    def close(self) -> None:
+        if self.spec.kind == "runtime":
+            self.pipe.close()

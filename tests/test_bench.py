@@ -1,0 +1,66 @@
+"""`emote bench`: the record, table and plot it writes (structure, not speed), and FLOP counting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from PIL import Image
+
+from emote.bench.flops import count_flops
+from emote.cli import main
+
+
+def test_bench_quick_writes_json_table_and_plot(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--bundle", str(tiny_bundle), "--quick", "--quiet", "-o", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert {"machine", "threads", "bundle", "config", "flops", "peak_gflops", "baseline", "results", "samples"} <= set(record)
+    assert record["bundle"]["hash"] and record["machine"]["cores"] >= 1
+    assert record["baseline"] == "reference-ddim40"
+    assert record["peak_gflops"]["onnxruntime-fp32"] > 0
+    names = list(record["results"])
+    assert names[0] == "reference-ddim40" and "ort-fp32-dpm4-g1" in names
+    for name in names:
+        r = record["results"][name]
+        assert len(record["samples"][name]) == record["config"]["repeat"] == 2
+        assert r["frames"] == 25 and r["fps"] > 0 and r["real_time_factor"] > 0
+        assert r["seconds"]["p50"] <= r["seconds"]["p90"]
+    ort = record["results"]["ort-fp32-ddim40"]
+    assert ort["psnr_vs_baseline_db"] >= 40  # the runtime reproduces the baseline's frames
+    assert ort["first_frame"]["p50"] < ort["seconds"]["p50"]  # frames stream before the end
+    step = ort["stages"]["denoise_step"]
+    assert step["n"] == 2 * 7 * 40  # 2 runs x 7 clips x 40 steps
+    assert 0 < step["fraction_of_peak"] < 1.5
+    g1 = record["results"]["ort-fp32-dpm4-g1"]["stages"]
+    assert g1["denoise_step"]["n"] == 2 * 7 and g1["denoise_step_cond"]["n"] == 2 * 7 * 3
+    table = (out / "results.md").read_text()
+    assert "| variant |" in table and all(f"| {n} |" in table for n in names)
+    with Image.open(out / "results.png") as img:
+        assert img.format == "PNG" and img.size[0] > 600
+
+
+def test_bench_refuses_unknown_variants(tiny_bundle, tmp_path, capsys):
+    assert main(["bench", "--bundle", str(tiny_bundle), "--variants", "warp-drive", "-o", str(tmp_path)]) == 2
+    assert "unknown variant(s) warp-drive" in capsys.readouterr().err
+
+
+def test_flop_count_of_known_graphs(tmp_path):
+    w = onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    m = onnx.numpy_helper.from_array(np.ones((16, 5), np.float32), "m")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),  # 2 x (1*8*10*10) x (3*3*3)
+            helper.make_node("Reshape", ["c", "shape"], ["r"]),
+            helper.make_node("MatMul", ["r", "m"], ["y"]),  # 2 x (50*5) x 16
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [50, 5])],
+        [w, m, onnx.numpy_helper.from_array(np.array([50, 16], np.int64), "shape")],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(helper.make_model(graph)), str(path))
+    assert count_flops(path) == 2 * 800 * 27 + 2 * 250 * 16

@@ -1,0 +1,209 @@
+"""Media in and out: images of every mode, the face crop, audio of every format and rate, video files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from emote.errors import EmoteError
+from emote.runtime.audio import StreamResampler, load_audio, pcm_chunks, to_float32_pcm
+from emote.runtime.face import crop_portrait, detect_face, prepare_portrait
+from emote.runtime.image import load_image
+from emote.runtime.video import VideoWriter, probe_video, write_npy, write_png_frames
+
+PORTRAIT = "emote/assets/portrait.png"
+
+
+# -- images ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("RGB", (10, 200, 30), (10, 200, 30)),
+        ("L", 77, (77, 77, 77)),
+        ("RGBA", (255, 0, 0, 0), (255, 255, 255)),  # fully transparent -> white
+        ("RGBA", (255, 0, 0, 255), (255, 0, 0)),
+        ("LA", (50, 255), (50, 50, 50)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 32896, (128, 128, 128)),
+    ],
+)
+def test_image_modes(tmp_path, mode, value, expected):
+    ext = "jpg" if mode == "CMYK" else "png"
+    path = tmp_path / f"img.{ext}"
+    Image.new(mode, (40, 36), value).save(path)
+    rgb = load_image(path)
+    assert rgb.shape == (36, 40, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb[18, 20].astype(int) - expected).max() <= 2
+
+
+def test_palette_image(tmp_path):
+    Image.new("RGB", (40, 40), (0, 0, 255)).convert("P").save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png")[5, 5].tolist() == [0, 0, 255]
+
+
+def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
+    img = Image.new("RGB", (60, 40), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 30, 40))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    rgb = load_image(tmp_path / "r.jpg")
+    assert rgb.shape == (60, 40, 3)  # portrait after rotation
+    assert rgb[5, 20].mean() > 200 and rgb[55, 20].mean() < 50  # the white half is now on top
+
+
+# -- face -------------------------------------------------------------------------------------
+def test_haar_finds_the_example_face():
+    import sys
+
+    sys.path.insert(0, ".")
+    from training.portrait import EXAMPLE, face_box
+
+    rgb = load_image(PORTRAIT)
+    box = detect_face(rgb)
+    assert box is not None
+    truth = face_box(EXAMPLE, 512)
+    ix = max(0, min(box[0] + box[2], truth[0] + truth[2]) - max(box[0], truth[0]))
+    iy = max(0, min(box[1] + box[3], truth[1] + truth[3]) - max(box[1], truth[1]))
+    union = box[2] * box[3] + truth[2] * truth[3] - ix * iy
+    assert ix * iy / union >= 0.5
+
+
+def test_crop_geometry_and_mask():
+    rgb = np.zeros((100, 200, 3), np.uint8)
+    rgb[:, :, 0] = np.arange(200)[None, :]
+    crop, mask = crop_portrait(rgb, (80, 30, 40, 40), size=64)
+    assert crop.shape == (64, 64, 3) and mask.shape == (64, 64)
+    # the box is 40 px in an 80 px crop: the mask covers half the side, centred horizontally
+    cols = np.where(mask.any(axis=0))[0]
+    assert cols[0] == 16 and cols[-1] == 47
+    assert mask.sum() == pytest.approx(32 * 32, abs=64)
+    # near the border the crop is padded by replication, not black
+    _, _ = crop_portrait(rgb, (0, 0, 40, 40), size=64)
+    edge, _ = crop_portrait(rgb, (0, 0, 40, 40), size=64)
+    assert edge[:, 0, 0].max() <= 5 and edge.min() >= 0
+
+
+def test_no_face_names_the_option():
+    with pytest.raises(EmoteError, match="no face found in the image: pass --face-box"):
+        prepare_portrait(np.full((120, 120, 3), 128, np.uint8), 64)
+
+
+def test_prepare_portrait_of_the_example():
+    p = prepare_portrait(PORTRAIT, 128)
+    assert p.image.shape == (128, 128, 3) and p.mask.max() == 1.0
+    assert 0.1 < p.mask.mean() < 0.5  # the face fills a good part of the crop
+
+
+# -- audio ------------------------------------------------------------------------------------
+def tone(rate: int, seconds: float = 1.0, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.5 * np.sin(2 * np.pi * freq * t)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spec) * 16000 / len(x))
+
+
+@pytest.mark.parametrize(
+    "ext, subtype, rate, channels",
+    [
+        ("wav", "PCM_16", 16000, 1),
+        ("wav", "PCM_32", 44100, 2),
+        ("wav", "FLOAT", 48000, 1),
+        ("wav", "PCM_U8", 8000, 1),
+        ("flac", "PCM_16", 44100, 2),
+        ("ogg", "VORBIS", 48000, 1),
+        ("mp3", "MPEG_LAYER_III", 44100, 2),
+    ],
+)
+def test_audio_formats(tmp_path, ext, subtype, rate, channels):
+    path = tmp_path / f"a.{ext}"
+    sf.write(path, tone(rate, channels=channels), rate, subtype=subtype)
+    x = load_audio(path)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) / 16000 - 1.0) <= (0.06 if ext == "mp3" else 0.001)  # MP3 pads frames
+    assert abs(peak_hz(x) - 440) < 3
+    assert 0.3 < np.abs(x).max() <= 0.6
+
+
+def test_m4a_through_pyav(tmp_path):
+    import av
+
+    path = tmp_path / "a.m4a"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=22050, layout="mono")
+        samples = tone(22050).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate = 22050
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    x = load_audio(path)
+    assert abs(len(x) / 16000 - 1.0) < 0.1 and abs(peak_hz(x) - 440) < 3
+
+
+def test_silence_is_valid(tmp_path):
+    sf.write(tmp_path / "s.wav", np.zeros(8000, np.int16), 16000)
+    assert np.all(load_audio(tmp_path / "s.wav") == 0)
+
+
+def test_stream_resampler_equals_whole_file():
+    import soxr
+
+    x = tone(44100, 2.0).astype(np.float32)
+    whole = soxr.resample(x, 44100, 16000, quality="HQ")
+    r = StreamResampler(44100)
+    chunked = np.concatenate([r.push(c) for c in np.array_split(x, len(x) // 882)] + [r.flush()])  # 20 ms chunks
+    assert len(chunked) == len(whole)
+    assert np.abs(chunked - whole).max() < 1e-5
+
+
+def test_pcm_helpers():
+    pcm = (np.array([0, 16384, -32767, 32767] * 2, np.int16)).tobytes()
+    x = to_float32_pcm(pcm, channels=2)
+    assert x.dtype == np.float32 and len(x) == 4
+    chunks = list(pcm_chunks(np.zeros(16000, np.float32), 20))
+    assert len(chunks) == 50 and all(len(c) == 320 for c in chunks)
+
+
+# -- video ------------------------------------------------------------------------------------
+def test_video_two_clips_with_audio(tmp_path):
+    out = tmp_path / "v.mp4"
+    audio = tone(16000).astype(np.float32)
+    with VideoWriter(out, 25, 64, audio=audio) as v:
+        v.write(np.zeros((13, 64, 64, 3), np.uint8))
+        v.write(np.full((12, 64, 64, 3), 200, np.uint8))
+    info = probe_video(out)
+    assert (info["frames"], info["fps"], info["video_streams"], info["audio_streams"]) == (25, 25.0, 1, 1)
+    assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
+    assert abs(info["audio_seconds"] - 1.0) <= 0.04
+
+
+def test_interrupted_video_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "v.mp4", 25, 64) as v:
+            v.write(np.zeros((5, 64, 64, 3), np.uint8))
+            raise RuntimeError("stopped")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused_before_work(tmp_path):
+    with pytest.raises(EmoteError, match="does not exist"):
+        VideoWriter(tmp_path / "missing" / "v.mp4", 25, 64)
+
+
+def test_png_and_npy(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    write_png_frames(frames, tmp_path / "png")
+    names = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert names == ["frame_000000.png", "frame_000001.png", "frame_000002.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / names[1])), frames[1])
+    write_npy(frames, tmp_path / "f.npy")
+    assert np.array_equal(np.load(tmp_path / "f.npy"), frames)
