@@ -37,7 +37,8 @@ def _export(args) -> int:
         raise EmoteError(str(e)) from None
     if weights["source"] == "random":
         print(f"emote: note: no checkpoint for preset {args.preset!r}: exporting random weights (seed {args.seed})", file=sys.stderr)
-    out = export_bundle(model, args.out, weights=weights, force=args.force, progress=not args.quiet)
+    precisions = ("fp32",) if args.precision == "fp32" else ("fp32", args.precision)
+    out = export_bundle(model, args.out, weights=weights, precisions=precisions, force=args.force, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
 
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", required=True, help="model preset: tiny, demo, emo-sd15")
     d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
     d.add_argument("--out", required=True, help="bundle folder to write")
-    d.add_argument("--precision", default="fp32", choices=["fp32"], help="graph precision (fp32; fp16 and int8 come from `emote quantize`)")
+    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16 adds fp16 step graphs (norms, softmax, solver in fp32) beside the fp32 graphs")
     d.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     d.add_argument("--height", type=int, help="image height in pixels (default: the preset's)")
     d.add_argument("--width", type=int, help="image width in pixels (default: the preset's)")

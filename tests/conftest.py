@@ -51,8 +51,8 @@ def tiny_inputs(tiny_config):
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model):
-    """The tiny model (seed 0) exported once for the whole session."""
+    """The tiny model (seed 0) exported once for the whole session, with fp16 step graphs."""
     from emote.export.bundle import export_bundle
 
     path = tmp_path_factory.mktemp("bundles") / "tiny"
-    return export_bundle(tiny_model, path, weights={"source": "random", "seed": 0}, progress=False)
+    return export_bundle(tiny_model, path, weights={"source": "random", "seed": 0}, precisions=("fp32", "fp16"), progress=False)

@@ -24,7 +24,8 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_config):
     assert manifest["preset"] == "tiny" and manifest["model"]["frames"] == tiny_config.frames
     assert manifest["opset"] >= 17
     assert manifest["weights"] == {"source": "random", "seed": 0}
-    assert sorted(manifest["graphs"]) == sorted(GRAPHS)
+    assert sorted(manifest["graphs"]) == sorted(GRAPHS + ["denoise_step.fp16", "denoise_step_cond.fp16"])
+    assert manifest["graphs"]["denoise_step.fp16"]["precision"] == "fp16"
     for name, sha in manifest["files"].items():
         assert file_sha256(tiny_bundle / name) == sha
     step = manifest["graphs"]["denoise_step"]
@@ -151,3 +152,39 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EmoteError, match="format 'emote-bundle/0'"):
         Bundle.open(copy)
+
+
+@pytest.mark.parametrize("graph", ["denoise_step.fp16", "denoise_step_cond.fp16"])
+def test_fp16_step_graph_keeps_solver_norms_and_softmax_in_fp32(tiny_bundle, graph):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_bundle / f"{graph}.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    producer = {o: n for n in model.graph.node for o in n.output}
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    # the solver update: every tensor from the backbone's (cast) output to x_next and x0 is fp32
+    frontier, seen = ["x_next", "x0"], set()
+    while frontier:
+        t = frontier.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        assert types.get(t) == FLOAT, f"{t} ({node.op_type}) is not fp32"
+        if node.op_type != "Cast":  # stop at the cast of the model output to fp32
+            frontier += [i for i in node.input if i]
+    assert len(seen) >= 6
+    for node in model.graph.node:
+        if node.op_type in ("Softmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization"):
+            assert types.get(node.input[0]) == FLOAT, f"{node.op_type} {node.name} computes in fp16"
+    heavy = [types.get(n.input[1]) for n in model.graph.node if n.op_type in ("MatMul", "Conv")]
+    assert heavy.count(HALF) > 0.8 * len(heavy)  # the backbone's weights and GEMMs are fp16
+    assert [i.type.tensor_type.elem_type for i in model.graph.input][:4] == [FLOAT] * 4  # I/O stays fp32
+
+
+def test_fp16_graphs_within_bound(tiny_bundle, tiny_model):
+    from emote.engines.onnxruntime import OnnxRuntimeBackend
+    from emote.export.parity import verify_bundle
+
+    rows = verify_bundle(tiny_bundle, tiny_model, OnnxRuntimeBackend(), precision="fp16")
+    assert {r.graph for r in rows} == {"denoise_step", "denoise_step_cond"}
+    assert all(r.ok for r in rows) and min(r.sqnr_db for r in rows) >= 35.0

@@ -77,9 +77,19 @@ def clean_graph(path: Path, external: bool) -> None:
 
 
 def export_bundle(
-    model: EMOModel, out: str | Path, *, weights: dict | None = None, force: bool = False, progress: bool = True
+    model: EMOModel,
+    out: str | Path,
+    *,
+    weights: dict | None = None,
+    precisions: tuple[str, ...] = ("fp32",),
+    force: bool = False,
+    progress: bool = True,
 ) -> Path:
-    """Write every graph of ``model`` and ``manifest.json`` to the folder ``out``."""
+    """Write every graph of ``model`` and ``manifest.json`` to the folder ``out``.
+
+    ``precisions``: fp32 graphs always; "fp16" adds fp16 step graphs (``denoise_step.fp16.onnx``:
+    backbone in fp16, norms, softmax and the solver update in fp32, I/O fp32).
+    """
     out = Path(out)
     if out.exists() and not force:
         raise EmoteError(f"output folder {out} exists: pass --force to replace it")
@@ -89,7 +99,7 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     started = time.perf_counter()
     try:
-        graphs = all_graphs(model)
+        graphs = all_graphs(model, precisions)
         entries = {}
         bar = tqdm(graphs, desc="export", unit="graph", disable=not progress)
         for g in bar:
@@ -97,7 +107,7 @@ def export_bundle(
             export_graph(g, tmp / f"{g.name}.onnx")
             entries[g.name] = {
                 "file": f"{g.name}.onnx",
-                "precision": "fp32",
+                "precision": getattr(g, "precision", "fp32"),
                 "inputs": [s.to_dict() for s in g.inputs()],
                 "outputs": output_specs(tmp / f"{g.name}.onnx"),
             }

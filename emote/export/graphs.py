@@ -204,10 +204,19 @@ class DenoiseStepGraph(Graph):
 
     components = ("backbone",)
 
-    def __init__(self, model: EMOModel, guided: bool):
+    def __init__(self, model: EMOModel, guided: bool, precision: str = "fp32"):
         super().__init__(model)
         self.guided = guided
+        self.precision = precision
         self.name = "denoise_step" if guided else "denoise_step_cond"
+        if precision == "fp16":
+            # a half copy of the backbone; norms and softmax stay fp32 (GroupNorm32, LayerNorm32, attend)
+            import copy
+
+            self.model.backbone = copy.deepcopy(model.backbone).half()
+            self.name += ".fp16"
+        elif precision != "fp32":
+            raise ValueError(f"step graphs are exported in fp32 or fp16, not {precision!r}")
         if guided:
             with torch.no_grad():
                 uncond = model.uncond_audio_kv()
@@ -254,11 +263,17 @@ class DenoiseStepGraph(Graph):
         (face,) = rest
         clip = ClipCondition(audio=audio, motion=motion, speed=speed, face=face)
         t = row[0:1]
+        x_in = x
+        if self.precision == "fp16":  # graph I/O stays fp32; the backbone computes in fp16
+            half = lambda kv: [(k.half(), v.half()) for k, v in kv]  # noqa: E731
+            ref, x_in = half(ref), x.half()
+            clip = ClipCondition(half(audio), half(motion), half(speed) if speed else None, face.half())
         if self.guided:
             uncond = [(getattr(self, f"uncond_k_{i}"), getattr(self, f"uncond_v_{i}")) for i in range(b)]
-            out = self.model.model_output(x, t, ref, clip, row[7], uncond)
+            uncond = [(k.to(x_in.dtype), v.to(x_in.dtype)) for k, v in uncond]
+            out = self.model.model_output(x_in, t, ref, clip, row[7], uncond)
         else:
-            out = self.model.model_output(x, t, ref, clip, None)
+            out = self.model.model_output(x_in, t, ref, clip, None)
         out = out.float()  # the solver update stays fp32 whatever the backbone's precision
         x0 = row[1] * x + row[2] * out
         x_next = row[3] * x + row[4] * x0 + row[5] * x0_prev + row[6] * noise
@@ -286,9 +301,10 @@ def condition_shapes(model: EMOModel) -> dict[str, tuple[int, ...]]:
     return _SHAPES[key]
 
 
-def all_graphs(model: EMOModel) -> list[Graph]:
-    """Every graph of a bundle, in the order the runtime first uses them."""
-    return [
+def all_graphs(model: EMOModel, precisions: tuple[str, ...] = ("fp32",)) -> list[Graph]:
+    """Every graph of a bundle, in the order the runtime first uses them; fp16 adds the step graphs."""
+    extra = [DenoiseStepGraph(model, guided, "fp16") for guided in (True, False)] if "fp16" in precisions else []
+    return extra + [
         AudioEncoderGraph(model),
         ReferenceGraph(model),
         VAEEncoderGraph(model),

@@ -153,13 +153,21 @@ def verify_bundle(
     bundle = Bundle.open(bundle_path)
     real = real_inputs(model) if "real" in inputs else {}
     rows: list[ParityRow] = []
-    for g in all_graphs(model):
+    checked = 0
+    for g in all_graphs(model):  # the fp32 PyTorch graphs are the reference for every precision
         if graphs and g.name not in graphs:
             continue
+        if precision != "fp32" and f"{g.name}.{precision}" not in bundle.manifest["graphs"]:
+            continue  # graphs without a low-precision variant run in fp32
+        checked += 1
         engine = backend.load(g.name, bundle.graph_path(g.name, precision))
         for kind in inputs:
             feeds = g.example(np.random.default_rng(7)) if kind == "random" else real[g.name]
             ref = torch_outputs(g, feeds)
             got = engine.run({k: feeds[k] for k in engine.inputs})
             rows += compare(g.name, ref, got, precision, kind)
+    if not checked:
+        from ..errors import EmoteError
+
+        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: export with --precision {precision}")
     return rows

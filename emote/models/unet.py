@@ -59,6 +59,28 @@ class ReferenceFeatures:
     hidden: list[Tensor]
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 whatever the weights' dtype (the precision policy: norms stay fp32).
+
+    In an fp32 model the casts are no-ops and export adds nothing; in an fp16 one
+    they become Cast nodes around the norm.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in fp32 (see GroupNorm32)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding as diffusers' ``get_timestep_embedding`` with flip_sin_to_cos=True, shift 0."""
     half = dim // 2
@@ -80,10 +102,10 @@ class TimestepEmbedding(nn.Module):
 class ResnetBlock2D(nn.Module):
     def __init__(self, cin: int, cout: int, temb: int, groups: int, eps: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
+        self.norm1 = GroupNorm32(groups, cin, eps=eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb, cout)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
+        self.norm2 = GroupNorm32(groups, cout, eps=eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
@@ -122,7 +144,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     k = k.reshape(b, -1, heads, d).transpose(1, 2)
     v = v.reshape(b, -1, heads, d).transpose(1, 2)
     # the softmax stays in the graph as one op so that precision passes can pin it to fp32
-    w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (d**-0.5), dim=-1)
+    # the softmax runs in fp32 whatever the model's dtype (a no-op in fp32 models)
+    w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * (d**-0.5), dim=-1).to(v.dtype)
     return torch.matmul(w, v).transpose(1, 2).reshape(b, n, c)
 
 
@@ -168,11 +191,11 @@ class BasicTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, context_dim: int):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm32(dim)
         self.attn1 = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm32(dim)
         self.attn2 = Attention(dim, heads, context_dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = LayerNorm32(dim)
         self.ff = FeedForward(dim)
 
     def forward(self, h: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None) -> Tensor:
@@ -194,7 +217,7 @@ class Transformer2DModel(nn.Module):
 
     def __init__(self, c: int, heads: int, context_dim: int, groups: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.norm = GroupNorm32(groups, c, eps=1e-6)
         self.proj_in = nn.Conv2d(c, c, 1)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, heads, context_dim)])
         self.proj_out = nn.Conv2d(c, c, 1)
@@ -240,15 +263,15 @@ class TemporalTransformerBlock(nn.Module):
         super().__init__()
         second = TemporalAttention(dim, heads, max_len, speed_dim or None)
         self.attention_blocks = nn.ModuleList([TemporalAttention(dim, heads, max_len), second])
-        self.norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
+        self.norms = nn.ModuleList([LayerNorm32(dim), LayerNorm32(dim)])
         self.ff = FeedForward(dim)
-        self.ff_norm = nn.LayerNorm(dim)
+        self.ff_norm = LayerNorm32(dim)
 
 
 class TemporalTransformer3DModel(nn.Module):
     def __init__(self, c: int, heads: int, groups: int, max_len: int, speed_dim: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
+        self.norm = GroupNorm32(groups, c, eps=1e-6)
         self.proj_in = nn.Linear(c, c)
         self.transformer_blocks = nn.ModuleList([TemporalTransformerBlock(c, heads, max_len, speed_dim)])
         self.proj_out = nn.Linear(c, c)
@@ -397,7 +420,7 @@ class UNet(nn.Module):
                 Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None)
             )
         if mode != "reference":
-            self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
+            self.conv_norm_out = GroupNorm32(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
             self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
     # -- layer inventories (forward order), used to name graph inputs -------------------
@@ -444,7 +467,7 @@ class UNet(nn.Module):
 
     def _walk(self, x: Tensor, t: Tensor, cond: StepCondition, out: ReferenceFeatures | None) -> Tensor:
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
-        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]))
+        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
         h = self.conv_in(x)
         if cond.face is not None:
             h = h + cond.face

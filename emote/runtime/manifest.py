@@ -113,7 +113,7 @@ class Bundle:
         entry = self.manifest["graphs"].get(key)
         if entry is None:
             have = sorted({k.split(".", 1)[1] for k in self.manifest["graphs"] if "." in k} | {"fp32"})
-            raise EmoteError(f"bundle {self.path} has no {precision} {name} graph (has: {', '.join(have)}); see `emote quantize`")
+            raise EmoteError(f"bundle {self.path} has no {precision} {name} graph (it has: {', '.join(have)})")
         return GraphSpec(key, entry["file"], entry["precision"], _specs(entry["inputs"]), _specs(entry["outputs"]))
 
     def graph_path(self, name: str, precision: str = "fp32") -> Path:
