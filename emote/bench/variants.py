@@ -30,7 +30,8 @@ class VariantSpec:
         g = "every step" if self.guidance_steps is None else f"first {self.guidance_steps} step(s)"
         if self.kind == "reference":
             return f"PyTorch eager, {self.sampler} {self.steps}, guidance on {g}, fp32"
-        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, guidance on {g}"
+        precision = self.backend_options.get("precision", self.precision)  # an inference-precision hint
+        return f"{self.backend} {precision}, {self.sampler} {self.steps}, guidance on {g}"
 
 
 def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:

@@ -125,6 +125,14 @@ class Pipeline:
         self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
         self.timings = Timings()
         self.backend = make_backend(backend, **(backend_options or {}))
+        if getattr(self.backend, "cache_dir", "none") is None and hasattr(self.backend, "cache_for"):
+            # compiled engines are cached beside the bundle, keyed by device, version and bundle hash
+            cache = self.backend.cache_for(self.bundle.path, self.bundle.hash)
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                self.backend.cache_dir = cache
+            except OSError:
+                pass  # a read-only bundle: compile every time rather than fail
         self.graphs = {g: self.backend.load(g, self.bundle.graph_path(g, self._precision_of(g))) for g in GRAPHS}
         self._allocate()
 
