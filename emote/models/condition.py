@@ -1,4 +1,5 @@
-"""The light conditioning encoders: face locator (mask -> features) and speed layers (speed -> tokens)."""
+"""The light conditioning encoders: face locator (mask -> features), speed layers (speed -> tokens)
+and Hallo's face projection (face embedding -> attn2 context tokens)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ class FaceLocator(nn.Module):
 
     ControlNet's conditioning-embedding layout (Hallo's ``face_locator`` names):
     three stride-2 stages take the mask to the latent resolution; ``conv_out`` starts
-    at zero so an untrained locator changes nothing.
+    at zero so an untrained locator changes nothing. A one-channel mask is repeated to
+    ``cin`` channels (Hallo reads its binary face mask as an RGB image).
     """
 
     def __init__(self, cin: int, channels: tuple[int, ...], cout: int):
@@ -27,6 +29,8 @@ class FaceLocator(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, mask: Tensor) -> Tensor:
+        if mask.shape[1] != self.conv_in.in_channels:
+            mask = mask.expand(-1, self.conv_in.in_channels, -1, -1)
         h = F.silu(self.conv_in(mask))
         for conv in self.blocks:
             h = F.silu(conv(h))
@@ -54,3 +58,17 @@ class SpeedEncoder(nn.Module):
         """(f,) speeds -> (f, tokens, dim)."""
         s = torch.tanh((speed[:, None] - self.centres) / self.radius * 3.0)
         return self.mlp(s).reshape(speed.shape[0], self.tokens, self.dim)
+
+
+class FaceProjection(nn.Module):
+    """Hallo's ImageProjModel: a face embedding (InsightFace, 512-d) -> ``tokens`` attn2 context tokens."""
+
+    def __init__(self, dim: int, tokens: int, context_dim: int):
+        super().__init__()
+        self.tokens, self.context_dim = tokens, context_dim
+        self.proj = nn.Linear(dim, tokens * context_dim)
+        self.norm = nn.LayerNorm(context_dim)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        """(B, dim) -> (B, tokens, context_dim)."""
+        return self.norm(self.proj(embedding).reshape(-1, self.tokens, self.context_dim))

@@ -38,10 +38,24 @@ class UNetConfig:
     temporal_heads: int = 8
     temporal_max_len: int = 32  # positional-encoding table length (AnimateDiff: 32)
     speed_dim: int = 0  # 0: no speed layers; else the speed tokens' width
+    # Hallo's differences from EMO, as options (the defaults are EMO's; see the `hallo` preset)
+    context: str = "audio"  # attn2 of the spatial blocks attends to: "audio" tokens (EMO) or "face" embedding tokens (Hallo, both UNets)
+    audio_modules: bool = False  # Hallo: an audio transformer after each spatial attention, three region-masked cross-attentions
+    motion_frames_mode: str = "kv"  # motion frames join the temporal layers as "kv" (EMO: keys/values of the
+    # first attention) or "concat" (Hallo: ReferenceNet attn1 tokens prepended along frames, through both attentions)
+    motion_in_plain_blocks: bool = True  # Hallo: False, its motion modules in blocks without attention never run
 
     def __post_init__(self) -> None:
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError("attention_levels needs one entry per block_out_channels level")
+        if self.context not in ("audio", "face"):
+            raise ValueError(f"context {self.context!r}: one of 'audio', 'face'")
+        if self.audio_modules != (self.context == "face"):
+            raise ValueError("audio_modules carry the audio exactly when attn2 attends to the face (context='face')")
+        if self.motion_frames_mode not in ("kv", "concat"):
+            raise ValueError(f"motion_frames_mode {self.motion_frames_mode!r}: one of 'kv', 'concat'")
+        if self.motion_frames_mode == "concat" and (self.motion_in_plain_blocks or self.speed_dim):
+            raise ValueError("concat motion frames come from a unit's attention: no motion in plain blocks, no speed layers")
         for c in self.block_out_channels:
             if c % self.norm_num_groups or c % self.num_heads or c % self.temporal_heads:
                 raise ValueError(
@@ -103,6 +117,11 @@ class ModelConfig:
     speed_buckets: int = 9  # D: tanh speed buckets
     speed_tokens: int = 2  # tokens per frame the temporal layers attend to
     speed_default: float = 0.3  # the constant head speed used at inference (normalised 0..1)
+    face_embedding_dim: int = 0  # Hallo: 512 (InsightFace's face embedding), projected to attn2 context tokens
+    face_embedding_tokens: int = 4  # Hallo's clip_extra_context_tokens
+    uncond_branch: str = "audio"  # guidance's unconditional branch: "audio" (EMO: zero audio) or "hallo"
+    # (Hallo's: zero audio, zero face embedding, no reference attention, no face-locator features)
+    first_motion: str = "zeros"  # the first clip's motion frames: "zeros" (EMO) or the "reference" image (Hallo)
     # sampler defaults (the runtime's fast default and the published baseline)
     sampler: str = "dpmpp_2m"
     steps: int = 4
@@ -111,6 +130,7 @@ class ModelConfig:
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
     zero_snr: bool = False
+    beta_schedule: str = "scaled_linear"  # SD's training schedule; Hallo's DDIM is built with "linear"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +142,14 @@ class ModelConfig:
             raise ValueError("motion_frames + frames exceed the temporal positional encoding")
         if self.unet.speed_dim and self.speed_buckets < 1:
             raise ValueError("speed layers need speed_buckets >= 1")
+        if bool(self.face_embedding_dim) != (self.unet.context == "face"):
+            raise ValueError("a face embedding (face_embedding_dim > 0) goes with unet.context='face', and only with it")
+        if self.uncond_branch not in ("audio", "hallo") or (self.uncond_branch == "hallo") != (self.unet.context == "face"):
+            raise ValueError(f"uncond_branch {self.uncond_branch!r}: 'audio' for EMO models, 'hallo' for context='face'")
+        if self.first_motion not in ("zeros", "reference"):
+            raise ValueError(f"first_motion {self.first_motion!r}: one of 'zeros', 'reference'")
+        if self.beta_schedule not in ("scaled_linear", "linear"):
+            raise ValueError(f"beta_schedule {self.beta_schedule!r}: one of 'scaled_linear', 'linear'")
 
     @property
     def latent_size(self) -> int:
@@ -252,7 +280,91 @@ def _emo_sd15() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "demo": _demo, "emo-sd15": _emo_sd15}
+# Hallo's structure (fudan-generative-vision/hallo, scripts/inference.py): EMO's options that differ.
+HALLO_UNET = dict(
+    speed_dim=0,
+    context="face",
+    audio_modules=True,
+    motion_frames_mode="concat",
+    motion_in_plain_blocks=False,
+)
+
+
+def _hallo() -> ModelConfig:
+    # Hallo's released net.pth: SD1.5 UNets + AnimateDiff v2 motion modules + audio modules,
+    # sd-vae-ft-mse, wav2vec2-base-960h; the defaults of its configs/inference/default.yaml.
+    return ModelConfig(
+        name="hallo",
+        unet=UNetConfig(**HALLO_UNET),
+        vae=VAEConfig(),
+        audio=AudioConfig(),  # 5 frames x 12 layers x 768 -> 32 tokens of 768 (Hallo's AudioProjModel)
+        resolution=512,
+        frames=16,
+        motion_frames=2,
+        fps=25,
+        face_locator_channels=(16, 32, 64, 128),
+        face_locator_in_channels=3,  # Hallo feeds its face mask as an RGB image
+        face_embedding_dim=512,
+        face_embedding_tokens=4,
+        uncond_branch="hallo",
+        first_motion="reference",
+        sampler="ddim",
+        steps=40,
+        guidance_scale=3.5,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        zero_snr=True,
+        beta_schedule="linear",
+    )
+
+
+def _hallo_tiny() -> ModelConfig:
+    # The structure of `hallo` (every key of Hallo's net.pth) at toy widths: CI round trips.
+    # Four levels of distinct widths, so that the same layers change width (conv_shortcut) as in SD1.5.
+    return ModelConfig(
+        name="hallo-tiny",
+        unet=UNetConfig(
+            block_out_channels=(16, 32, 64, 64),
+            num_heads=2,
+            cross_attention_dim=32,
+            norm_num_groups=8,
+            temporal_heads=2,
+            temporal_max_len=16,
+            **HALLO_UNET,
+        ),
+        vae=VAEConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4),
+        audio=AudioConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=32,
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            tokens=4,
+            proj_hidden=64,
+            left_context=4,
+        ),
+        resolution=64,
+        frames=4,
+        motion_frames=2,
+        face_locator_channels=(4, 8, 8, 16),
+        face_locator_in_channels=3,
+        face_embedding_dim=16,
+        face_embedding_tokens=4,
+        uncond_branch="hallo",
+        first_motion="reference",
+        sampler="ddim",
+        steps=4,
+        guidance_scale=3.5,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        zero_snr=True,
+        beta_schedule="linear",
+    )
+
+
+PRESETS = {"tiny": _tiny, "demo": _demo, "emo-sd15": _emo_sd15, "hallo": _hallo, "hallo-tiny": _hallo_tiny}
 
 
 def preset(name: str) -> ModelConfig:

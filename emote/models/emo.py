@@ -14,6 +14,11 @@ one graph:
 
 The unconditional branch of guidance is "no audio": zero audio tokens, whose keys
 and values are a constant of the model (``uncond_audio_kv``).
+
+With ``uncond_branch="hallo"`` (the ``hallo`` presets) the stages take Hallo's extra
+inputs: a face embedding (per video: ``reference``, ``video_condition``), region masks
+and weights (per video, ``VideoCondition``), and the unconditional branch is Hallo's:
+no audio, the zero face embedding, no reference attention, no face-locator features.
 """
 
 from __future__ import annotations
@@ -25,19 +30,35 @@ from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
 from .audio import AudioEncoder
-from .condition import FaceLocator, SpeedEncoder
+from .condition import FaceLocator, FaceProjection, SpeedEncoder
 from .config import VAE_SCALING, ModelConfig
 from .unet import KV, StepCondition, UNet
 
 
 @dataclass
 class ClipCondition:
-    """Per-clip keys/values (lists in layer order) and the face-locator features."""
+    """Per-clip keys/values (lists in layer order) and the face-locator features.
 
-    audio: list[KV]
-    motion: list[KV]
+    audio: attn2 keys/values; with audio modules (Hallo), each module's three region keys/values.
+    motion: per motion module, keys/values; in "concat" mode (queries, keys, values, tokens).
+    uncond_motion: Hallo only: the motion frames as its unconditional branch sees them.
+    """
+
+    audio: list
+    motion: list
     speed: list[KV] | None
     face: Tensor
+    uncond_motion: list | None = None
+
+
+@dataclass
+class VideoCondition:
+    """Hallo's per-video step inputs besides the reference: the face embedding's attn2 keys/values,
+    the full/face/lip masks per depth (3, hw) and the regions' weights (3,) (Hallo's pose/face/lip weights)."""
+
+    context: list[KV]
+    regions: list[Tensor]
+    region_scales: Tensor
 
 
 def make_vae(cfg: ModelConfig) -> AutoencoderKL:
@@ -70,6 +91,11 @@ class EMOModel(nn.Module):
         self.audio_encoder = AudioEncoder(cfg.audio, u.cross_attention_dim, cfg.frames)
         self.face_locator = FaceLocator(cfg.face_locator_in_channels, cfg.face_locator_channels, u.block_out_channels[0])
         self.speed_encoder = SpeedEncoder(cfg.speed_buckets, cfg.speed_tokens, u.speed_dim) if u.speed_dim else None
+        self.face_projection = (
+            FaceProjection(cfg.face_embedding_dim, cfg.face_embedding_tokens, u.cross_attention_dim)
+            if cfg.face_embedding_dim
+            else None
+        )
 
     def with_geometry(self, frames: int | None = None, resolution: int | None = None) -> "EMOModel":
         """Change the clip length or resolution (no weight depends on them); validated by the config."""
@@ -102,27 +128,72 @@ class EMOModel(nn.Module):
         """(B, 3, H, W) in [-1, 1] -> (B, 4, h, w) latents (the posterior mean: deterministic)."""
         return self.vae.encode(pixels).latent_dist.mean * VAE_SCALING
 
-    def reference(self, latent: Tensor) -> list[KV]:
-        """Reference latent (1, 4, h, w) -> the backbone's attn1 keys/values of its tokens."""
-        return self.backbone.reference_kv(self.reference_net.features(latent).tokens)
+    def reference(self, latent: Tensor, face_embedding: Tensor | None = None) -> list[KV]:
+        """Reference latent (1, 4, h, w) -> the backbone's attn1 keys/values of its tokens.
 
-    def uncond_audio_kv(self) -> list[KV]:
-        """attn2 keys/values of zero audio tokens: the unconditional branch, a model constant."""
+        Hallo: the ReferenceNet's attn2 attends to the face embedding (1, E) as Hallo's guided run gives it.
+        """
+        context = None if self.face_projection is None else self.hallo_reference_contexts(face_embedding, 1)[:1]
+        return self.backbone.reference_kv(self.reference_net.features(latent, context).tokens)
+
+    def uncond_audio_kv(self) -> list:
+        """Keys/values of zero audio tokens (attn2, or the audio modules'): the unconditional branch, a model constant."""
         a = self.config.audio
         device = next(self.backbone.parameters()).device
         zeros = torch.zeros(1, a.tokens, self.config.unet.cross_attention_dim, device=device)
+        if self.config.unet.audio_modules:
+            return self.backbone.audio_kv(zeros)
         return self.backbone.context_kv(zeros)
+
+    # -- Hallo's face embedding (per video) ---------------------------------------------------
+    def hallo_reference_contexts(self, embedding: Tensor, branch: int) -> Tensor:
+        """attn2 contexts of Hallo's ReferenceNet inputs [reference, n motion frames] in one guidance
+        branch (0: unconditional, 1: conditional), (1+n, T, C).
+
+        Hallo runs its ReferenceNet once on both branches' [reference, motion frames], 2(1+n)
+        images, with the context batch [zero embedding, embedding] repeated to fit: image p gets
+        the embedding's tokens when p is odd. Reproduced as is: its weights were used that way.
+        """
+        n = self.config.motion_frames
+        cond = self.face_projection(embedding)
+        uncond = self.face_projection(torch.zeros_like(embedding))
+        return torch.cat([cond if (branch * (1 + n) + s) % 2 else uncond for s in range(1 + n)])
+
+    def video_condition(self, face_embedding: Tensor, regions: list[Tensor], region_scales: Tensor) -> VideoCondition:
+        """Hallo: the face embedding (1, E) -> the backbone's attn2 keys/values; masks and weights as given."""
+        context = self.backbone.context_kv(self.face_projection(face_embedding))
+        return VideoCondition(context, regions, region_scales)
+
+    def uncond_context_kv(self) -> list[KV]:
+        """Hallo: attn2 keys/values of the zero face embedding's tokens, a model constant."""
+        device = next(self.backbone.parameters()).device
+        return self.backbone.context_kv(self.face_projection(torch.zeros(1, self.config.face_embedding_dim, device=device)))
 
     # -- per clip -----------------------------------------------------------------------
     def encode_audio(self, window: Tensor) -> Tensor:
         """(1, S) samples of the clip's audio window -> (f, tokens, dim)."""
         return self.audio_encoder(window)
 
-    def clip_condition(self, tokens: Tensor, motion_latents: Tensor, face_mask: Tensor, speed: Tensor) -> ClipCondition:
+    def clip_condition(
+        self, tokens: Tensor, motion_latents: Tensor, face_mask: Tensor, speed: Tensor | None, face_embedding: Tensor | None = None
+    ) -> ClipCondition:
         """Everything the step attends to that changes per clip, projected once.
 
-        tokens (f, T, D); motion_latents (n, 4, h, w); face_mask (1, 1, H, W); speed (f,).
+        tokens (f, T, D); motion_latents (n, 4, h, w); face_mask (1, 1, H, W); speed (f,) (None
+        without speed layers); face_embedding (1, E), Hallo only.
         """
+        if self.face_projection is not None:
+            motion = []
+            for branch in (0, 1):  # Hallo's branches see the motion frames under different contexts
+                context = self.hallo_reference_contexts(face_embedding, branch)[1:]
+                motion.append(self.backbone.motion_kv(self.reference_net.features(motion_latents, context).tokens))
+            return ClipCondition(
+                audio=self.backbone.audio_kv(tokens),
+                motion=motion[1],
+                speed=None,
+                face=self.face_locator(face_mask),
+                uncond_motion=motion[0],
+            )
         hidden = self.reference_net.features(motion_latents).hidden
         speed_kv = None
         if self.speed_encoder is not None:
@@ -147,12 +218,16 @@ class EMOModel(nn.Module):
         ref: list[KV],
         clip: ClipCondition,
         guidance: Tensor | float | None,
-        uncond: list[KV] | None = None,
+        uncond: list | tuple | None = None,
+        video: VideoCondition | None = None,
     ) -> Tensor:
         """Guided model output for x (f, 4, h, w): out_u + g (out_c - out_u); no guidance: out_c.
 
-        ``uncond`` defaults to ``uncond_audio_kv()``; pass it to hoist that constant.
+        ``uncond`` defaults to ``uncond_audio_kv()`` (Hallo: ``(uncond_context_kv(), uncond_audio_kv())``);
+        pass it to hoist those constants. ``video``: Hallo's per-video inputs.
         """
+        if self.config.uncond_branch == "hallo":
+            return self._hallo_output(x, t, ref, clip, guidance, uncond, video)
         f = x.shape[0]
         audio = clip.audio
         if guidance is not None:
@@ -167,6 +242,17 @@ class EMOModel(nn.Module):
         if guidance is None:
             return out
         out_u, out_c = out.chunk(2)
+        return out_u + guidance * (out_c - out_u)
+
+    def _hallo_output(self, x, t, ref, clip: ClipCondition, guidance, uncond, video: VideoCondition) -> Tensor:
+        """Hallo's branches run as two passes: their attn1 differ (the unconditional one has no reference)."""
+        shared = dict(regions=video.regions, region_scales=video.region_scales, frames=x.shape[0])
+        cond = StepCondition(ctx=video.context, ref=ref, motion=clip.motion, face=clip.face, audio=clip.audio, **shared)
+        out_c = self.backbone(x, t, cond)
+        if guidance is None:
+            return out_c
+        context_u, audio_u = (self.uncond_context_kv(), self.uncond_audio_kv()) if uncond is None else uncond
+        out_u = self.backbone(x, t, StepCondition(ctx=context_u, motion=clip.uncond_motion, audio=audio_u, **shared))
         return out_u + guidance * (out_c - out_u)
 
 

@@ -11,6 +11,12 @@ Three modes of one class:
   after every (resnet, attention) unit whose first attention joins the motion frames
   along the frame axis and whose second attends to the speed tokens.
 
+Hallo's backbone is the same class with options (``UNetConfig``): ``attn2`` attends to
+a face embedding's tokens, an audio module after each spatial attention does the
+audio (three cross-attentions masked to the full/face/lip regions, weighted), and the
+motion frames' ReferenceNet tokens are prepended along the frame axis of each motion
+module (its motion modules in blocks without attention never run, as in Hallo).
+
 Every conditioning tensor enters as a precomputed key/value pair (``StepCondition``),
 never through hooks or module state: the projections that do not depend on x_t are
 made once (``reference_kv``, ``audio_kv``, ``motion_kv``, ``speed_kv``) and the step
@@ -37,17 +43,24 @@ class StepCondition:
 
     ctx: ``attn2`` of every transformer block, (N or 1, M, C) each.
     ref: extra ``attn1`` keys/values of every transformer block, (1, R, C); None: plain self-attention.
-    motion: motion-frame keys/values of every temporal layer, (hw, n, C); None: no motion frames.
+    motion: motion frames of every temporal layer, (hw, n, C) each: keys/values ("kv" mode), or
+        the first attention's queries/keys/values and the tokens themselves ("concat" mode); None: none.
     speed: speed-token keys/values of every temporal layer, (f, S, C); None: no speed layers.
     face: face-locator features added after ``conv_in``, (1, C0, h, w); None: none.
+    audio: audio modules only: per module, the keys/values of its three region attentions, (f, T, C).
+    regions: audio modules only: per depth, the full/face/lip masks, (3, hw).
+    region_scales: audio modules only: the weights of the three regions, (3,).
     frames: f, the frames of one clip (the batch is G*f for G guidance branches).
     """
 
     ctx: list[KV]
     ref: list[KV] | None = None
-    motion: list[KV] | None = None
+    motion: list[tuple[Tensor, ...]] | None = None
     speed: list[KV] | None = None
     face: Tensor | None = None
+    audio: list[tuple[KV, ...]] | None = None
+    regions: list[Tensor] | None = None
+    region_scales: Tensor | None = None
     frames: int = 1
 
 
@@ -286,10 +299,16 @@ class MotionModule(nn.Module):
     Second attention: each frame's pixels attend to that frame's speed tokens
     (EMO's speed layers); with ``speed_dim=0`` it is AnimateDiff's second temporal
     self-attention.
+
+    ``concat`` (Hallo): the motion frames are prepended along the frame axis and go
+    through both attentions. Their first-attention queries, keys and values and their
+    tokens are per-clip constants; the second attention's keys/values of the motion
+    frames depend on x_t (through the first), so they are computed in the step.
     """
 
-    def __init__(self, c: int, heads: int, groups: int, max_len: int, speed_dim: int):
+    def __init__(self, c: int, heads: int, groups: int, max_len: int, speed_dim: int, concat: bool = False):
         super().__init__()
+        self.concat = concat
         self.temporal_transformer = TemporalTransformer3DModel(c, heads, groups, max_len, speed_dim)
 
     def _tokens(self, x: Tensor) -> Tensor:
@@ -297,8 +316,14 @@ class MotionModule(nn.Module):
         tt = self.temporal_transformer
         return tt.proj_in(tt.norm(x).flatten(2).transpose(1, 2))
 
-    def motion_kv(self, feats: Tensor) -> KV:
-        """Keys/values of the n motion frames, (hw, n, C): per clip, never per step."""
+    def motion_kv(self, feats: Tensor) -> tuple[Tensor, ...]:
+        """Keys/values of the n motion frames, (hw, n, C): per clip, never per step.
+
+        ``feats``: the ReferenceNet's hidden state here, (n, C, h, w); in ``concat`` mode its
+        attn1 tokens of this unit's attention, (n, hw, C), and the result is (q, k, v, tokens).
+        """
+        if self.concat:
+            return self._motion_state(feats)
         block = self.temporal_transformer.transformer_blocks[0]
         attn = block.attention_blocks[0]
         n = feats.shape[0]
@@ -306,11 +331,41 @@ class MotionModule(nn.Module):
         m = m + attn.pos_encoder.pe[:, :n]
         return attn.to_k(m), attn.to_v(m)
 
+    def _motion_state(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        block = self.temporal_transformer.transformer_blocks[0]
+        attn = block.attention_blocks[0]
+        n, hw, c = tokens.shape
+        side = math.isqrt(hw)  # square latents, as Hallo's "b f (d1 d2) c -> b c f d1 d2" assumes
+        h = self._tokens(tokens.transpose(1, 2).reshape(n, c, side, side)).transpose(0, 1)  # (hw, n, C)
+        m = block.norms[0](h) + attn.pos_encoder.pe[:, :n]
+        return attn.to_q(m), attn.to_k(m), attn.to_v(m), h
+
     def speed_kv(self, tokens: Tensor) -> KV:
         attn = self.temporal_transformer.transformer_blocks[0].attention_blocks[1]
         return attn.to_k(tokens), attn.to_v(tokens)
 
-    def forward(self, x: Tensor, frames: int, motion: KV | None, speed: KV | None) -> Tensor:
+    def _forward_concat(self, x: Tensor, frames: int, motion: tuple[Tensor, ...]) -> Tensor:
+        """Hallo: both attentions over [motion frames, clip frames]; only the clip frames are kept."""
+        tt = self.temporal_transformer
+        block = tt.transformer_blocks[0]
+        a0, a1 = block.attention_blocks
+        bf, c, hh, ww = x.shape
+        g, hw = bf // frames, hh * ww
+        h = self._tokens(x).reshape(g, frames, hw, c).transpose(1, 2).reshape(g * hw, frames, c)
+        qm, km, vm, hm = (t.repeat(g, 1, 1) for t in motion)
+        n = hm.shape[1]
+        nc = block.norms[0](h) + a0.pos_encoder.pe[:, n : n + frames]
+        q, k, v = (torch.cat([m, proj(nc)], dim=1) for m, proj in ((qm, a0.to_q), (km, a0.to_k), (vm, a0.to_v)))
+        h = torch.cat([hm, h], dim=1) + a0.to_out[0](attend(q, k, v, a0.heads))
+        n1 = block.norms[1](h) + a1.pos_encoder.pe[:, : n + frames]
+        h = h[:, n:] + a1.to_out[0](attend(a1.to_q(n1[:, n:]), a1.to_k(n1), a1.to_v(n1), a1.heads))
+        h = block.ff(block.ff_norm(h)) + h
+        h = tt.proj_out(h).reshape(g, hw, frames, c).transpose(1, 2).reshape(bf, hw, c)
+        return h.transpose(1, 2).reshape(bf, c, hh, ww) + x
+
+    def forward(self, x: Tensor, frames: int, motion: tuple[Tensor, ...] | None, speed: KV | None) -> Tensor:
+        if self.concat:
+            return self._forward_concat(x, frames, motion)
         tt = self.temporal_transformer
         block = tt.transformer_blocks[0]
         bf, c, hh, ww = x.shape
@@ -342,10 +397,70 @@ class MotionModule(nn.Module):
         return h.transpose(1, 2).reshape(bf, c, hh, ww) + x
 
 
-class Block(nn.Module):
-    """One level of the UNet: resnets, optional attentions and motion modules, optional resampler."""
+REGIONS = ("full", "face", "lip")  # Hallo's attn2_0, attn2_1, attn2_2 and their zero convs, in this order
 
-    def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample):
+
+class RegionAudioBlock(nn.Module):
+    """Hallo's audio block: self-attention, then one cross-attention to the frame's audio tokens
+    per region (full, face, lip), each masked to its region, through a 1x1 conv and weighted."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm1 = LayerNorm32(dim)
+        self.attn1 = Attention(dim, heads)
+        self.norm2 = LayerNorm32(dim)
+        self.attn2_0 = Attention(dim, heads, context_dim)
+        self.attn2_1 = Attention(dim, heads, context_dim)
+        self.attn2_2 = Attention(dim, heads, context_dim)
+        self.norm3 = LayerNorm32(dim)
+        self.ff = FeedForward(dim)
+        self.zero_conv_full = nn.Conv2d(dim, dim, 1)
+        self.zero_conv_face = nn.Conv2d(dim, dim, 1)
+        self.zero_conv_lip = nn.Conv2d(dim, dim, 1)
+
+    def regions(self) -> list[tuple[Attention, nn.Conv2d]]:
+        return [(getattr(self, f"attn2_{i}"), getattr(self, f"zero_conv_{r}")) for i, r in enumerate(REGIONS)]
+
+    def forward(self, h: Tensor, audio: tuple[KV, ...], masks: Tensor, scales: Tensor) -> Tensor:
+        n = self.norm1(h)
+        h = self.attn1(n, *self.attn1.kv(n)) + h
+        n = self.norm2(h)
+        for i, ((attn, conv), (k, v)) in enumerate(zip(self.regions(), audio, strict=True)):
+            o = attn(n, k, v) * masks[i][None, :, None]
+            # a 1x1 conv on the token grid is a linear map of the channels
+            h = h + scales[i] * F.linear(o, conv.weight.flatten(1), conv.bias)
+        return self.ff(self.norm3(h)) + h
+
+
+class AudioModule(nn.Module):
+    """Hallo's audio transformer: GroupNorm, 1x1 conv to its width, the audio block, 1x1 conv back, residual.
+
+    Its width is the one Hallo gives it: the block's input width (``width``), not the output's.
+    """
+
+    def __init__(self, c: int, width: int, heads: int, context_dim: int, groups: int):
+        super().__init__()
+        self.norm = GroupNorm32(groups, c, eps=1e-6)
+        self.proj_in = nn.Conv2d(c, width, 1)
+        self.transformer_blocks = nn.ModuleList([RegionAudioBlock(width, heads, context_dim)])
+        self.proj_out = nn.Conv2d(width, c, 1)
+
+    def kv(self, tokens: Tensor) -> tuple[KV, ...]:
+        """Keys/values of the audio tokens for each region's attention: once per clip."""
+        return tuple(attn.kv(tokens) for attn, _ in self.transformer_blocks[0].regions())
+
+    def forward(self, x: Tensor, audio: tuple[KV, ...], masks: Tensor, scales: Tensor) -> Tensor:
+        b, c, hh, ww = x.shape
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        h = self.transformer_blocks[0](h, audio, masks, scales)
+        return self.proj_out(h.transpose(1, 2).reshape(b, -1, hh, ww)) + x
+
+
+class Block(nn.Module):
+    """One level of the UNet: resnets, optional attentions, audio and motion modules, optional resampler."""
+
+    def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample,
+                 audio_widths: list[int] | None = None):
         super().__init__()
         temb = cfg.block_out_channels[0] * 4
         g, eps = cfg.norm_num_groups, cfg.norm_eps
@@ -354,9 +469,14 @@ class Block(nn.Module):
             self.attentions = nn.ModuleList(
                 [Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g) for _ in cins]
             )
+        if attention and audio_widths:
+            self.audio_modules = nn.ModuleList(
+                [AudioModule(cout, w, cfg.num_heads, cfg.cross_attention_dim, g) for w in audio_widths]
+            )
         if temporal:
+            concat = cfg.motion_frames_mode == "concat"
             self.motion_modules = nn.ModuleList(
-                [MotionModule(cout, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim) for _ in cins]
+                [MotionModule(cout, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim, concat) for _ in cins]
             )
         if resample == "down":
             self.downsamplers = nn.ModuleList([Downsample2D(cout)])
@@ -365,15 +485,18 @@ class Block(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, cfg: UNetConfig, c: int, temporal: bool):
+    def __init__(self, cfg: UNetConfig, c: int, temporal: bool, audio: bool = False):
         super().__init__()
         temb = cfg.block_out_channels[0] * 4
         g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.attentions = nn.ModuleList([Transformer2DModel(c, cfg.num_heads, cfg.cross_attention_dim, g)])
         self.resnets = nn.ModuleList([ResnetBlock2D(c, c, temb, g, eps) for _ in range(2)])
+        if audio:
+            self.audio_modules = nn.ModuleList([AudioModule(c, c, cfg.num_heads, cfg.cross_attention_dim, g)])
         if temporal:
+            concat = cfg.motion_frames_mode == "concat"
             self.motion_modules = nn.ModuleList(
-                [MotionModule(c, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim)]
+                [MotionModule(c, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim, concat)]
             )
 
 
@@ -389,6 +512,7 @@ class UNet(nn.Module):
             raise ValueError(f"unknown UNet mode {mode!r}: one of {MODES}")
         self.cfg, self.mode = cfg, mode
         temporal = mode == "backbone"
+        audio = temporal and cfg.audio_modules
         ch = cfg.block_out_channels
         levels, lpb = len(ch), cfg.layers_per_block
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
@@ -401,11 +525,11 @@ class UNet(nn.Module):
             last = i == levels - 1
             cins = [cin] + [cout] * (lpb - 1)
             self.down_blocks.append(
-                Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down")
+                Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down", audio and cins)
             )
             skips += [cout] * lpb + ([] if last else [cout])
             cin = cout
-        self.mid_block = MidBlock(cfg, ch[-1], temporal)
+        self.mid_block = MidBlock(cfg, ch[-1], temporal, audio)
 
         self.up_blocks = nn.ModuleList()
         rev = list(reversed(ch))
@@ -416,8 +540,10 @@ class UNet(nn.Module):
                 cins.append(prev + skips.pop())
                 prev = cout
             level = levels - 1 - i
+            widths = [rev[min(i + 1, levels - 1)]] * (lpb + 1)  # Hallo sizes an up block's audio modules by its input_channel
             self.up_blocks.append(
-                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None)
+                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None,
+                      audio and widths)
             )
         if mode != "reference":
             self.conv_norm_out = GroupNorm32(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
@@ -427,8 +553,20 @@ class UNet(nn.Module):
     def transformer_blocks(self) -> list[BasicTransformerBlock]:
         return [m for m in self.modules() if isinstance(m, BasicTransformerBlock)]
 
+    def _blocks(self) -> list[nn.Module]:
+        return [*self.down_blocks, self.mid_block, *self.up_blocks]
+
+    def _runs_motion(self, block: nn.Module) -> bool:
+        # Hallo runs its UNet in training mode, whose checkpointed path skips the motion
+        # modules of blocks without attention (hallo issues #99, #140): they are loaded, never run
+        return hasattr(block, "motion_modules") and (self.cfg.motion_in_plain_blocks or hasattr(block, "attentions"))
+
     def motion_modules(self) -> list[MotionModule]:
-        return [m for m in self.modules() if isinstance(m, MotionModule)]
+        """The motion modules that run, in forward order."""
+        return [m for b in self._blocks() if self._runs_motion(b) for m in b.motion_modules]
+
+    def audio_modules(self) -> list[AudioModule]:
+        return [m for b in self._blocks() if hasattr(b, "audio_modules") for m in b.audio_modules]
 
     # -- per-video / per-clip projections (hoisted out of the step) --------------------
     def reference_kv(self, tokens: list[Tensor]) -> list[KV]:
@@ -436,11 +574,16 @@ class UNet(nn.Module):
         return [blk.attn1.kv(t) for blk, t in zip(self.transformer_blocks(), tokens, strict=True)]
 
     def context_kv(self, context: Tensor) -> list[KV]:
-        """attn2 keys/values of a context (audio tokens per frame in the backbone): once per clip."""
+        """attn2 keys/values of a context (audio tokens per frame, or face-embedding tokens): once per clip/video."""
         return [blk.attn2.kv(context) for blk in self.transformer_blocks()]
 
-    def motion_kv(self, hidden: list[Tensor]) -> list[KV]:
-        return [mm.motion_kv(h) for mm, h in zip(self.motion_modules(), hidden, strict=True)]
+    def audio_kv(self, tokens: Tensor) -> list[tuple[KV, ...]]:
+        """Audio modules: each region attention's keys/values of the audio tokens, once per clip."""
+        return [am.kv(tokens) for am in self.audio_modules()]
+
+    def motion_kv(self, features: list[Tensor]) -> list[tuple[Tensor, ...]]:
+        """Per motion module: from the ReferenceNet's hidden states, or its tokens in ``concat`` mode."""
+        return [mm.motion_kv(h) for mm, h in zip(self.motion_modules(), features, strict=True)]
 
     def speed_kv(self, tokens: Tensor) -> list[KV]:
         return [mm.speed_kv(tokens) for mm in self.motion_modules()]
@@ -471,7 +614,7 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         if cond.face is not None:
             h = h + cond.face
-        counters = [0, 0]  # transformer blocks, motion modules seen so far
+        counters = [0, 0, 0]  # transformer blocks, motion modules, audio modules seen so far
         tokens_out = out.tokens if out is not None else None
 
         def attn(block_attn: Transformer2DModel, h: Tensor) -> Tensor:
@@ -480,10 +623,17 @@ class UNet(nn.Module):
             ref = cond.ref[i] if cond.ref is not None else None
             return block_attn(h, cond.ctx[i], ref, tokens_out)
 
+        def audio(block, j: int, h: Tensor, depth: int) -> Tensor:
+            if not hasattr(block, "audio_modules"):
+                return h
+            i = counters[2]
+            counters[2] += 1
+            return block.audio_modules[j](h, cond.audio[i], cond.regions[depth], cond.region_scales)
+
         def temporal(block, j: int, h: Tensor) -> Tensor:
             if out is not None:
                 out.hidden.append(h)
-            if not hasattr(block, "motion_modules"):
+            if not self._runs_motion(block):
                 return h
             i = counters[1]
             counters[1] += 1
@@ -492,11 +642,13 @@ class UNet(nn.Module):
             return block.motion_modules[j](h, cond.frames, motion, speed)
 
         skips = [h]
-        for blk in self.down_blocks:
+        deepest = len(self.down_blocks) - 1  # depth: the level index (Hallo's region masks are per depth)
+        for depth, blk in enumerate(self.down_blocks):
             for j, res in enumerate(blk.resnets):
                 h = res(h, temb)
                 if hasattr(blk, "attentions"):
                     h = attn(blk.attentions[j], h)
+                h = audio(blk, j, h, depth)
                 h = temporal(blk, j, h)
                 skips.append(h)
             if hasattr(blk, "downsamplers"):
@@ -506,14 +658,16 @@ class UNet(nn.Module):
         mid = self.mid_block
         h = mid.resnets[0](h, temb)
         h = attn(mid.attentions[0], h)
+        h = audio(mid, 0, h, deepest)
         h = temporal(mid, 0, h)
         h = mid.resnets[1](h, temb)
 
-        for blk in self.up_blocks:
+        for i, blk in enumerate(self.up_blocks):
             for j, res in enumerate(blk.resnets):
                 h = res(torch.cat([h, skips.pop()], dim=1), temb)
                 if hasattr(blk, "attentions"):
                     h = attn(blk.attentions[j], h)
+                h = audio(blk, j, h, deepest - i)
                 h = temporal(blk, j, h)
             if hasattr(blk, "upsamplers"):
                 h = blk.upsamplers[0](h)
