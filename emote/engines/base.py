@@ -58,6 +58,37 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for queued work (device backends); a no-op on the CPU."""
 
+    # -- the captured step loop and the second stream (defaults: plain host code) ---------
+    # A device backend queues calls on a stream and returns at once (``asynchronous``);
+    # it stages the sampler table on the device and replays the K step calls as one
+    # CUDA graph (``loop``), and runs decode + copy-out on a second stream
+    # (``side_stream``/``join``/``to_host_async``). The defaults below are what a CPU
+    # backend does: the same order, run in place.
+    asynchronous = False
+
+    def copy(self, dst: Buffer, src: Buffer, start: int = 0) -> None:
+        """``dst[:] = src[start:start + len(dst)]`` on the device (axis 0), queued like a call."""
+        np.copyto(dst, src[start : start + len(dst)], casting="no")
+
+    def loop(self, plan):
+        """The K-step loop of ``plan`` (a ``steploop.StepPlan``) as one callable ``loop(timed=None)``."""
+        from .steploop import HostLoop
+
+        return HostLoop(self, plan)
+
+    def side_stream(self):
+        """Calls made inside ``with backend.side_stream():`` run after, and beside, the work queued so far."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def join(self) -> None:
+        """Later calls wait for the side stream's work (on the device; the host does not block)."""
+
+    def to_host_async(self, buf: Buffer) -> Callable[[], np.ndarray]:
+        """Queue a copy of ``buf`` to the host; the returned function waits for it and returns the array."""
+        return lambda: self.to_host(buf)
+
     def close(self) -> None:
         """Free sessions and buffers."""
 

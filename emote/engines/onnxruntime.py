@@ -56,9 +56,73 @@ def resolve_providers(names: list[str] | None) -> list[str]:
     return out
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def provider_options(
+    providers: list[str],
+    *,
+    device_id: int = 0,
+    fp16: bool = False,
+    int8: bool = False,
+    cuda_graph: bool = False,
+    cache_dir: Path | None = None,
+    workspace_gb: float | None = None,
+    opt_level: int | None = None,
+) -> list[tuple[str, dict[str, str]]]:
+    """ONNX Runtime's (provider, options) list for our settings; option names as ORT's CUDA and TensorRT
+    execution providers spell them, values as strings (what ORT parses).
+
+    fp16/int8 apply to the TensorRT EP only: it may pick fp16 kernels for an fp32 graph, and
+    int8 lets it take the Q/DQ nodes of an int8 graph. The CUDA EP runs the graph's own types.
+    """
+    out: list[tuple[str, dict[str, str]]] = []
+    for p in providers:
+        if p == "CUDAExecutionProvider":
+            opts = {
+                "device_id": str(device_id),
+                # shapes are static: search the best convolution algorithm once per session
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+            }
+            if cuda_graph:
+                opts["enable_cuda_graph"] = "1"
+            out.append((p, opts))
+        elif p == "TensorrtExecutionProvider":
+            opts = {"device_id": str(device_id), "trt_fp16_enable": str(fp16), "trt_int8_enable": str(int8)}
+            if cache_dir is not None:
+                opts.update(
+                    trt_engine_cache_enable="True", trt_engine_cache_path=str(cache_dir),
+                    trt_timing_cache_enable="True", trt_timing_cache_path=str(cache_dir),
+                )
+            if cuda_graph:
+                opts["trt_cuda_graph_enable"] = "True"
+            if workspace_gb is not None:
+                opts["trt_max_workspace_size"] = str(int(workspace_gb * 2**30))
+            if opt_level is not None:
+                opts["trt_builder_optimization_level"] = str(opt_level)
+            out.append((p, opts))
+        else:
+            out.append((p, {}))
+    return out
+
+
+class OrtBuffer:
+    """An ``OrtValue`` on a device, with the shape and dtype the backend contract reads."""
+
+    def __init__(self, value: "ort.OrtValue", shape: tuple[int, ...], dtype: np.dtype):
+        self.value, self.shape, self.dtype = value, tuple(shape), np.dtype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
 class OrtGraph(Graph):
-    def __init__(self, name: str, session: ort.InferenceSession):
+    def __init__(self, name: str, session: ort.InferenceSession, cuda_graph: bool = False):
         self.name, self.session = name, session
+        # ORT captures one CUDA graph per gpu_graph_id, over the addresses bound at capture:
+        # every binding of this session (the step graph has two, ping and pong) gets its own id
+        # (ids start at 1: 0 is ORT's internal default, -1 turns capture off for a run)
+        self.cuda_graph, self.graph_ids = cuda_graph, 0
         self.inputs = {i.name: (tuple(i.shape), np.dtype(ORT_DTYPES[i.type])) for i in session.get_inputs()}
         self.outputs = {o.name: (tuple(o.shape), np.dtype(ORT_DTYPES[o.type])) for o in session.get_outputs()}
 
@@ -71,6 +135,9 @@ class OrtGraph(Graph):
             if name not in self.inputs:
                 continue  # extra buffers are allowed: one feed dict may serve several graphs
             check_feed(self.name, name, self.inputs[name], buf)
+            if isinstance(buf, OrtBuffer):
+                io.bind_ortvalue_input(name, buf.value)
+                continue
             if not buf.flags.c_contiguous:
                 raise ValueError(f"{self.name}: input {name!r} must be C-contiguous")
             io.bind_input(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
@@ -79,13 +146,21 @@ class OrtGraph(Graph):
                 raise ValueError(f"{self.name}: no buffer for output {name!r}")
             buf = outputs[name]
             check_feed(self.name, name, (shape, dtype), buf)
-            io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            if isinstance(buf, OrtBuffer):
+                io.bind_ortvalue_output(name, buf.value)
+            else:
+                io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
         session = self.session
+        run_options = None
+        if self.cuda_graph:
+            self.graph_ids += 1
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(self.graph_ids))
 
         def call() -> None:
-            session.run_with_iobinding(io)
+            session.run_with_iobinding(io, run_options)
 
-        call.keepalive = (io, inputs, outputs)  # buffers must outlive the binding
+        call.keepalive = (io, inputs, outputs, run_options)  # buffers must outlive the binding
         return call
 
 
@@ -98,12 +173,70 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         optimization: str = "all",
         spinning: bool = False,
+        *,
+        device_id: int = 0,
+        fp16: bool = False,
+        int8: bool = False,
+        cuda_graph: bool = False,
+        cache_dir: str | Path | None = None,
+        workspace_gb: float | None = None,
+        opt_level: int | None = None,
+        buffer_device: str | None = None,
     ):
+        """GPU options (CUDA / TensorRT EPs): see ``provider_options``. ``cuda_graph`` needs every node on
+        the GPU provider and the buffers on the device; ``cache_dir`` holds the TensorRT EP's engine and
+        timing caches (default: ``<bundle>/engines/onnxruntime-tensorrt``).
+
+        buffer_device: where ``alloc`` puts buffers ('cuda' or 'cpu' OrtValues); default: 'cuda' when a
+        GPU provider comes first (no copies between host and device inside a call), else numpy arrays.
+        """
         self.providers = resolve_providers(providers)
         self.threads = threads
         self.optimization = optimization
         self.spinning = spinning
         self.sessions: list[ort.InferenceSession] = []
+        gpu = self.providers[0] in GPU_PROVIDERS
+        if cuda_graph and not gpu:
+            raise EmoteError("ONNX Runtime CUDA graphs need the cuda or tensorrt provider first (--providers cuda or tensorrt)")
+        self.device_id, self.cuda_graph = device_id, cuda_graph
+        self.gpu_options = dict(fp16=fp16, int8=int8, workspace_gb=workspace_gb, opt_level=opt_level)
+        self.trt_cache = Path(cache_dir) if cache_dir else None
+        self.buffer_device = buffer_device or ("cuda" if gpu else None)
+        if cuda_graph and self.buffer_device != "cuda":
+            raise EmoteError("ONNX Runtime CUDA graphs need the buffers on the GPU (buffer_device='cuda')")
+
+    # -- buffers: numpy arrays on the CPU; OrtValues where the buffers live on a device -------
+    def alloc(self, shape, dtype):
+        if self.buffer_device is None:
+            return np.zeros(shape, dtype)
+        dtype = np.dtype(dtype)
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype.type, self.buffer_device, self.device_id)
+        value.update_inplace(np.zeros(shape, dtype))  # as on the CPU: never uninitialised memory
+        return OrtBuffer(value, shape, dtype)
+
+    def from_host(self, buf, array: np.ndarray) -> None:
+        if not isinstance(buf, OrtBuffer):
+            return super().from_host(buf, array)
+        array = np.asarray(array)
+        if tuple(array.shape) != buf.shape or array.dtype != buf.dtype:
+            raise ValueError(f"cannot copy {array.dtype.name}{list(array.shape)} into a {buf.dtype.name}{list(buf.shape)} buffer")
+        buf.value.update_inplace(np.ascontiguousarray(array))
+
+    def to_host(self, buf) -> np.ndarray:
+        return buf.value.numpy() if isinstance(buf, OrtBuffer) else buf
+
+    def copy(self, dst, src, start: int = 0) -> None:
+        if not isinstance(dst, OrtBuffer):
+            return super().copy(dst, src, start)
+        # ORT's Python API has no device-to-device copy: through the host (once per clip, small)
+        self.from_host(dst, np.ascontiguousarray(self.to_host(src)[start : start + len(dst)]))
+
+    def providers_for(self, path: Path) -> list:
+        cache = self.trt_cache
+        if cache is None and "TensorrtExecutionProvider" in self.providers:
+            cache = Path(path).parent / "engines" / "onnxruntime-tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+        return provider_options(self.providers, device_id=self.device_id, cuda_graph=self.cuda_graph, cache_dir=cache, **self.gpu_options)
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -124,11 +257,11 @@ class OnnxRuntimeBackend(Backend):
 
     def load(self, name: str, path: Path) -> OrtGraph:
         try:
-            session = ort.InferenceSession(str(path), self.session_options(), providers=self.providers)
+            session = ort.InferenceSession(str(path), self.session_options(), providers=self.providers_for(path))
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise EmoteError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         self.sessions.append(session)
-        return OrtGraph(name, session)
+        return OrtGraph(name, session, cuda_graph=self.cuda_graph)
 
     def close(self) -> None:
         self.sessions.clear()

@@ -17,7 +17,7 @@ only: never torch, diffusers or transformers (a test checks it).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import EmoteError
 from .clips import SAMPLE_RATE, ClipPlan, audio_window, clip_noise, frame_count, step_noise
 from .manifest import Bundle
+from ..engines.steploop import Step, StepPlan
 from .sampler import SamplerTable, make_sampler
 
 GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
@@ -115,7 +116,18 @@ class Pipeline:
         guidance_scale: float | None = None,
         guidance_steps: int | None | str = "default",
         backend_options: dict | None = None,
+        overlap: bool = True,
+        observe: Callable[[str, dict], None] | None = None,
     ):
+        # observe: called as observe(graph, inputs) before every graph call, inputs being the
+        # host view of the bound input buffers (calibration records them); wrapped into the
+        # bound calls at bind time, so a pipeline without it runs the very same loop
+        self.observe = observe
+        # overlap: on a backend that queues work on a device (TensorRT), decode and copy out
+        # clip i on a second stream while clip i+1 is conditioned and denoised; per-stage
+        # timings are then not recorded (timing a stage would wait for it)
+        self.overlap = overlap
+        self._sync_stages = True
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         cfg = self.bundle.config
         self.cfg = cfg
@@ -185,7 +197,16 @@ class Pipeline:
             ins.update(extra_in or {})
             outs = {k: buf[k] for k in graph.outputs if k in buf}
             outs.update(extra_out or {})
-            return graph.bind(ins, outs)
+            call = graph.bind(ins, outs)
+            if self.observe is None:
+                return call
+            observe, to_host = self.observe, be.to_host
+
+            def observed() -> None:
+                observe(name, {k: to_host(v) for k, v in ins.items()})
+                call()
+
+            return observed
 
         self.call_audio = bind("audio_encoder")
         self.call_reference = bind("reference_net")
@@ -201,12 +222,42 @@ class Pipeline:
             for guided, name in ((True, "denoise_step"), (False, "denoise_step_cond"))
         }
         self.call_decode = [bind("vae_decoder", {"latents": xs[p]}, {"frames": frames}) for p in (0, 1)]
+        # The K step calls of a clip in order, with the sampler table whose row i is staged
+        # before call i: the backend replays this plan (one CUDA graph per clip on GPU).
+        table = self.sampler
+        steps = tuple(
+            Step(self.call_step[bool(g)][i % 2], "denoise_step" if g else "denoise_step_cond", i % 2, 1 - i % 2)
+            for i, g in enumerate(table.guided)
+        )
+        self.step_plan = StepPlan(steps, buf["row"], table.rows, buf["noise"] if table.is_stochastic else None)
+        self.loop = be.loop(self.step_plan)
 
     def _timed(self, stage: str, call) -> None:
+        if not self._sync_stages:  # overlapping clips: waiting here to time a stage would undo the overlap
+            call()
+            return
         t0 = time.perf_counter()
         call()
         self.backend.synchronize()
         self.timings.add(stage, time.perf_counter() - t0)
+
+    def _run_loop(self, clip: int, progress) -> None:
+        """The clip's K steps through the backend's loop; 'denoise_loop' times all K together."""
+        count = iter(range(self.step_plan.k))
+
+        def timed(stage: str, call) -> None:
+            self._timed(stage, call)
+            if progress is not None:
+                progress(clip, next(count))
+
+        t0 = time.perf_counter()
+        self.loop(timed=timed)  # a captured loop replays its graph and calls no one back
+        if getattr(self.loop, "captured", False) and progress is not None:
+            for i in count:
+                progress(clip, i)
+        if self._sync_stages:
+            self.backend.synchronize()
+            self.timings.add("denoise_loop", time.perf_counter() - t0)
 
     # -- inputs --------------------------------------------------------------------------
     def prepare(self, image, face_box=None):
@@ -245,8 +296,9 @@ class Pipeline:
         spf = SAMPLE_RATE // self.fps
         plan_window = self.plan(max(source.length, spf))  # window geometry only; frame count known at the end
         clip = 0
-        stochastic = bool(np.any(table.rows[:, 6] != 0))
         latent_shape = tuple(self.xs[0].shape)
+        decode = self.call_decode[self.step_plan.result]
+        pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream
         while True:
             needed = plan_window.samples_needed(clip)
             live = source.wait_for(needed)
@@ -256,31 +308,40 @@ class Pipeline:
             if total is not None and clip * f >= total:
                 break
             keep = f if total is None else min(f, total - clip * f)
+            # Overlap only when the whole audio is here: with a live stream, holding clip i back
+            # until clip i+1's audio has arrived would delay its frames by a clip.
+            self._sync_stages = not (self.overlap and be.asynchronous and source.ended)
 
             be.from_host(b["audio"], audio_window(source.samples, plan_window, clip))
             self._timed("audio_encoder", self.call_audio)
             if clip > 0:
+                be.join()  # the previous clip's decode (side stream) wrote the motion frames
                 self._timed("vae_encoder", self.call_motion)
             self._timed("clip_condition", self.call_condition)
 
             be.from_host(self.xs[0], clip_noise(seed, clip, latent_shape) * np.float32(table.init_scale))
             be.from_host(self.x0s[0], np.zeros(latent_shape, np.float32))
-            for i, row in enumerate(table.rows):
-                be.from_host(b["row"], row)
-                if stochastic:
-                    be.from_host(b["noise"], step_noise(seed, clip, i, latent_shape))
-                guided = bool(table.guided[i])
-                self._timed("denoise_step" if guided else "denoise_step_cond", self.call_step[guided][i % 2])
-                if progress is not None:
-                    progress(clip, i)
-            self._timed("vae_decoder", self.call_decode[len(table.rows) % 2])
-            frames = be.to_host(self.out_frames)
-            out = np.array(frames[:keep])  # the buffer is reused by the next clip
-            be.from_host(self.motion_frames_buf, frames[f - n :])
-            yield out
+            if self.step_plan.noise is not None:
+                self.loop.set_noise(np.stack([step_noise(seed, clip, i, latent_shape) for i in range(self.step_plan.k)]))
+            self._run_loop(clip, progress)
+            # the previous clip's frames are copied out while this clip's loop runs on the device,
+            # before this clip's decode may reuse the host staging of the frames buffer
+            previous = np.array(pending[0]()[: pending[1]]) if pending is not None else None
+            with be.side_stream():
+                self._timed("vae_decoder", decode)
+                be.copy(self.motion_frames_buf, self.out_frames, start=f - n)  # the next clip's motion frames
+                fetch = be.to_host_async(self.out_frames)
+            pending = (fetch, keep)
+            if previous is not None:
+                yield previous
+            if self._sync_stages:
+                yield np.array(fetch()[:keep])  # the buffer is reused by the next clip
+                pending = None
             clip += 1
             if total is not None and clip * f >= total:
                 break
+        if pending is not None:
+            yield np.array(pending[0]()[: pending[1]])
 
     def generate(self, image, audio, **kw) -> np.ndarray:
         """All frames of the video: (round(seconds x fps), H, W, 3) uint8."""

@@ -1,0 +1,255 @@
+"""TensorRT plans from a bundle's ONNX graphs: `emote build`, and the on-demand build of the backend.
+
+Networks are strongly typed: the precision of every tensor comes from the ONNX
+(fp16 graphs, int8 graphs with Q/DQ nodes), never from builder precision flags
+or calibrators (TensorRT 10.1 deprecated implicit int8 calibration; TensorRT 11
+removed the precision flags and makes every network strongly typed). Shapes are
+static: the manifest fixes every tensor, so no optimization profile is needed.
+A timing cache per engine folder (same GPU, same TensorRT) makes the second
+build of a graph, and every graph that shares layer shapes, fast.
+
+TensorRT is imported only when a build runs; the pure parts (which ONNX file a
+graph builds from, the keys, the memory estimate) work without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EmoteError
+from .engine_key import (
+    TIMING_CACHE,
+    BuildOptions,
+    EngineKey,
+    check_plan,
+    default_engine_dir,
+    plan_paths,
+    sha256_bytes,
+    write_atomic,
+)
+
+TRT_MIN = (10, 3)  # JetPack 6.1/6.2 ship TensorRT 10.3; 10.1 added the *_v2 device-memory calls used here
+INSTALL_HINT = (
+    "install TensorRT >= 10.3 for your CUDA: pip install 'emote-edge[gpu]' on a workstation; "
+    "on Jetson it comes with JetPack 6 (apt install python3-libnvinfer, then a venv with --system-site-packages)"
+)
+
+
+def import_tensorrt():
+    """The tensorrt module, or one clear error saying what to install."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EmoteError(f"TensorRT is not installed: {INSTALL_HINT}") from None
+    if not hasattr(trt, "Builder"):
+        # PyPI's bare 'tensorrt' can resolve to a stub that only points elsewhere
+        raise EmoteError(f"the installed 'tensorrt' package is a stub without TensorRT's libraries: {INSTALL_HINT}")
+    if trt_version_tuple(trt.__version__) < TRT_MIN:
+        raise EmoteError(f"TensorRT {trt.__version__} is too old: this needs >= {'.'.join(map(str, TRT_MIN))} ({INSTALL_HINT})")
+    return trt
+
+
+def trt_version_tuple(version: str) -> tuple[int, ...]:
+    out = []
+    for part in version.split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def make_logger(trt, verbose: bool = False):
+    """A TensorRT logger that keeps the errors it saw, so a failure can quote TensorRT's own words."""
+
+    class Log(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(str(msg))
+                print(f"TensorRT: {msg}", file=sys.stderr)
+            elif verbose:
+                print(f"TensorRT: {msg}", file=sys.stderr)
+
+        def last(self) -> str:
+            return self.errors[-1].splitlines()[0] if self.errors else "see TensorRT's messages above"
+
+    return Log()
+
+
+# -- which ONNX file each plan comes from ---------------------------------------------------
+def base_graphs(manifest: dict) -> list[str]:
+    """The bundle's graphs by name (fp32 entries; variants are '<graph>.<precision>')."""
+    return [k for k in manifest["graphs"] if "." not in k]
+
+
+def plan_sources(bundle, precision: str) -> list[tuple[str, str]]:
+    """(graph, manifest key to build from) for every graph: the ``precision`` variant where the bundle
+    has one, else the fp32 graph. The step graph must exist at that precision (as the pipeline requires)."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EmoteError(f"--precision {precision!r}: one of fp32, fp16, int8")
+    graphs = bundle.manifest["graphs"]
+    if precision != "fp32":
+        if not any(k.endswith(f".{precision}") for k in graphs):
+            how = "emote export --precision fp16" if precision == "fp16" else "emote quantize"
+            raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: make them with `{how}` (or build fp32)")
+        bundle.graph("denoise_step", precision)  # raises, naming the precisions the bundle has
+    out = []
+    for g in base_graphs(bundle.manifest):
+        key = f"{g}.{precision}"
+        out.append((g, key if precision != "fp32" and key in graphs else g))
+    return out
+
+
+def expected_key(bundle, graph_key: str, gpu: str, compute_capability: str, trt_version: str,
+                 build: BuildOptions | None = None) -> EngineKey:
+    entry = bundle.manifest["graphs"][graph_key]
+    return EngineKey(
+        graph=graph_key, onnx=entry["file"], onnx_sha256=bundle.manifest["files"][entry["file"]],
+        bundle_hash=bundle.hash, gpu=gpu, compute_capability=compute_capability, tensorrt=trt_version,
+        build=build or BuildOptions(),
+    )
+
+
+def graph_key_of(bundle, onnx_path: Path) -> str:
+    """The manifest key of the graph stored in ``onnx_path`` (the backend is handed paths)."""
+    for key, entry in bundle.manifest["graphs"].items():
+        if entry["file"] == Path(onnx_path).name:
+            return key
+    raise EmoteError(f"{onnx_path} is not a graph of bundle {bundle.path}")
+
+
+def manifest_io(bundle, graph_key: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype) of every input and output the manifest declares for a graph."""
+    entry = bundle.manifest["graphs"][graph_key]
+    return {d["name"]: (tuple(d["shape"]), np.dtype(d["dtype"])) for d in entry["inputs"] + entry["outputs"]}
+
+
+PER_GRAPH = ("x", "x0_prev", "x_next", "x0", "latents", "frames")  # bound to buffers of their own, below
+
+
+def io_bytes(bundle, precision: str = "fp32") -> int:
+    """Device bytes of the runtime's buffers, as ``Pipeline`` allocates them: every shared tensor once,
+    two sides each of the x / x0 ping-pong, the decoder's frames and the motion-frame input."""
+    def size(shape, dtype) -> int:
+        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+    ios = {g: manifest_io(bundle, key) for g, key in plan_sources(bundle, precision)}
+    shared: dict[str, int] = {}
+    for io in ios.values():
+        for name, (shape, dtype) in io.items():
+            if name not in PER_GRAPH:
+                shared.setdefault(name, size(shape, dtype))
+    latent = size(*ios["denoise_step"]["x"])
+    return sum(shared.values()) + 4 * latent + size(*ios["vae_decoder"]["frames"]) + size(*ios["vae_encoder"]["frames"])
+
+
+# -- building -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildResult:
+    graph: str
+    plan: Path
+    status: str  # 'built' or 'up to date'
+    seconds: float
+    reason: str  # why it was (re)built
+    plan_bytes: int
+
+    def line(self) -> str:
+        size = f"{self.plan_bytes / 2**20:.1f} MB"
+        if self.status == "built":
+            return f"{self.graph:<24} built in {self.seconds:.1f} s ({size}; {self.reason})"
+        return f"{self.graph:<24} up to date ({size})"
+
+
+def build_plan(trt, onnx_path: Path, plan_path: Path, key: EngineKey, timing_cache: Path, verbose: bool = False) -> bytes:
+    """Parse ``onnx_path`` into a strongly typed network, build it, write plan + key atomically."""
+    log = make_logger(trt, verbose)
+    builder = trt.Builder(log)
+    flags = 0
+    if trt_version_tuple(trt.__version__) < (11,):
+        # TensorRT 10: strong typing is opt-in; 11 always types strongly and deprecates the flag
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    if network is None:
+        raise EmoteError(f"TensorRT could not create a network for {key.graph}: {log.last()}")
+    parser = trt.OnnxParser(network, log)
+    # parse_from_file, not parse(bytes): the parser then finds external weight files beside the ONNX
+    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors:
+        first = parser.get_error(0).desc() if parser.num_errors else log.last()
+        raise EmoteError(f"TensorRT cannot parse {onnx_path}: {first.splitlines()[0]}")
+    config = builder.create_builder_config()
+    config.builder_optimization_level = key.build.opt_level
+    if key.build.workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(key.build.workspace_gb * 2**30))
+    cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    if cache is None or not config.set_timing_cache(cache, False):
+        # a cache from another TensorRT or GPU: start a fresh one rather than refuse to build
+        print(f"emote: note: ignoring the timing cache {timing_cache} (it does not match this GPU/TensorRT)", file=sys.stderr)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EmoteError(f"TensorRT could not build {key.graph} from {onnx_path.name}: {log.last()}")
+    data = bytes(memoryview(plan))
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(plan_path, data)
+    _, key_path = plan_paths(plan_path.parent, key.graph)
+    write_atomic(key_path, replace(key, plan_sha256=sha256_bytes(data)).to_json().encode())
+    write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return data
+
+
+def ensure_plan(trt, bundle, graph_key: str, engine_dir: Path, expected: EngineKey, *, build: bool,
+                check_build: bool = False, force: bool = False, verbose: bool = False) -> tuple[bytes, BuildResult]:
+    """The plan of ``graph_key``: loaded when its key matches, (re)built when it does not and ``build``."""
+    plan_path, key_path = plan_paths(engine_dir, graph_key)
+    data = plan_path.read_bytes() if plan_path.is_file() else None
+    if force:
+        reason = "--force"
+    elif data is None:
+        reason = "no plan yet"
+    else:
+        reason = check_plan(key_path, data, expected, check_build=check_build)
+    if reason is None:
+        return data, BuildResult(graph_key, plan_path, "up to date", 0.0, "", len(data))
+    if not build:
+        raise EmoteError(f"no usable TensorRT plan for {graph_key} in {engine_dir} ({reason}): run `emote build {bundle.path}`")
+    onnx_path = bundle.path / bundle.manifest["graphs"][graph_key]["file"]
+    print(f"emote: building the TensorRT plan of {graph_key} ({reason}); this runs once per GPU, TensorRT and bundle",
+          file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    data = build_plan(trt, onnx_path, plan_path, expected, engine_dir / TIMING_CACHE, verbose)
+    return data, BuildResult(graph_key, plan_path, "built", time.perf_counter() - t0, reason, len(data))
+
+
+def build_engines(bundle_path, precision: str = "fp32", engines: str | Path | None = None, *, opt_level: int = 3,
+                  workspace_gb: float | None = None, force: bool = False, device: int = 0, progress=print) -> tuple[Path, list[BuildResult]]:
+    """`emote build`: a plan for every graph of the bundle at ``precision`` (fp32 where it has no variant)."""
+    from ..runtime.manifest import Bundle
+    from .cuda import device_info
+
+    bundle = Bundle.open(bundle_path)
+    sources = plan_sources(bundle, precision)  # checks the precision before any GPU work
+    options = BuildOptions(opt_level, workspace_gb)
+    trt = import_tensorrt()
+    gpu = device_info(device)
+    engine_dir = Path(engines) if engines else default_engine_dir(bundle.path, gpu.name, gpu.compute_capability, trt.__version__, bundle.hash)
+    results = []
+    for _, key in sources:
+        expected = expected_key(bundle, key, gpu.name, gpu.compute_capability, trt.__version__, options)
+        _, result = ensure_plan(trt, bundle, key, engine_dir, expected, build=True, check_build=True, force=force)
+        progress(result.line())
+        results.append(result)
+    (engine_dir / "build.json").write_text(json.dumps(
+        {"bundle": str(bundle.path), "bundle_hash": bundle.hash, "precision": precision, "gpu": gpu.name,
+         "compute_capability": gpu.compute_capability, "tensorrt": trt.__version__,
+         "graphs": {r.graph: r.plan.name for r in results}}, indent=1))
+    return engine_dir, results
