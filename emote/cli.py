@@ -61,13 +61,49 @@ def _verify(args) -> int:
     return 1 if failed else 0
 
 
+def _backend_options(args) -> dict | None:
+    """--backend/--providers/--engines/--cuda-graph as the chosen backend's options; a mismatch is an error."""
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+    gpu_ort = bool(providers) and providers[0].lower() in ("cuda", "tensorrt", "cudaexecutionprovider", "tensorrtexecutionprovider")
+    if args.backend == "tensorrt":
+        if providers:
+            raise EmoteError("--providers is for --backend onnxruntime; --backend tensorrt runs TensorRT plans directly")
+        return {"engines": args.engines, "cuda_graph": args.cuda_graph is not False}
+    if args.backend == "onnxruntime":
+        if (args.engines or args.cuda_graph) and not gpu_ort:
+            raise EmoteError("--engines and --cuda-graph need a GPU: --backend tensorrt, or --providers cuda / tensorrt")
+        options: dict = {"providers": providers} if providers else {}
+        if gpu_ort:
+            # ORT captures a graph only when every node runs on the GPU provider: opt-in
+            options.update(cuda_graph=bool(args.cuda_graph), cache_dir=args.engines)
+        return options or None
+    if args.engines or args.cuda_graph or providers:
+        raise EmoteError(f"--providers, --engines and --cuda-graph do not apply to --backend {args.backend}")
+    return None
+
+
+def _build(args) -> int:
+    from .engines.trt_build import build_engines, io_bytes
+    from .runtime.manifest import Bundle
+
+    engine_dir, results = build_engines(args.bundle, args.precision, args.engines, opt_level=args.opt_level,
+                                        workspace_gb=args.workspace, force=args.force, device=args.device)
+    plans = sum(r.plan_bytes for r in results)
+    buffers = io_bytes(Bundle.open(args.bundle, check_hashes=False), args.precision)
+    built = sum(r.status == "built" for r in results)
+    print(f"{built} built, {len(results) - built} up to date in {engine_dir}")
+    print(f"device memory: plans {plans / 2**20:.0f} MB + runtime buffers {buffers / 2**20:.0f} MB "
+          "+ one scratch block per stream (TensorRT reports it when loading)")
+    return 0
+
+
 def _generate(args) -> int:
     from .runtime.face import parse_face_box
     from .runtime.generate import generate_video
     from .runtime.pipeline import Pipeline
 
     face_box = parse_face_box(args.face_box) if args.face_box else None
-    backend_options = {"providers": args.providers.split(",")} if args.providers else None
+    backend_options = _backend_options(args)
     with Pipeline(
         args.bundle,
         backend=args.backend,
@@ -84,6 +120,22 @@ def _generate(args) -> int:
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
+
+
+def _gpu_variants(bundle) -> list:
+    """TensorRT at the best precision the bundle has (and fp32), each with and without the CUDA graph."""
+    from .bench.variants import VariantSpec
+    from .engines.trt_build import import_tensorrt
+
+    import_tensorrt()  # one clear line now, rather than after the CPU variants ran
+    graphs = bundle.manifest["graphs"]
+    precisions = [p for p in ("int8", "fp16") if f"denoise_step.{p}" in graphs][:1] + ["fp32"]
+    out = []
+    for p in precisions:
+        out.append(VariantSpec(f"trt-{p}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p))
+        out.append(VariantSpec(f"trt-{p}-dpm4-g1-nograph", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p,
+                               backend_options={"cuda_graph": False}))
+    return out
 
 
 def _bench(args) -> int:
@@ -111,6 +163,8 @@ def _bench(args) -> int:
     else:
         raise EmoteError("give --bundle BUNDLE or --preset NAME (or --quick for the tiny preset)")
     specs = default_variants(bundle, quick=args.quick)
+    if args.gpu:
+        specs += _gpu_variants(bundle)
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         known = {s.name: s for s in specs}
@@ -169,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
     d.set_defaults(run=_verify)
 
+    d = sub.add_parser("build", help="TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)")
+    d.add_argument("bundle", help="bundle folder")
+    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="graphs to build from: the bundle's fp16 / int8 (Q/DQ) graphs where it has them, fp32 otherwise")
+    d.add_argument("--engines", help="folder for the plans (default: <bundle>/engines/<gpu>-cc<cc>-trt<version>-<bundle hash>)")
+    d.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5 (default 3; 5 builds longest)")
+    d.add_argument("--workspace", type=float, help="GB of scratch the builder may use per layer (default: TensorRT's)")
+    d.add_argument("--device", type=int, default=0, help="CUDA device index")
+    d.add_argument("--force", action="store_true", help="rebuild plans whose keys match")
+    d.set_defaults(run=_build)
+
     d = sub.add_parser("generate", help="portrait + audio -> MP4 with the audio muxed in")
     d.add_argument("--bundle", required=True, help="bundle folder (from `emote export`)")
     d.add_argument("--image", required=True, help="portrait image (any size; the face is found and cropped)")
@@ -182,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
     d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")
+    d.add_argument("--engines", help="TensorRT plans (--backend tensorrt) or TensorRT EP caches (--providers tensorrt)")
+    d.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the denoising loop as a CUDA graph (default: on for --backend tensorrt, off for ONNX Runtime)")
     d.add_argument("--precision", default="fp32", help="graph precision: fp32, fp16, int8 (if the bundle has them)")
     d.add_argument("--face-box", help="X,Y,W,H of the face in the image, when detection fails")
     d.add_argument("--png", help="also write PNG frames to this folder")
@@ -198,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, help="seconds of the example speech to use (default all; --quick 1)")
     d.add_argument("--threads", type=int, help="CPU threads for every backend (default: all usable cores)")
     d.add_argument("--quick", action="store_true", help="small and fast: tiny preset, 1 s of audio, 2 runs")
+    d.add_argument("--gpu", action="store_true", help="add TensorRT variants, with and without the CUDA graph (needs a GPU)")
     d.add_argument("-o", "--out", required=True, help="results folder: results.json, results.md, results.png")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(run=_bench)

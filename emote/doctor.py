@@ -48,6 +48,10 @@ def report() -> list[tuple[str, str]]:
         rows.append(("onnxruntime providers", ", ".join(ort.get_available_providers())))
     gpus = nvidia_gpus()
     rows.append(("nvidia gpus", ", ".join(gpus) if gpus else "none"))
+    from .engines.gpu_report import gpu_rows, jetson_release, tensorrt_usable
+
+    rows += gpu_rows()
+    gpus = gpus or ([f"Jetson ({jetson_release()})"] if jetson_release() else [])  # Jetson has no nvidia-smi before JetPack 6
     if has_module("openvino"):
         try:
             import openvino as ov
@@ -64,8 +68,10 @@ def report() -> list[tuple[str, str]]:
         import onnxruntime as ort
 
         backends += [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in ort.get_available_providers()]
-    if gpus and has_module("tensorrt"):
+    if tensorrt_usable():
         backends.append("tensorrt")
+    elif gpus:
+        rows.append(("to use tensorrt", "install TensorRT >= 10.3 and cuda-python: pip install 'emote-edge[gpu]' (Jetson: see docs/jetson.md)"))
     rows.append(("backends that will work", ", ".join(backends) or "none"))
     return rows
 
