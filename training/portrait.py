@@ -285,8 +285,9 @@ def _draw_eye(img: Image.Image, p: PortraitParams, x: float, y: float, er: float
     td.ellipse([ix - pr, iy - pr, ix + pr, iy + pr], fill=(8, 8, 10))
     hr = 0.09 * er
     td.ellipse([ix + 0.2 * er - hr, iy - 0.25 * er - hr, ix + 0.2 * er + hr, iy - 0.25 * er + hr], fill=(245, 245, 245))
-    # shadow of the upper lid on the eyeball
-    td.rectangle([0, 0, x1 - x0, iy - 0.55 * ir], fill=tuple(int(c * 0.6) for c in sclera))
+    # shadow of the upper lid on the eyeball (none left to draw on a nearly closed eye)
+    if iy - 0.55 * ir > 0:
+        td.rectangle([0, 0, x1 - x0, iy - 0.55 * ir], fill=tuple(int(c * 0.6) for c in sclera))
     mask = Image.new("L", tile.size, 0)
     ImageDraw.Draw(mask).polygon([(a - x0, b - y0) for a, b in upper + lower[::-1]], fill=255)
     img.paste(tile, (x0, y0), mask)

@@ -27,13 +27,19 @@ CONFIG = "config.json"
 FORMAT = "emote-checkpoint/1"
 
 
-def save_checkpoint(model: EMOModel, path: str | Path) -> Path:
-    """Write ``path/`` atomically (a temp folder renamed into place)."""
+def save_checkpoint(model: EMOModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``path/`` atomically (a temp folder renamed into place).
+
+    ``dtype`` (e.g. torch.float16) stores the floating-point weights in that type to
+    ship them small; loading always gives the float32 model of those stored values.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, tmp / WEIGHTS, metadata={"format": FORMAT, "preset": model.config.name})
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=1))
         for f in tmp.iterdir():
@@ -83,6 +89,10 @@ def check_state(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int
         raise EmoteError(f"{source} does not match the model: " + "; ".join(problems))
 
 
+def _as_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
 def load_checkpoint(path: str | Path, expect: ModelConfig | None = None, device: str = "cpu") -> EMOModel:
     """The model stored in ``path``; with ``expect``, its config must equal that preset's."""
     path = Path(path)
@@ -96,7 +106,8 @@ def load_checkpoint(path: str | Path, expect: ModelConfig | None = None, device:
         with safe_open(path / WEIGHTS, framework="pt", device=device) as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             check_state(expected, found, f"checkpoint {path}")
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            # weights may be stored in float16 to ship small: the model computes in float32
+            state = {k: _as_float32(f.get_tensor(k)) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise EmoteError(f"checkpoint {path} is corrupt: {e}") from None
     model.load_state_dict(state, assign=True)
