@@ -28,14 +28,26 @@ failures=0
 fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 
 say "machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || { echo "no nvidia-smi: this script needs an NVIDIA GPU"; exit 2; }
+if [ -f /etc/nv_tegra_release ]; then
+    head -n 1 /etc/nv_tegra_release
+else
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || { echo "no nvidia-smi: this script needs an NVIDIA GPU"; exit 2; }
+fi
 
-say "install (.venv with the gpu extra)"
-make install
-# onnxruntime-gpu and onnxruntime install the same module: keep only the GPU build
-"$BIN/pip" uninstall --yes --quiet onnxruntime onnxruntime-gpu || true
-"$BIN/pip" install --quiet -e ".[gpu]"
-"$BIN/python" -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime providers:', p); assert 'CUDAExecutionProvider' in p"
+if [ -f /etc/nv_tegra_release ]; then
+    # Jetson: TensorRT comes with JetPack for the system Python; the venv must see it (docs/jetson.md)
+    say "install (Jetson: .venv over the system site packages, the jetson extra)"
+    [ -x "$BIN/python" ] || python3 -m venv --system-site-packages .venv
+    "$BIN/pip" install --quiet torch==2.13.0
+    "$BIN/pip" install --quiet -e ".[export,test,jetson]"
+else
+    say "install (.venv with the gpu extra)"
+    make install
+    # onnxruntime-gpu and onnxruntime install the same module: keep only the GPU build
+    "$BIN/pip" uninstall --yes --quiet onnxruntime onnxruntime-gpu || true
+    "$BIN/pip" install --quiet -e ".[gpu]"
+    "$BIN/python" -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime providers:', p); assert 'CUDAExecutionProvider' in p"
+fi
 "$BIN/emote" doctor
 "$BIN/python" -c "from emote.engines.gpu_report import tensorrt_usable; raise SystemExit(0 if tensorrt_usable() else 'TensorRT is not usable here: see emote doctor')"
 
