@@ -86,3 +86,70 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = math.sqrt(float((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+# -- the mouth reader ----------------------------------------------------------------------------------------------
+MODEL = Path(__file__).resolve().parent.parent / "weights" / "lipsync" / "mouth.onnx"
+MOUTH_REGION = (slice(48, 96), slice(32, 96))  # rows, columns of a 128 px portrait crop that hold the mouth
+
+
+class MouthEstimator:
+    """Reads the mouth opening (0 closed .. 1 wide open) of 128 px portrait frames: a small CNN in ONNX Runtime.
+
+    Trained on the generator's renders and their VAE reconstructions (``training/lipsync.py``);
+    its input is the frame as the runtime makes it (uint8 (N, 128, 128, 3), face centred by
+    ``emote.runtime.face``), the mouth region is cut inside the graph.
+    """
+
+    def __init__(self, path: str | Path = MODEL, threads: int = 1):
+        import onnxruntime as ort
+
+        from ..errors import EmoteError
+
+        path = Path(path)
+        if not path.is_file():
+            raise EmoteError(f"the mouth estimator {path} is missing: train it with `python -m training.lipsync`")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.size = self.session.get_inputs()[0].shape[1]
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, R, R, 3) uint8 -> (N,) float32 mouth opening; frames of another size are resized to the model's."""
+        frames = np.asarray(frames)
+        if frames.shape[1] != self.size:
+            from PIL import Image
+
+            frames = np.stack([np.asarray(Image.fromarray(f).resize((self.size, self.size), Image.BILINEAR)) for f in frames])
+        return self.session.run(None, {self.input: np.ascontiguousarray(frames, dtype=np.uint8)})[0].reshape(-1)
+
+
+@dataclass(frozen=True)
+class LipSync:
+    """A generated video scored against its audio and its reference portrait."""
+
+    correlation: float  # Pearson r of estimated mouth opening vs mouth_signal(audio)
+    identity: float  # mean Pearson r of each frame with the reference, outside the mouth, in the face box
+    estimated: np.ndarray  # (N,) the estimator's reading of every frame
+    expected: np.ndarray  # (N,) mouth_signal(audio).open
+
+
+def identity_similarity(frames: np.ndarray, reference: np.ndarray, face_mask: np.ndarray) -> float:
+    """Mean over frames of the Pearson correlation with the reference image over the face box minus the mouth."""
+    keep = np.asarray(face_mask, bool).copy()
+    rows, cols = MOUTH_REGION
+    scale = frames.shape[1] / 128
+    keep[int(rows.start * scale) : int(rows.stop * scale), int(cols.start * scale) : int(cols.stop * scale)] = False
+    ref = reference[keep].astype(np.float64).reshape(-1)
+    return float(np.mean([pearson(f[keep].reshape(-1), ref) for f in frames]))
+
+
+def score(frames: np.ndarray, audio: np.ndarray, reference: np.ndarray, face_mask: np.ndarray,
+          estimator: MouthEstimator | None = None, fps: int = 25) -> LipSync:
+    """Lip sync (estimated vs audio-driven mouth opening) and identity of a generated video."""
+    estimator = estimator or MouthEstimator()
+    est = estimator(frames)
+    expected = mouth_signal(audio, fps, frames=len(frames)).open
+    return LipSync(pearson(est, expected), identity_similarity(frames, reference, face_mask), est, expected)
