@@ -68,6 +68,7 @@ class Stage:
 
 RECIPE = {
     "vae": Stage(steps=3000, batch=16, lr=3e-4, save_every=250),
+    "decoder": Stage(steps=8000, batch=16, lr=2e-4, save_every=250, warmup=50),
     "image": Stage(steps=3000, batch=24, lr=2e-4, ema=0.999),
     "video": Stage(steps=3000, batch=4, lr=1e-4, ema=0.998),
 }
@@ -182,6 +183,48 @@ def train_vae(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None:
             run.save({"vae": vae}, opt, None, rng)
     bar.close()
     vae.eval()
+
+
+def train_decoder(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None:
+    """Sharpen the decoder on the frozen encoder's latents: runs beside the image and video stages.
+
+    The latents the diffusion model learns are fixed once encoded; the decoder that
+    turns them into pixels can keep learning while the UNet trains (one core each).
+    """
+    vae = model.vae
+    vae.requires_grad_(False)
+    parts = {"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv}
+    params = [p for m in parts.values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    run = Run(work, "decoder", spec)
+    rng = np.random.default_rng(150)
+    if run.load(parts, opt, None):
+        rng = np.random.default_rng([150, run.step])
+    weight = mouth_weight((data.meta["resolution"],) * 2, 1)
+    total = data.meta["total_frames"]
+    vae.decoder.train()
+    bar = tqdm(total=spec.steps, initial=run.step, desc="decoder", unit="step")
+    while run.step < spec.steps:
+        x = pixels(data.frames[np.sort(rng.integers(total, size=spec.batch))])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        l1 = ((vae.decode(z).sample - x).abs() * weight).mean() / weight.mean()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(run.step, spec)
+        opt.zero_grad(set_to_none=True)
+        l1.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        run.step += 1
+        run.record(loss=float(l1), l1=float(l1))
+        bar.update()
+        bar.set_postfix(l1=f"{float(l1):.4f}")
+        if run.step % spec.save_every == 0 or run.step == spec.steps:
+            run.save(parts, opt, None, rng)
+    bar.close()
+    vae.decoder.eval()
 
 
 # -- stage: latents ------------------------------------------------------------------------------------------
@@ -438,6 +481,10 @@ def trained_model(work: Path, upto: str) -> EMOModel:
         stage = torch.load(work / f"{upto}.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(stage["modules"]["model"])
         load_ema(model, stage["ema"])
+    if upto != "vae" and (work / "decoder.pt").exists():  # the sharpened decoder (same encoder, same latents)
+        parts = torch.load(work / "decoder.pt", map_location="cpu", weights_only=False)["modules"]
+        model.vae.decoder.load_state_dict(parts["decoder"])
+        model.vae.post_quant_conv.load_state_dict(parts["post_quant_conv"])
     return model.eval()
 
 
@@ -445,7 +492,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Train the demo preset (CPU, resumable).")
     ap.add_argument("--data", default="build/data/train", help="data set from `python -m training.data`")
     ap.add_argument("--work", default="build/train", help="stage states, latents and the loss log")
-    ap.add_argument("--stage", choices=["all", "vae", "encode", "image", "video"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "encode", "decoder", "image", "video"], default="all")
     ap.add_argument("--ship", action="store_true", help="write the trained EMA weights to emote/weights/demo")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, help="override every trained stage's step count (smoke runs)")
@@ -465,6 +512,8 @@ def main() -> None:
     for stage in stages:
         if stage == "vae":
             train_vae(model, data, work, recipe["vae"])
+        elif stage == "decoder":
+            train_decoder(trained_model(work, "vae"), data, work, recipe["decoder"])
         elif stage == "encode":
             model = trained_model(work, "vae")
             k_path = work / "latent_scale.json"
