@@ -38,11 +38,21 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tiny_model, tmp_path):
     assert "vae.decoder.conv_out.bias [7] != [3]" in msg
 
 
-def test_corrupt_file(tiny_model, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "garbage header", "empty"])
+def test_corrupt_file(tiny_model, tmp_path, damage):
     path = save_checkpoint(tiny_model, tmp_path / "ck")
-    data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(EmoteError, match="corrupt"):
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "garbage header": b"\xff" * 64 + data[64:], "empty": b""}[damage])
+    with pytest.raises(EmoteError, match=f"checkpoint {path} is corrupt") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_config(tiny_model, tmp_path):
+    path = save_checkpoint(tiny_model, tmp_path / "ck")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(EmoteError, match="unreadable config.json"):
         load_checkpoint(path)
 
 

@@ -57,13 +57,22 @@ def test_audio_window_zero_pads_outside_the_track():
     assert last[16000 - start - 1] == 16000 and np.all(last[16000 - start :] == 0)
 
 
-def test_motion_frames_carried(tiny_model, tiny_inputs):
-    """Clip c starts from clip c-1's last n frames: changing clip 0's noise changes clip 1."""
+def test_motion_frames_carried(tiny_model, tiny_inputs, monkeypatch):
+    """Clip c starts from clip c-1's last n frames: changing only clip 0's noise changes clip 1.
+
+    Clip 1's own noise, audio and reference are the same in both runs, so the only path
+    by which clip 0 can reach it is the motion frames.
+    """
+    import emote.models.pipeline as reference_module
     from emote.models.pipeline import ReferencePipeline, SamplerSpec
+    from emote.runtime.clips import clip_noise
 
     image, mask, audio = tiny_inputs
     pipe = ReferencePipeline(tiny_model, SamplerSpec(steps=2, guidance_scale=1.0))
-    a = pipe(image, mask, audio[:16000], seed=0)
-    b = pipe(image, mask, audio[:16000], seed=1)
-    assert a.shape == (25, 64, 64, 3) and a.dtype == np.uint8
-    assert not np.array_equal(a[:4], b[:4])
+    speech = audio[: int(0.36 * 16000)]  # 9 frames: clips of 4, 4 and 1 (the last padded, then trimmed)
+    a = pipe(image, mask, speech, seed=0)
+    monkeypatch.setattr(reference_module, "clip_noise", lambda seed, c, shape: clip_noise(seed + (c == 0), c, shape))
+    b = pipe(image, mask, speech, seed=0)
+    assert a.shape == b.shape == (9, 64, 64, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a[:4], b[:4])  # clip 0: other noise
+    assert np.abs(a[4:8].astype(int) - b[4:8]).mean() > 0.5  # clip 1: other motion frames

@@ -35,7 +35,11 @@ def diffusers_unet(cfg: UNetConfig) -> UNet2DConditionModel:
         cross_attention_dim=cfg.cross_attention_dim,
         norm_num_groups=cfg.norm_num_groups,
     )
-    # diffusers leaves no zero-initialised layers, so every parameter matters in the comparison
+    # diffusers initialises every norm to weight 1, bias 0: perturb all parameters so that a
+    # norm mapped to the wrong name (or skipped) changes the output and the comparison sees it
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     return unet.eval()
 
 
@@ -75,16 +79,118 @@ def test_reference_features_equal_diffusers_attn1_inputs():
         assert (a - b).abs().max().item() < 1e-5
 
 
+def test_backbone_with_its_emo_parts_switched_off_equals_diffusers():
+    """The backbone class itself (not only the plain mode): temporal layers made identities,
+    no reference tokens, no face features: the SD UNet of diffusers, to 1e-5."""
+    ref = diffusers_unet(SMALL)
+    ours = UNet(SMALL, "backbone").eval()
+    missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(".motion_modules." in k for k in missing)
+    x, ctx = torch.randn(3, 4, 16, 16), torch.randn(3, 5, 24)
+    t = torch.tensor([1.0, 500.0, 999.0])
+    with torch.no_grad():
+        a = ref(x, t, ctx).sample
+        cond = StepCondition(ctx=ours.context_kv(ctx), frames=3)
+        temporal_on = ours(x, t, cond)
+        for mm in ours.motion_modules():  # AnimateDiff's zero-initialised proj_out: the layer is x + 0
+            mm.temporal_transformer.proj_out.weight.zero_()
+            mm.temporal_transformer.proj_out.bias.zero_()
+        b = ours(x, t, cond)
+    assert (a - b).abs().max().item() < 1e-5
+    assert (a - temporal_on).abs().max().item() > 1e-3  # the temporal layers are on the path
+
+
+def test_reference_attention_concatenates_reference_tokens():
+    """attn1 keys/values = own tokens + reference tokens, as in Hallo / AnimateAnyone's reference
+    attention: diffusers' block whose attn1 attends to torch.cat([own, reference]) is the oracle."""
+    from diffusers.models.attention import BasicTransformerBlock as DiffusersBlock
+
+    from emote.models.unet import BasicTransformerBlock
+
+    torch.manual_seed(0)
+    theirs = DiffusersBlock(32, 2, 16, cross_attention_dim=24).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ours = BasicTransformerBlock(32, 2, 24).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    h, ctx, reference = torch.randn(2, 10, 32), torch.randn(2, 5, 24), torch.randn(1, 7, 32)
+
+    def concat_reference(module, args, kwargs):
+        own = args[0]
+        kwargs["encoder_hidden_states"] = torch.cat([own, reference.expand(own.shape[0], -1, -1)], dim=1)
+        return args, kwargs
+
+    hook = theirs.attn1.register_forward_pre_hook(concat_reference, with_kwargs=True)
+    with torch.no_grad():
+        expected = theirs(h, encoder_hidden_states=ctx)
+        hook.remove()
+        plain = theirs(h, encoder_hidden_states=ctx)
+        got = ours(h, ours.attn2.kv(ctx), ours.attn1.kv(reference), None)
+    assert (expected - got).abs().max().item() < 1e-5
+    assert (expected - plain).abs().max().item() > 1e-3  # the reference tokens change the output
+
+
 def test_emo_sd15_on_meta_device():
+    """Every component's parameter count, each against an independent figure."""
+    import json
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
     model = build_model(preset("emo-sd15"), device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())  # no memory
     counts = model.component_parameters()
-    # diffusers' SD1.5 UNet has 859,520,964 parameters; the ReferenceNet drops the
-    # output head conv_norm_out (640) and conv_out (11,524), as Hallo's reference UNet
-    assert counts["reference_net"] == 859_508_800
-    assert counts["reference_net"] == 859_520_964 - (2 * 320) - (4 * 320 * 9 + 4)
-    for name in ("vae", "backbone", "audio_encoder", "face_locator", "speed_encoder"):
-        assert counts[name] > 0
-    assert all(p.device.type == "meta" for p in model.parameters())
+    assert set(counts) == {"vae", "reference_net", "backbone", "audio_encoder", "face_locator", "speed_encoder"}
+
+    hallo = json.loads((Path(__file__).resolve().parents[2] / "shared/reference/hallo_net_state_dict.json").read_text())["modules"]
+    strip = lambda keys: {k.split(".", 1)[1]: list(v) for k, v in keys.items()}  # noqa: E731
+    shapes = lambda module: {k: list(v.shape) for k, v in module.state_dict().items()}  # noqa: E731
+
+    # ReferenceNet: diffusers' SD1.5 UNet (859,520,964) less its unused output head
+    # conv_norm_out (2 x 320) and conv_out (4 x 320 x 9 + 4), exactly Hallo's reference UNet, key by key
+    assert counts["reference_net"] == 859_508_800 == 859_520_964 - (2 * 320) - (4 * 320 * 9 + 4)
+    assert counts["reference_net"] == hallo["reference_unet"]["param_count"]
+    assert shapes(model.reference_net) == strip(hallo["reference_unet"]["keys"])
+
+    # VAE: SD's AutoencoderKL, built by diffusers itself
+    with torch.device("meta"):
+        sd_vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+        )
+    assert counts["vae"] == sum(p.numel() for p in sd_vae.parameters()) == 83_653_863
+
+    # audio encoder: wav2vec2-base (transformers' default config, less SpecAugment's training-only
+    # masked_spec_embed of 768) + the projection, Hallo's audioproj (5 frames x 12 layers x 768 -> 32 tokens)
+    with torch.device("meta"):
+        base = Wav2Vec2Model(Wav2Vec2Config())
+    w2v = sum(p.numel() for n, p in base.named_parameters() if n != "masked_spec_embed")
+    assert w2v == 94_371_712 - 768
+    assert shapes(model.audio_encoder.proj) == strip(hallo["audioproj"]["keys"])
+    assert counts["audio_encoder"] == w2v + hallo["audioproj"]["param_count"] == 94_370_944 + 36_465_152
+
+    # backbone: the SD1.5 UNet + AnimateDiff motion modules named as Hallo's; EMO's speed layers make
+    # the second temporal attention a cross-attention on 768-wide speed tokens (to_k/to_v: c x 768, not c x c)
+    theirs = strip(hallo["denoising_unet"]["keys"])
+    ours = shapes(model.backbone)
+    assert set(ours) <= set(theirs)
+    differ = {k for k in ours if ours[k] != theirs[k]}
+    assert differ and all(k.endswith(("attention_blocks.1.to_k.weight", "attention_blocks.1.to_v.weight")) for k in differ)
+    assert all(ours[k] == [theirs[k][0], 768] for k in differ)
+    motion = sum(p.numel() for n, p in model.backbone.named_parameters() if ".motion_modules." in n)
+    assert counts["backbone"] == 859_520_964 + motion
+    with torch.device("meta"):
+        plain = UNet(preset("emo-sd15").unet, "plain")
+    assert {k for k in ours if ".motion_modules." not in k} == set(shapes(plain))
+
+    # face locator: conv_in 1->16, (c->c, c->2c stride 2) for 16, 32, 64, conv_out 128->320, 3x3 convs
+    conv = lambda a, b: a * b * 9 + b  # noqa: E731
+    assert counts["face_locator"] == conv(1, 16) + sum(conv(a, a) + conv(a, b) for a, b in ((16, 32), (32, 64), (64, 128))) + conv(128, 320) == 514_608
+    # speed layers: 9 tanh buckets -> 768 -> 2 tokens x 768
+    assert counts["speed_encoder"] == (9 * 768 + 768) + (768 * 1536 + 1536) == 1_188_864
+    print("emo-sd15 parameters per component:", counts)
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo"])
