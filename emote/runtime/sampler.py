@@ -63,7 +63,12 @@ def alphas_cumprod(n: int, schedule: str, beta_start: float, beta_end: float, ze
         raise ValueError(f"unknown beta schedule {schedule!r}: one of scaled_linear, linear")
     if zero_snr:
         betas = rescale_zero_terminal_snr(betas)
-    return np.cumprod(1.0 - betas, dtype=np.float32)
+    return cumprod32(1.0 - betas)
+
+
+def cumprod32(x: np.ndarray) -> np.ndarray:
+    """float32 cumulative product accumulated in float64, as torch's CPU kernel does (bit for bit)."""
+    return np.cumprod(x.astype(np.float64)).astype(np.float32)
 
 
 def linspace32(start: float, end: float, n: int) -> np.ndarray:
@@ -76,7 +81,7 @@ def linspace32(start: float, end: float, n: int) -> np.ndarray:
 
 def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     """Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1."""
-    sqrt_ab = np.sqrt(np.cumprod(1.0 - betas, dtype=np.float32))
+    sqrt_ab = np.sqrt(cumprod32(1.0 - betas))
     a0, a_t = sqrt_ab[0], sqrt_ab[-1]
     sqrt_ab = (sqrt_ab - a_t) * (a0 / (a0 - a_t))  # shift so the last is 0, scale so the first is unchanged
     ab = sqrt_ab**2
@@ -120,14 +125,18 @@ def x0_coefficients(prediction: str, alpha: float, sigma: float) -> tuple[float,
 
 
 # -- families: each returns (timesteps, rows without the guidance column, init_scale) --------
-def ddim(ac: np.ndarray, k: int, prediction: str, spacing: str, offset: int):
-    """DDIM, eta = 0 (Song et al. 2021): x_prev = alpha_prev x0 + sigma_prev eps."""
+def ddim(ac: np.ndarray, k: int, prediction: str, spacing: str, offset: int, alpha_to_one: bool = False):
+    """DDIM, eta = 0 (Song et al. 2021): x_prev = alpha_prev x0 + sigma_prev eps.
+
+    Past t = 0 alpha-bar is alpha-bar_0 (SD's set_alpha_to_one=False) or 1 (diffusers' default, Hallo's).
+    """
     n = len(ac)
     ts = ddim_timesteps(n, k, spacing, offset)
+    final = 1.0 if alpha_to_one else float(ac[0])
     rows = []
     for t in ts:
         prev = t - n // k
-        ab, ab_prev = float(ac[t]), float(ac[prev] if prev >= 0 else ac[0])  # SD: set_alpha_to_one=False
+        ab, ab_prev = float(ac[t]), float(ac[prev]) if prev >= 0 else final
         alpha, sigma = math.sqrt(ab), math.sqrt(1 - ab)
         alpha_p, sigma_p = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
         # eps = (x - alpha x0) / sigma, so x_prev = (sigma_p / sigma) x + (alpha_p - sigma_p alpha / sigma) x0
@@ -183,10 +192,13 @@ def euler(ac: np.ndarray, k: int, prediction: str, spacing: str, offset: int, ze
     alpha = 1.0 / np.sqrt(sig64**2 + 1)  # x_vp = alpha x_ve
     rows = []
     for i, t in enumerate(ts):
-        sg, sg_n = sig64[i], sig64[i + 1]
+        sg = sig64[i]
+        # diffusers takes dt = sigma_next - sigma in float32: at zero terminal SNR (sigma 4096, float32's
+        # step there is 4.9e-4) that rounding alone moves the state by ~4e-5, so it is reproduced here
+        dt = float(sig[i + 1] - sig[i])
         a_x, a_o = x0_coefficients(prediction, alpha[i], sg * alpha[i])
-        # VE: s_prev = s + (s - x0) / sg * (sg_n - sg);  s = x / alpha
-        rows.append((t, a_x, a_o, alpha[i + 1] * sg_n / (sg * alpha[i]), alpha[i + 1] * (1 - sg_n / sg), 0.0, 0.0))
+        # VE: s_prev = s + (s - x0) / sg * dt;  s = x / alpha
+        rows.append((t, a_x, a_o, alpha[i + 1] * (1 + dt / sg) / alpha[i], -alpha[i + 1] * dt / sg, 0.0, 0.0))
     sig_max = float(sig.max())
     init_sigma = sig_max if spacing in ("linspace", "trailing") else math.sqrt(sig_max**2 + 1)
     return ts, rows, init_sigma * float(alpha[0])  # diffusers' init_noise_sigma, seen in VP space
@@ -225,6 +237,7 @@ def make_sampler(
     beta_start: float = 0.00085,
     beta_end: float = 0.012,
     steps_offset: int = 1,
+    set_alpha_to_one: bool = False,
 ) -> SamplerTable:
     """The table of one sampler configuration; arguments are validated here, once."""
     if family not in FAMILIES:
@@ -241,7 +254,7 @@ def make_sampler(
         raise ValueError("zero terminal SNR needs v_prediction: eps-prediction cannot recover x0 at t = T")
     ac = alphas_cumprod(num_train_timesteps, beta_schedule, beta_start, beta_end, zero_snr)
     if family == "ddim":
-        ts, rows, init = ddim(ac, steps, prediction_type, spacing, steps_offset)
+        ts, rows, init = ddim(ac, steps, prediction_type, spacing, steps_offset, set_alpha_to_one)
     elif family == "dpmpp_2m":
         ts, rows, init = dpmpp_2m(ac, steps, prediction_type, spacing, steps_offset, zero_snr)
     elif family == "euler":
