@@ -99,6 +99,7 @@ class TrtGraph(Graph):
             call()
             out = {n: np.array(be.to_host(temp[n])) for n in self.outputs}
             call.release()
+            be.calls.remove(call)
             return out
         finally:
             be.free(temp.values())
