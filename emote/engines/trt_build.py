@@ -190,7 +190,8 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, key: EngineKey, timing_cac
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(key.build.workspace_gb * 2**30))
     cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    if cache is None or not config.set_timing_cache(cache, False):
+    # setTimingCache returns false for a cache of another TensorRT/GPU (C++ API: bool; compared with False)
+    if cache is None or config.set_timing_cache(cache, False) is False:
         # a cache from another TensorRT or GPU: start a fresh one rather than refuse to build
         print(f"emote: note: ignoring the timing cache {timing_cache} (it does not match this GPU/TensorRT)", file=sys.stderr)
         cache = config.create_timing_cache(b"")
