@@ -2,7 +2,8 @@
 # The GPU path, proven on a machine with an NVIDIA GPU: one command (`make gpu-check`).
 #
 #  1. installs the project with the gpu extra into .venv (onnxruntime-gpu in place of onnxruntime)
-#  2. exports the tiny and demo bundles with fp16 step graphs (+ int8 Q/DQ graphs if `emote quantize` exists)
+#  2. exports the tiny and demo bundles with fp16 step graphs (+ int8 Q/DQ step graphs through
+#     `emote calibrate` and `emote quantize`, where this checkout has them)
 #  3. builds TensorRT plans: fp16, and int8 where the bundle has int8 graphs
 #  4. runs the GPU tests (tests/test_tensorrt.py -m gpu)
 #  5. compares every plan against ONNX Runtime on the same ONNX with polygraphy, at stated tolerances
@@ -58,8 +59,16 @@ for preset in tiny demo; do
     say "export $preset"
     "$BIN/emote" export --preset "$preset" --out "$bundle" --precision fp16 --force --quiet
     if "$BIN/emote" quantize --help >/dev/null 2>&1; then
-        say "quantize $preset (int8 Q/DQ graphs)"
-        "$BIN/emote" quantize "$bundle" || fail "emote quantize $bundle (see its --help: the call above assumes 'emote quantize BUNDLE')"
+        say "calibrate and quantize $preset (int8 Q/DQ step graphs)"
+        calib_in="$OUT/calib-inputs"
+        mkdir -p "$calib_in/images" "$calib_in/audio"
+        cp emote/assets/portrait.png "$calib_in/images/" && cp emote/assets/speech.wav "$calib_in/audio/"
+        if "$BIN/emote" calibrate "$bundle" --images "$calib_in/images" --audio "$calib_in/audio" -o "$OUT/$preset-calib" --force --quiet; then
+            "$BIN/emote" quantize "$bundle" --precision int8 --calib "$OUT/$preset-calib" --quiet \
+                || fail "emote quantize $bundle --precision int8 (check 'emote quantize --help' if its options changed)"
+        else
+            fail "emote calibrate $bundle (check 'emote calibrate --help' if its options changed)"
+        fi
     else
         echo "note: this checkout has no 'emote quantize' yet: int8 plans are not built"
     fi
