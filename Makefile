@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
 
-.PHONY: install demo test test-fast gpu-check clean
+.PHONY: install demo test test-fast weights gpu-check clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Retrain the demo model from nothing (hours on 2 CPU cores; needs espeak-ng; resumes).
+weights: install
+	bash training/reproduce.sh
 
 gpu-check:
 	bash bench/gpu_check.sh
