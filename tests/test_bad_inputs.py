@@ -93,3 +93,13 @@ def test_bad_input_is_one_line_and_no_file(case, inputs, tiny_bundle, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("emote: error: "), err
     assert message.format(d=d) in lines[0]
     assert list(out.parent.iterdir()) == []  # no output, no temp file
+
+
+def test_silence_is_valid_input(inputs, tiny_bundle, tmp_path, capsys):
+    """The control case of the harness above: a silent track is a valid input and makes a video."""
+    sf.write(tmp_path / "silence.wav", np.zeros(8000, np.int16), 16000)
+    out = tmp_path / "video.mp4"
+    rc = main(["generate", "--quiet", "--bundle", str(tiny_bundle), "--image", str(inputs / "noise.png"),
+               "--audio", str(tmp_path / "silence.wav"), "-o", str(out), "--face-box", "10,10,70,70"])
+    assert rc == 0, capsys.readouterr().err
+    assert out.stat().st_size > 0 and "13 frames for 0.50 s of audio" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 
 import numpy as np
 import onnx
@@ -61,10 +62,47 @@ def test_verify_passes_on_random_and_real_inputs(tiny_bundle, tiny_model):
     assert min(r.sqnr_db for r in floats) >= 60.0
 
 
-def test_verify_cli_exit_codes(tiny_bundle, capsys):
+def test_verify_cli_exit_codes(tiny_bundle, tmp_path, capsys):
+    from emote.models.checkpoint import save_checkpoint
+    from emote.models.config import preset
+    from emote.models.emo import build_model
+
     assert main(["verify", str(tiny_bundle), "--inputs", "random"]) == 0
     out = capsys.readouterr().out
-    assert "0 failed" in out and "sqnr" in out
+    assert "0 failed" in out and all(k in out for k in ("max_abs", "max_rel", "sqnr"))
+    assert out.count("ok  ") == len([ln for ln in out.splitlines() if ln.startswith(("ok", "FAIL"))]) >= len(GRAPHS)
+    # other weights than the bundle was exported from: past tolerance, named per output, exit 1
+    save_checkpoint(build_model(preset("tiny"), seed=1), tmp_path / "other")
+    assert main(["verify", str(tiny_bundle), "--checkpoint", str(tmp_path / "other"), "--inputs", "random"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL denoise_step " in out and " 0 failed" not in out
+
+
+def test_parity_tolerances():
+    """fp32: max relative error <= 1e-3 AND SQNR >= 60 dB; fp16: SQNR >= 35 dB (issue #3)."""
+    from emote.export.parity import compare
+
+    ref = np.sin(np.linspace(0, 20, 1000)).astype(np.float32)  # mean square 0.5
+
+    def ok(got, precision="fp32"):
+        (row,) = compare("g", {"y": ref}, {"y": got.astype(np.float32)}, precision)
+        return row.ok
+
+    spike = ref.copy()
+    spike[10] += 2e-3  # relative error 2e-3, SQNR 81 dB: fails on relative error alone
+    assert ok(ref + 1e-4) and not ok(spike)
+    assert not ok(ref + 9e-4)  # relative error 9e-4 but SQNR 57.9 dB: fails on SQNR alone
+    assert ok(ref + 5e-3, "fp16") and not ok(ref + 3e-2, "fp16")  # SQNR 43 dB and 27 dB
+    (row,) = compare("g", {"y": ref}, {"y": ref[:999]})
+    assert not row.ok  # a shape mismatch never passes
+
+
+def test_export_geometry_errors(capsys, tmp_path):
+    assert main(["export", "--preset", "tiny", "--height", "48", "--width", "64", "--out", str(tmp_path / "b")]) == 2
+    assert "--height 48 and --width 64 differ" in capsys.readouterr().err
+    assert main(["export", "--preset", "tiny", "--height", "40", "--out", str(tmp_path / "b")]) == 2
+    assert "resolution 40 must divide" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("graph", ["denoise_step", "denoise_step_cond"])
@@ -95,7 +133,7 @@ def test_hoisting_check_finds_per_clip_work():
 def test_export_errors(tiny_bundle, tmp_path, capsys):
     assert main(["export", "--preset", "huge", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "emote: error: unknown preset 'huge': choose one of tiny, demo, emo-sd15"
+    assert err.startswith("emote: error: unknown preset 'huge': choose one of tiny, demo, emo-sd15") and "\n" not in err
     assert main(["export", "--preset", "tiny", "--out", str(tiny_bundle)]) == 2
     assert "exists: pass --force" in capsys.readouterr().err
     assert main(["export", "--preset", "tiny", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
@@ -112,6 +150,25 @@ def test_export_rejects_a_mismatched_checkpoint(tmp_path, capsys):
     assert main(["export", "--preset", "demo", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "b")]) == 2
     assert "is for preset 'tiny', not 'demo'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_full_disk_inside_the_exporter_leaves_nothing(tiny_model, tmp_path, monkeypatch):
+    """The disk fills while the first graph's file is being written (after torch's real export),
+    the error arrives wrapped in another exception: one clear message, nothing left behind."""
+    import emote.export.bundle as bundle_mod
+
+    def save_until_full(model, path, *a, **kw):
+        with open(path, "wb") as f:
+            f.write(model.SerializeToString()[:100])
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        except OSError as e:
+            raise RuntimeError("serialisation failed") from e
+
+    monkeypatch.setattr(bundle_mod.onnx, "save_model", save_until_full)
+    with pytest.raises(EmoteError, match=re.escape(f"disk full while writing the bundle to {tmp_path}: nothing was written")):
+        bundle_mod.export_bundle(tiny_model, tmp_path / "bundle", progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_full_disk_leaves_nothing(tiny_model, tiny_bundle, tmp_path, monkeypatch):

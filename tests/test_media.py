@@ -55,6 +55,34 @@ def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
     assert rgb[5, 20].mean() > 200 and rgb[55, 20].mean() < 50  # the white half is now on top
 
 
+# -- the example inputs ------------------------------------------------------------------------
+def test_example_inputs_are_what_their_recipe_makes():
+    """emote/assets/README.md says how the example inputs were made; the recipe must still make them
+    (after a change of the portrait renderer: `python -m training.make_examples`, then commit)."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, ".")
+    from training.make_examples import speech
+    from training.portrait import EXAMPLE, render_portrait
+
+    committed = np.asarray(Image.open(PORTRAIT).convert("RGB")).astype(int)
+    diff = np.abs(render_portrait(EXAMPLE, 512).astype(int) - committed)
+    assert diff.max() <= 2 and diff.mean() < 0.05, "emote/assets/portrait.png is stale: run python -m training.make_examples"
+    info = sf.info("emote/assets/speech.wav")
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16") and 4 < info.duration < 8
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed: the speech recipe cannot be rerun here")
+    import subprocess
+
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    if "text-to-speech: 1.51 " not in version:  # other versions speak a little differently
+        pytest.skip(f"the speech was made with espeak-ng 1.51, this machine has: {version.strip()}")
+    made = speech()
+    committed_speech, _ = sf.read("emote/assets/speech.wav", dtype="float32")
+    assert len(made) == len(committed_speech) and np.abs(made - committed_speech).max() < 2 / 32768
+
+
 # -- face -------------------------------------------------------------------------------------
 def test_haar_finds_the_example_face():
     import sys
@@ -184,6 +212,28 @@ def test_video_two_clips_with_audio(tmp_path):
     assert (info["frames"], info["fps"], info["video_streams"], info["audio_streams"]) == (25, 25.0, 1, 1)
     assert info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert abs(info["audio_seconds"] - 1.0) <= 0.04
+
+
+def test_video_keeps_the_users_audio_track(tmp_path):
+    """The muxed track is the user's own (44.1 kHz stereo here), not the model's 16 kHz mono:
+    a 10 kHz tone (above 16 kHz audio's 8 kHz limit) in the left channel only survives."""
+    import av
+
+    rate = 44100
+    t = np.arange(rate) / rate
+    track = np.stack([0.3 * np.sin(2 * np.pi * 10000 * t), 0.3 * np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32)
+    out = tmp_path / "v.mp4"
+    with VideoWriter(out, 25, 64, audio=track, audio_rate=rate) as v:
+        v.write(np.zeros((25, 64, 64, 3), np.uint8))
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        assert a.codec_context.channels == 2
+        decoded = np.concatenate([f.to_ndarray() for f in c.decode(a)], axis=1)  # (2, n) planar
+        sr = a.codec_context.sample_rate
+    mid = decoded[:, sr // 4 : 3 * sr // 4]
+    peak = lambda x: np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x))))) * sr / len(x)  # noqa: E731
+    assert abs(peak(mid[0]) - 10000) < 20 and abs(peak(mid[1]) - 440) < 20
+    assert abs(decoded.shape[1] / sr - 1.0) <= 1 / 25
 
 
 def test_interrupted_video_leaves_nothing(tmp_path):

@@ -30,15 +30,15 @@ def gemm_graph(path: Path, n: int = N, dtype: str = "float32") -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
-def measure_peak(backend, repeat: int = 10, n: int = N) -> float:
-    """Best GFLOP/s of an n^3 fp32 GEMM in ``backend`` (a Backend instance)."""
+def measure_peak(backend, repeat: int = 10, n: int = N, dtype: str = "float32") -> float:
+    """Best GFLOP/s of an n^3 GEMM in ``backend`` (a Backend instance) at ``dtype`` (float32, float16)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemm.onnx"
-        gemm_graph(path, n)
+        gemm_graph(path, n, dtype)
         graph = backend.load("gemm", path)
-        a = backend.alloc((n, n), np.float32)
-        backend.from_host(a, np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
-        y = backend.alloc((n, n), np.float32)
+        a = backend.alloc((n, n), np.dtype(dtype))
+        backend.from_host(a, np.random.default_rng(1).standard_normal((n, n)).astype(dtype))
+        y = backend.alloc((n, n), np.dtype(dtype))
         call = graph.bind({"a": a}, {"y": y})
         call()
         best = float("inf")

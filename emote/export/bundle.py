@@ -138,15 +138,23 @@ def export_bundle(
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
+        if disk_full(e):
             raise EmoteError(f"disk full while writing the bundle to {out.parent}: nothing was written") from None
         raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain (exporters may wrap the OSError in their own error)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def output_specs(path: Path) -> list[dict]:

@@ -53,6 +53,12 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
 
 def load_audio(path: str | Path) -> np.ndarray:
     """float32 mono samples at 16 kHz."""
+    data, rate = read_audio(path)
+    return np.ascontiguousarray(resample(to_mono(data), rate))
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """The file's own samples, float32 (n, channels), and its rate: the track muxed into the video."""
     path = Path(path)
     if not path.exists():
         raise EmoteError(f"audio {path} not found")
@@ -73,7 +79,7 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise EmoteError(f"audio {path} holds no samples")
     if not np.all(np.isfinite(data)):
         raise EmoteError(f"audio {path} holds NaN or infinite samples")
-    return np.ascontiguousarray(resample(to_mono(data), rate))
+    return data, int(rate)
 
 
 def audio_duration(samples: np.ndarray) -> float:

@@ -76,7 +76,7 @@ def generate_video(
     npy_path: str | Path | None = None,
     progress: bool = True,
 ) -> Summary:
-    from .audio import load_audio
+    from .audio import read_audio, resample, to_mono
     from .video import VideoWriter, write_npy, write_png_frames
 
     out = Path(out)
@@ -84,7 +84,8 @@ def generate_video(
     for extra in (npy_path,):
         if extra is not None:
             check_output_path(Path(extra))
-    samples = load_audio(audio)
+    track, rate = read_audio(audio)  # muxed as the user gave it; the model hears 16 kHz mono
+    samples = np.ascontiguousarray(resample(to_mono(track), rate))
     portrait = pipe.prepare(image, face_box)
     plan = pipe.plan(len(samples))
     out_fps = fps or pipe.fps
@@ -95,8 +96,13 @@ def generate_video(
     start = time.perf_counter()
     first = None
     n_frames = 0
-    with VideoWriter(out, out_fps, pipe.resolution, audio=samples) as video:
-        for clip in pipe.stream(portrait, samples, seed=seed, progress=lambda c, s: bar.update()):
+    with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate) as video:
+        def advance(clip: int, step: int) -> None:
+            if step == 0:
+                bar.set_postfix_str(f"clip {clip + 1}/{plan.clips}", refresh=False)
+            bar.update()
+
+        for clip in pipe.stream(portrait, samples, seed=seed, progress=advance):
             if first is None:
                 first = time.perf_counter() - start
             frames = retime(clip, pipe.fps, out_fps)

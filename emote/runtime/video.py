@@ -35,14 +35,31 @@ def _temp_beside(path: Path) -> Path:
 
 
 class VideoWriter:
-    """``with VideoWriter("out.mp4", 25, 512, audio=samples) as v: v.write(frames)`` (uint8 (N, H, W, 3))."""
+    """``with VideoWriter("out.mp4", 25, 512, audio=samples) as v: v.write(frames)`` (uint8 (N, H, W, 3)).
 
-    def __init__(self, path: str | Path, fps: float, size: int | tuple[int, int], audio: np.ndarray | None = None, crf: int = 18):
+    ``audio``: float32 samples at ``audio_rate``, (n,) or (n, channels): the user's own track
+    (its rate and stereo kept, not the model's 16 kHz mono), encoded as AAC at 48 kHz.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        size: int | tuple[int, int],
+        audio: np.ndarray | None = None,
+        crf: int = 18,
+        audio_rate: int = SAMPLE_RATE,
+    ):
         self.path = Path(path)
         _check_dir(self.path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = (size, size) if isinstance(size, int) else size
-        self.audio = audio
+        if audio is not None:
+            audio = np.asarray(audio, np.float32)
+            audio = audio[:, None] if audio.ndim == 1 else audio
+            if audio.shape[1] > 2:  # AAC in MP4 plays everywhere as mono or stereo: fold the rest down
+                audio = audio.mean(axis=1, keepdims=True)
+        self.audio, self.audio_rate = audio, audio_rate
         self.crf = crf
         self.frames = 0
         self.container = None
@@ -59,7 +76,8 @@ class VideoWriter:
         self.video = v
         self.audio_stream = None
         if self.audio is not None and len(self.audio):
-            self.audio_stream = self.container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+            self.layout = "stereo" if self.audio.shape[1] == 2 else "mono"
+            self.audio_stream = self.container.add_stream("aac", rate=AUDIO_RATE, layout=self.layout)
         return self
 
     def write(self, frames: np.ndarray) -> None:
@@ -78,11 +96,15 @@ class VideoWriter:
         import av
         import soxr
 
-        samples = soxr.resample(np.asarray(self.audio, np.float32), SAMPLE_RATE, AUDIO_RATE).astype(np.float32)
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=AUDIO_RATE)
+        samples = self.audio
+        if self.audio_rate != AUDIO_RATE:
+            samples = soxr.resample(samples, self.audio_rate, AUDIO_RATE).astype(np.float32)
+        samples = np.ascontiguousarray(samples.reshape(len(samples), -1))
+        resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=AUDIO_RATE)
         step = 1024 * 16
         for i in range(0, len(samples), step):
-            frame = av.AudioFrame.from_ndarray(samples[None, i : i + step], format="flt", layout="mono")
+            # packed float: one row of interleaved channels
+            frame = av.AudioFrame.from_ndarray(samples[i : i + step].reshape(1, -1), format="flt", layout=self.layout)
             frame.sample_rate, frame.pts = AUDIO_RATE, i
             for rf in resampler.resample(frame):
                 for packet in self.audio_stream.encode(rf):
