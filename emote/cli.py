@@ -49,9 +49,11 @@ def _verify(args) -> int:
     from .runtime.manifest import Bundle
     from .runtime.pipeline import make_backend
 
+    inputs = tuple(s.strip() for s in args.inputs.split(",") if s.strip())
+    if not inputs or not set(inputs) <= {"random", "real"}:
+        raise EmoteError(f"--inputs {args.inputs!r}: give random, real or random,real")
     bundle = Bundle.open(args.bundle)
     model = model_for_bundle(bundle.manifest, args.checkpoint)
-    inputs = tuple(s.strip() for s in args.inputs.split(",") if s.strip())
     with make_backend(args.backend) as backend:
         rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs)
     for r in rows:
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, help="denoising steps (default: the bundle's)")
     d.add_argument("--guidance", type=float, help="audio guidance scale (1 = none)")
     d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the starting noise (same seed, same video; default 0)")
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
     d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")

@@ -29,3 +29,29 @@ def test_importing_emote_loads_no_gpu_or_torch_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_readme_options_exist_in_the_cli():
+    """Every `--option` the README gives a subcommand (in its examples and its "options:" lines) exists."""
+    import re
+    from pathlib import Path
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    checked = 0
+    examples = re.findall(r"^(?:\.venv/bin/)?emote ([a-z][a-z-]*)((?:[^\n\\]|\\\n)*)", text, re.M)  # + continuations
+    paragraphs = re.findall(r"`emote ([a-z][a-z-]*)` options:((?:[^\n]|\n(?!\n))*)", text)  # up to a blank line
+    for command, rest in [(c, r.split("#")[0]) for c, r in examples] + paragraphs:
+        if command not in subparsers:
+            continue
+        known = {s for a in subparsers[command]._actions for s in a.option_strings}
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+            assert option in known, f"README: `emote {command} {option}` is not an option of emote {command}"
+            checked += 1
+    assert checked >= 15
+
+
+def test_verify_refuses_unknown_input_kinds(capsys):
+    assert main(["verify", "no-bundle", "--inputs", "random,photos"]) == 2
+    assert "--inputs 'random,photos': give random, real or random,real" in capsys.readouterr().err
