@@ -34,6 +34,13 @@ def test_bench_quick_writes_json_table_and_plot(tiny_bundle, tmp_path, capsys):
     step = ort["stages"]["denoise_step"]
     assert step["n"] == 2 * 7 * 40  # 2 runs x 7 clips x 40 steps
     assert 0 < step["fraction_of_peak"] < 1.5
+    # each variant's fraction is of the GEMM peak at its own precision, measured in this run
+    fp16 = record["results"]["ort-fp16-dpm4-g1"]["stages"]["denoise_step"]
+    assert record["peak_gflops"]["onnxruntime-fp16"] > 0
+    assert abs(fp16["fraction_of_peak"] - fp16["gflops_per_s"] / record["peak_gflops"]["onnxruntime-fp16"]) < 1e-9
+    assert abs(step["fraction_of_peak"] - step["gflops_per_s"] / record["peak_gflops"]["onnxruntime-fp32"]) < 1e-9
+    assert {"p50", "p90", "p99"} <= set(step) and record["threads"] >= 1
+    assert all(k in record["flops"]["counted"] for k in ("MatMul", "Gemm", "Conv"))  # the report says how
     g1 = record["results"]["ort-fp32-dpm4-g1"]["stages"]
     assert g1["denoise_step"]["n"] == 2 * 7 and g1["denoise_step_cond"]["n"] == 2 * 7 * 3
     table = (out / "results.md").read_text()

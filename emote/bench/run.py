@@ -106,6 +106,8 @@ def benchmark(
     from .peak import measure_peak
 
     peaks["onnxruntime-fp32"] = measure_peak(OnnxRuntimeBackend(threads=threads))
+    if any(s.backend == "onnxruntime" and s.precision == "fp16" for s in specs):  # fp16 graphs: an fp16 GEMM's peak
+        peaks["onnxruntime-fp16"] = measure_peak(OnnxRuntimeBackend(threads=threads), dtype="float16")
     if any(s.backend == "openvino" for s in specs):
         from ..engines.openvino import OpenVINOBackend
 
@@ -149,7 +151,7 @@ def benchmark(
             st = percentiles(calls)
             graph = stage if stage in flops else None
             if graph:
-                peak_key = f"{s.backend}-{'bf16' if s.backend_options.get('precision') == 'bf16' else 'fp32'}"
+                peak_key = f"{s.backend}-{s.precision if s.precision in ('fp16', 'bf16') else 'fp32'}"  # same precision
                 st["gflop"] = flops[graph] / 1e9
                 st["gflops_per_s"] = flops[graph] / st["p50"] / 1e9
                 if peak_key in peaks:
