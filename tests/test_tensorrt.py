@@ -26,6 +26,7 @@ from emote.engines.engine_key import (
     read_key,
     sha256_bytes,
 )
+from emote.engines.cuda import installed as cuda_python_installed
 from emote.engines.probe import has_module
 from emote.engines.steploop import Step, StepPlan
 from emote.engines.tensorrt import check_engine_io
@@ -279,7 +280,21 @@ def test_generate_rejects_gpu_options_that_do_not_fit_the_backend(bundle, capsys
     assert "need a GPU" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not has_module("cuda"), reason="cuda-python is not installed")
+def test_an_empty_cuda_namespace_is_not_cuda_python(tmp_path):
+    """A bare 'cuda' folder (left by an uninstall, or another NVIDIA package's namespace) must not read as
+    cuda-python: the GPU checks would then fail on a missing module instead of skipping or saying what to install."""
+    def installed_with(path) -> str:
+        code = f"import sys; sys.path.insert(0, {str(path)!r}); from emote.engines.cuda import installed; print(installed())"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "cuda").mkdir()
+    assert installed_with(tmp_path) == str(cuda_python_installed())  # the empty namespace adds nothing
+    (tmp_path / "cuda" / "bindings").mkdir()
+    (tmp_path / "cuda" / "bindings" / "__init__.py").write_text("")
+    assert installed_with(tmp_path) == "True"  # the layout of cuda-python >= 12.6.1
+
+
+@pytest.mark.skipif(not cuda_python_installed(), reason="cuda-python is not installed")
 def test_cuda_without_a_gpu_is_one_clear_error():
     from emote.engines import cuda
     from emote.engines.probe import nvidia_gpus

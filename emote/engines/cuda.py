@@ -22,7 +22,9 @@ import numpy as np
 
 from ..errors import EmoteError
 
-INSTALL_HINT = "pip install 'emote-edge[gpu]' (on JetPack 6: pip install 'cuda-python>=12.6,<13')"
+INSTALL_HINT = "pip install 'emote-edge[gpu]' (on JetPack 6: pip install 'cuda-python>=12.6.1,<13')"
+# the modules cuda-python's runtime binding lives in: 12.6.1 moved it to cuda.bindings, 13.0 removed cuda.cudart
+RUNTIME_MODULES = ("cuda.bindings", "cuda.cudart")
 
 
 class CudaError(EmoteError):
@@ -37,14 +39,22 @@ def cudart():
     global _RT
     if _RT is None:
         try:
-            from cuda.bindings import runtime  # cuda-python >= 12.6
+            from cuda.bindings import runtime  # cuda-python >= 12.6.1 (release notes: "cuda.cudart -> cuda.bindings.runtime")
         except ImportError:
             try:
-                from cuda import cudart as runtime  # the older layout of cuda-python 12.x
+                from cuda import cudart as runtime  # cuda-python 12.0 to 12.6.0; removed in 13.0
             except ImportError:
                 raise EmoteError(f"cuda-python is not installed: {INSTALL_HINT}") from None
         _RT = runtime
     return _RT
+
+
+def installed() -> bool:
+    """cuda-python's runtime binding is there, looked up without importing it. An empty 'cuda'
+    namespace (left by an uninstall, or made by another NVIDIA package) does not count."""
+    from .probe import has_module
+
+    return any(has_module(m) for m in RUNTIME_MODULES)
 
 
 def check(result, what: str):
@@ -80,6 +90,17 @@ def device_info(index: int = 0) -> DeviceInfo:
     """The GPU ``index`` as the CUDA runtime sees it; no GPU or no driver is one clear error."""
     rt = cudart()
     err, count = rt.cudaGetDeviceCount()
+    if err == rt.cudaError_t.cudaErrorInsufficientDriver:
+        # a driver older than the CUDA runtime cuda-python links statically (cuda-python 13 on a CUDA 12
+        # driver: minor-version compatibility stops at the major version) reads the same as no driver:
+        # tell them apart by the driver's version (0: no driver)
+        derr, driver = rt.cudaDriverGetVersion()
+        if derr == rt.cudaError_t.cudaSuccess and driver > 0:
+            runtime = check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
+            raise EmoteError(
+                f"the NVIDIA driver supports CUDA {cuda_version(driver)}, older than the CUDA {cuda_version(runtime)} "
+                f"cuda-python was built for: pip install 'cuda-python~={cuda_version(driver)}.0' (or update the driver)"
+            )
     if err in (rt.cudaError_t.cudaErrorNoDevice, rt.cudaError_t.cudaErrorInsufficientDriver):
         name = rt.cudaGetErrorName(err)[1]
         raise EmoteError(
@@ -94,14 +115,16 @@ def device_info(index: int = 0) -> DeviceInfo:
     return DeviceInfo(index, name.strip(), int(prop.major), int(prop.minor), int(prop.totalGlobalMem), bool(prop.integrated))
 
 
+def cuda_version(v: int) -> str:
+    """CUDA's integer version as 'major.minor': 12060 -> '12.6' (1000 * major + 10 * minor)."""
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
 def versions() -> tuple[str, str]:
     """(driver CUDA version, runtime CUDA version) as 'major.minor'."""
     rt = cudart()
-
-    def fmt(v: int) -> str:
-        return f"{v // 1000}.{(v % 1000) // 10}"  # CUDA encodes 12.6 as 12060
-
-    return fmt(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")), fmt(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))
+    return (cuda_version(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+            cuda_version(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")))
 
 
 def nbytes(shape: tuple[int, ...], dtype) -> int:

@@ -55,12 +55,11 @@ def tensorrt_status() -> tuple[bool, str]:
 def cuda_status() -> tuple[bool, str, str]:
     """(a GPU is usable through cuda-python, what it is, the CUDA versions) for the TensorRT backend."""
     from ..errors import EmoteError
+    from .cuda import device_info, installed, versions
 
-    if not has_module("cuda"):
+    if not installed():
         return False, "cuda-python not installed", ""
     try:
-        from .cuda import device_info, versions
-
         info = device_info(0)
         driver, runtime = versions()
     except EmoteError as e:
