@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
 from .engine_key import BuildOptions, default_engine_dir
-from .steploop import HostLoop, StepPlan, Timer
+from .steploop import StepPlan, Timer
 from .trt_build import ensure_plan, expected_key, graph_key_of, import_tensorrt, make_logger, manifest_io
 
 
@@ -57,7 +57,12 @@ class TrtGraph(Graph):
         io, modes = {}, {}
         for i in range(engine.num_io_tensors):
             n = engine.get_tensor_name(i)
-            io[n] = (tuple(int(d) for d in engine.get_tensor_shape(n)), np.dtype(trt.nptype(engine.get_tensor_dtype(n))))
+            try:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            except TypeError:  # nptype knows no numpy type for bf16, fp8, int4, ...
+                raise EmoteError(f"{key}: tensor {n!r} of the TensorRT plan is {engine.get_tensor_dtype(n)}, which has no "
+                                 "numpy type: the bundle's graphs must keep their inputs and outputs fp32/fp16/int") from None
+            io[n] = (tuple(int(d) for d in engine.get_tensor_shape(n)), dtype)
             modes[n] = engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
         check_engine_io(key, io, manifest)
         self.inputs = {n: io[n] for n in io if modes[n]}
@@ -135,13 +140,14 @@ class CapturedLoop:
 
     The sampler table lives in device memory (staged once); a stochastic sampler's
     noise for all K steps is staged per clip by ``set_noise`` before the replay, so
-    the graph itself reads nothing from the host.
+    the graph itself reads nothing from the host. With ``capture=False`` the same
+    device copies and calls are enqueued one by one: the comparison that isolates
+    what the graph saves (the host loop would also wait on its pinned staging
+    buffer before every step's row copy).
     """
 
-    captured = True
-
-    def __init__(self, backend: "TensorRTBackend", plan: StepPlan):
-        self.backend, self.plan = backend, plan
+    def __init__(self, backend: "TensorRTBackend", plan: StepPlan, capture: bool = True):
+        self.backend, self.plan, self.captured = backend, plan, capture
         self.rows = backend.alloc(plan.rows.shape, np.float32, label="sampler table")
         backend.from_host(self.rows, np.ascontiguousarray(plan.rows, np.float32))
         self.noise = backend.alloc((plan.k, *plan.noise.shape), np.float32, label="step noise") if plan.noise is not None else None
@@ -156,11 +162,14 @@ class CapturedLoop:
         self.backend.from_host(self.noise, np.ascontiguousarray(noise, np.float32))
         self.noise_set = True
 
-    def _enqueue(self) -> None:
+    def _enqueue(self, timed: Timer | None = None) -> None:
         be, plan = self.backend, self.plan
         for op, what, i in plan.ops():
             if op == "run":
-                plan.steps[i].call()
+                if timed is not None:
+                    timed(what, plan.steps[i].call)
+                else:
+                    plan.steps[i].call()
             elif what == "row":
                 be.copy_raw(plan.row, self.rows[i : i + 1])
             else:
@@ -172,8 +181,8 @@ class CapturedLoop:
         be = self.backend
         if self.noise is not None and not self.noise_set:
             raise ValueError("set_noise() first: the sampler is stochastic")
-        if self.failed:
-            self._enqueue()
+        if not self.captured or self.failed:
+            self._enqueue(timed)
             return
         if self.graph is not None and self.generation == be.generation:
             self.graph.launch()
@@ -369,7 +378,7 @@ class TensorRTBackend(Backend):
         self.side.synchronize()
 
     def loop(self, plan: StepPlan):
-        loop = CapturedLoop(self, plan) if self.cuda_graph else HostLoop(self, plan)
+        loop = CapturedLoop(self, plan, capture=self.cuda_graph)
         self.loops.append(loop)
         return loop
 
