@@ -230,6 +230,38 @@ def test_provider_options_map_our_settings_to_ort_option_names(tmp_path):
     assert "enable_cuda_graph" not in plain["CUDAExecutionProvider"]
 
 
+def test_ort_graph_bindings_each_get_their_own_cuda_graph(bundle):
+    """ORT captures a CUDA graph over the addresses bound at capture. The CUDA EP keeps one graph per
+    gpu_graph_id: each binding needs its own id. The TensorRT EP keeps one per session (it ignores the
+    id): each binding after the first needs its own session, or the pong binding replays the ping graph.
+    Checked here with real CPU sessions of the tiny decoder, both bindings against a plain run."""
+    from emote.engines.onnxruntime import ONE_GRAPH_PER_SESSION, OnnxRuntimeBackend, OrtGraph
+
+    assert "TensorrtExecutionProvider" in ONE_GRAPH_PER_SESSION and "CUDAExecutionProvider" not in ONE_GRAPH_PER_SESSION
+    be = OnnxRuntimeBackend()
+    path = bundle.graph_path("vae_decoder")
+    plain = OrtGraph("vae_decoder", be._open(path))
+    rng = np.random.default_rng(0)
+    feeds = [{n: rng.standard_normal(shape).astype(dtype) for n, (shape, dtype) in plain.inputs.items()} for _ in range(2)]
+    outs = [{n: np.zeros(shape, dtype) for n, (shape, dtype) in plain.outputs.items()} for _ in range(2)]
+
+    per_id = OrtGraph("vae_decoder", be._open(path), cuda_graph=True)  # the CUDA EP's way
+    calls = [per_id.bind(f, o) for f, o in zip(feeds, outs)]
+    assert [c.keepalive[3].get_run_config_entry("gpu_graph_id") for c in calls] == ["1", "2"]
+    assert calls[0].session is calls[1].session is per_id.session
+
+    reopened = []
+    per_session = OrtGraph("vae_decoder", be._open(path), cuda_graph=True,
+                           reopen=lambda: reopened.append(be._open(path)) or reopened[-1])  # the TensorRT EP's way
+    calls = [per_session.bind(f, o) for f, o in zip(feeds, outs)]
+    assert calls[0].session is per_session.session and reopened == [calls[1].session]
+    assert all(c.keepalive[3] is None for c in calls)  # no ids: that EP would ignore them
+    for call, f, o in zip(calls[::-1], feeds[::-1], outs[::-1]):  # pong first: each binding keeps its own buffers
+        call()
+        for name, want in plain.run(f).items():
+            np.testing.assert_array_equal(o[name], want)
+
+
 def test_ort_cuda_graph_without_a_gpu_provider_is_a_clear_error():
     from emote.engines.onnxruntime import OnnxRuntimeBackend
 

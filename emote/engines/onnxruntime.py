@@ -57,6 +57,9 @@ def resolve_providers(names: list[str] | None) -> list[str]:
 
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Providers that capture one CUDA graph per session whatever the run's gpu_graph_id: ORT added
+# graph ids to the CUDA EP only ("TRT ep and ROCM ep hasn't applied this feature", ORT PR 19636).
+ONE_GRAPH_PER_SESSION = ("TensorrtExecutionProvider",)
 
 
 def provider_options(
@@ -117,12 +120,15 @@ class OrtBuffer:
 
 
 class OrtGraph(Graph):
-    def __init__(self, name: str, session: ort.InferenceSession, cuda_graph: bool = False):
+    def __init__(self, name: str, session: ort.InferenceSession, cuda_graph: bool = False,
+                 reopen: Callable[[], ort.InferenceSession] | None = None):
         self.name, self.session = name, session
-        # ORT captures one CUDA graph per gpu_graph_id, over the addresses bound at capture:
-        # every binding of this session (the step graph has two, ping and pong) gets its own id
-        # (ids start at 1: 0 is ORT's internal default, -1 turns capture off for a run)
-        self.cuda_graph, self.graph_ids = cuda_graph, 0
+        # ORT captures a CUDA graph over the addresses bound at capture, so every binding of a graph
+        # (the step graph has two, ping and pong) needs a graph of its own. The CUDA EP keeps one per
+        # gpu_graph_id: each binding gets an id (from 1: 0 is ORT's internal default, -1 turns capture
+        # off for a run). The TensorRT EP keeps one per session and would replay the first binding's
+        # graph for the second: there ``reopen`` makes a session for each binding after the first.
+        self.cuda_graph, self.graph_ids, self.reopen, self.bindings = cuda_graph, 0, reopen, 0
         self.inputs = {i.name: (tuple(i.shape), np.dtype(ORT_DTYPES[i.type])) for i in session.get_inputs()}
         self.outputs = {o.name: (tuple(o.shape), np.dtype(ORT_DTYPES[o.type])) for o in session.get_outputs()}
 
@@ -130,7 +136,11 @@ class OrtGraph(Graph):
         missing = set(self.inputs) - set(inputs)
         if missing:
             raise ValueError(f"{self.name}: no buffer for input(s) {', '.join(sorted(missing))}")
-        io = self.session.io_binding()
+        session = self.session
+        if self.cuda_graph and self.reopen is not None and self.bindings > 0:
+            session = self.reopen()
+        self.bindings += 1
+        io = session.io_binding()
         for name, buf in inputs.items():
             if name not in self.inputs:
                 continue  # extra buffers are allowed: one feed dict may serve several graphs
@@ -150,9 +160,8 @@ class OrtGraph(Graph):
                 io.bind_ortvalue_output(name, buf.value)
             else:
                 io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
-        session = self.session
         run_options = None
-        if self.cuda_graph:
+        if self.cuda_graph and self.reopen is None:
             self.graph_ids += 1
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(self.graph_ids))
@@ -161,6 +170,7 @@ class OrtGraph(Graph):
             session.run_with_iobinding(io, run_options)
 
         call.keepalive = (io, inputs, outputs, run_options)  # buffers must outlive the binding
+        call.session = session
         return call
 
 
@@ -255,13 +265,19 @@ class OnnxRuntimeBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         return so
 
-    def load(self, name: str, path: Path) -> OrtGraph:
+    def _open(self, path: Path) -> ort.InferenceSession:
         try:
             session = ort.InferenceSession(str(path), self.session_options(), providers=self.providers_for(path))
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise EmoteError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         self.sessions.append(session)
-        return OrtGraph(name, session, cuda_graph=self.cuda_graph)
+        return session
+
+    def load(self, name: str, path: Path) -> OrtGraph:
+        # a session per binding costs the graph's weights once more on the device (the step graph
+        # and the decoder are bound twice); the TensorRT EP's engine cache spares the second build
+        reopen = (lambda: self._open(path)) if self.cuda_graph and self.providers[0] in ONE_GRAPH_PER_SESSION else None
+        return OrtGraph(name, self._open(path), cuda_graph=self.cuda_graph, reopen=reopen)
 
     def close(self) -> None:
         self.sessions.clear()
