@@ -39,14 +39,21 @@ if [ -f /etc/nv_tegra_release ]; then
     # Jetson: TensorRT comes with JetPack for the system Python; the venv must see it (docs/jetson.md)
     say "install (Jetson: .venv over the system site packages, the jetson extra)"
     [ -x "$BIN/python" ] || python3 -m venv --system-site-packages .venv
+    # a .venv made earlier without the system site packages cannot see JetPack's TensorRT
+    grep -q "include-system-site-packages = true" .venv/pyvenv.cfg \
+        || { echo ".venv was made without --system-site-packages: JetPack's TensorRT is invisible to it (docs/jetson.md); remove .venv and rerun"; exit 2; }
     "$BIN/pip" install --quiet torch==2.13.0
     "$BIN/pip" install --quiet -e ".[export,test,jetson]"
 else
     say "install (.venv with the gpu extra)"
     make install
-    # onnxruntime-gpu and onnxruntime install the same module: keep only the GPU build
-    "$BIN/pip" uninstall --yes --quiet onnxruntime onnxruntime-gpu || true
     "$BIN/pip" install --quiet -e ".[gpu]"
+    # onnxruntime (a base dependency, so the line above keeps or reinstalls it) and onnxruntime-gpu
+    # write the same 'onnxruntime' module: whichever came last owns the files. Remove the CPU build,
+    # which takes the shared files with it, then put the GPU build's files back.
+    ort_gpu=$("$BIN/python" -c "import importlib.metadata as m; print(m.version('onnxruntime-gpu'))")
+    "$BIN/pip" uninstall --yes --quiet onnxruntime || true
+    "$BIN/pip" install --quiet --force-reinstall --no-deps "onnxruntime-gpu==$ort_gpu"
     "$BIN/python" -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime providers:', p); assert 'CUDAExecutionProvider' in p"
 fi
 "$BIN/emote" doctor

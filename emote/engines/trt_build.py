@@ -34,10 +34,10 @@ from .engine_key import (
     write_atomic,
 )
 
-TRT_MIN = (10, 3)  # JetPack 6.1/6.2 ship TensorRT 10.3; 10.1 added the *_v2 device-memory calls used here
+TRT_MIN = (10, 3)  # JetPack 6.1/6.2 ship TensorRT 10.3 (6.0 shipped 8.6); 10.1 added the *_v2 device-memory calls used here
 INSTALL_HINT = (
     "install TensorRT >= 10.3 for your CUDA: pip install 'emote-edge[gpu]' on a workstation; "
-    "on Jetson it comes with JetPack 6 (apt install python3-libnvinfer, then a venv with --system-site-packages)"
+    "on Jetson it comes with JetPack 6.1 or later (apt install python3-libnvinfer, then a venv with --system-site-packages)"
 )
 
 
