@@ -67,7 +67,7 @@ class Stage:
 
 
 RECIPE = {
-    "vae": Stage(steps=3000, batch=16, lr=3e-4, save_every=250),
+    "vae": Stage(steps=6000, batch=16, lr=6e-4, save_every=250),
     "decoder": Stage(steps=8000, batch=16, lr=2e-4, save_every=250, warmup=50),
     "image": Stage(steps=3000, batch=24, lr=2e-4, ema=0.999),
     "video": Stage(steps=3000, batch=4, lr=1e-4, ema=0.998),
