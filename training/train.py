@@ -130,7 +130,9 @@ def ema_of(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float) -> None:
+def ema_update(ema: dict[str, torch.Tensor], params: dict[str, torch.Tensor], decay: float, step: int) -> None:
+    """EMA with the usual warm-up: early on the average forgets the random initialisation quickly."""
+    decay = min(decay, (1 + step) / (10 + step))
     for k, p in params.items():
         ema[k].lerp_(p.detach(), 1.0 - decay)
 
@@ -364,7 +366,7 @@ def step_update(run: Run, opt, params: dict, ema: dict, loss: torch.Tensor, spec
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
     opt.step()
-    ema_update(ema, params, spec.ema)
+    ema_update(ema, params, spec.ema, run.step)
     run.step += 1
     run.record(loss=float(loss), grad_norm=float(norm), **extra)
 
