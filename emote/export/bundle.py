@@ -128,6 +128,8 @@ def export_bundle(
                 "prediction_type": cfg.prediction_type,
                 "spacing": cfg.timestep_spacing,
                 "zero_snr": cfg.zero_snr,
+                "beta_schedule": cfg.beta_schedule,
+                "set_alpha_to_one": cfg.set_alpha_to_one,
             },
             "graphs": entries,
             "files": files,

@@ -16,6 +16,14 @@ encoders have); the conversion to [-1, 1] floats happens inside the graphs.
 | vae_decoder        | latents (f, 4, h, w)                                | frames (f, H, W, 3) uint8    |
 
 The sampler row is ``emote.runtime.sampler.ROW``: (t, a_x, a_o, c_x, c_0, c_p, c_n, g).
+
+Hallo models (``uncond_branch="hallo"``) take more, all filled by the runtime once per video:
+``face_embedding`` (1, E) into reference_net (which adds ``embed_k_i``/``embed_v_i``, the
+face tokens' attn2 keys/values) and clip_condition (whose ReferenceNet pass on the motion
+frames attends to it); ``region_mask_d`` (3, s*s) per depth and ``region_scales`` (3,) into
+the step graphs. clip_condition then gives ``audio_{k,v}_{i}_{r}`` (audio module i, region r),
+``motion_{q,k,v,h}_j`` and ``uncond_motion_{q,k,v,h}_j`` (the unconditional branch's view of
+the motion frames), ``face``; it takes no speed.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.config import ModelConfig
-from ..models.emo import ClipCondition, EMOModel
+from ..models.emo import ClipCondition, EMOModel, VideoCondition
 from ..runtime.sampler import ROW
 
 
@@ -46,6 +54,23 @@ def layer_counts(model: EMOModel) -> tuple[int, int]:
     return len(model.backbone.transformer_blocks()), len(model.backbone.motion_modules())
 
 
+def hallo(cfg: ModelConfig) -> bool:
+    return cfg.uncond_branch == "hallo"
+
+
+def region_sizes(cfg: ModelConfig) -> list[int]:
+    """Hallo: the side of each depth's grid, where its region masks apply (latent / 2^depth)."""
+    return [cfg.latent_size >> d for d in range(len(cfg.unet.block_out_channels))] if hallo(cfg) else []
+
+
+def video_input_specs(cfg: ModelConfig) -> list[TensorSpec]:
+    """Hallo's per-video inputs of the step graphs: the region masks per depth and the regions' weights."""
+    if not hallo(cfg):
+        return []
+    specs = [TensorSpec(f"region_mask_{d}", (3, s * s), "float32") for d, s in enumerate(region_sizes(cfg))]
+    return specs + [TensorSpec("region_scales", (3,), "float32")]
+
+
 def to_pixels(frames: Tensor) -> Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
     return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -61,6 +86,7 @@ class Graph(nn.Module):
         super().__init__()
         self.cfg: ModelConfig = model.config
         self.blocks, self.temporal = layer_counts(model)
+        self.audio_modules = len(model.backbone.audio_modules())
         self.model = model.only(*self.components)
 
     def inputs(self) -> list[TensorSpec]:
@@ -77,7 +103,7 @@ class Graph(nn.Module):
                 out[s.name] = rng.integers(0, 256, s.shape, dtype=np.uint8)
             elif s.name == "row":
                 out[s.name] = example_row(rng)
-            elif s.name in ("face_mask", "speed"):
+            elif s.name in ("face_mask", "speed") or s.name.startswith("region_"):
                 out[s.name] = rng.random(s.shape, dtype=np.float32)
             else:
                 out[s.name] = rng.standard_normal(s.shape, dtype=np.float32)
@@ -107,21 +133,32 @@ class AudioEncoderGraph(Graph):
 
 
 class ReferenceGraph(Graph):
-    """Reference image -> VAE latent -> ReferenceNet -> the backbone's attn1 keys/values: once per video."""
+    """Reference image -> VAE latent -> ReferenceNet -> the backbone's attn1 keys/values: once per video.
 
-    components = ("vae", "reference_net", "backbone")
+    Hallo: also the face embedding -> the backbone's attn2 keys/values of its tokens.
+    """
+
+    components = ("vae", "reference_net", "backbone", "face_projection")
 
     name = "reference_net"
 
     def inputs(self):
         r = self.cfg.resolution
-        return [TensorSpec("reference", (1, r, r, 3), "uint8")]
+        specs = [TensorSpec("reference", (1, r, r, 3), "uint8")]
+        if hallo(self.cfg):
+            specs.append(TensorSpec("face_embedding", (1, self.cfg.face_embedding_dim), "float32"))
+        return specs
 
     def output_names(self):
-        return [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+        names = [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+        if hallo(self.cfg):
+            names += [f"embed_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+        return names
 
-    def forward(self, reference: Tensor) -> tuple[Tensor, ...]:
-        kv = self.model.reference(self.model.encode_image(to_pixels(reference)))
+    def forward(self, reference: Tensor, face_embedding: Tensor | None = None) -> tuple[Tensor, ...]:
+        kv = self.model.reference(self.model.encode_image(to_pixels(reference)), face_embedding)
+        if face_embedding is not None:
+            kv = kv + self.model.face_context_kv(face_embedding)
         return tuple(t for pair in kv for t in pair)
 
 
@@ -158,7 +195,13 @@ class VAEDecoderGraph(Graph):
         return self.model.decode_latents(latents)
 
 
-def clip_output_names(blocks: int, temporal: int, speed: bool) -> list[str]:
+def clip_output_names(blocks: int, temporal: int, speed: bool, audio_modules: int = 0) -> list[str]:
+    """Names of clip_condition's outputs; ``audio_modules`` > 0: Hallo's."""
+    if audio_modules:
+        names = [f"audio_{kv}_{i}_{r}" for i in range(audio_modules) for r in range(3) for kv in "kv"]
+        for prefix in ("motion", "uncond_motion"):
+            names += [f"{prefix}_{p}_{j}" for j in range(temporal) for p in "qkvh"]
+        return names + ["face"]
     names = [f"audio_{kv}_{i}" for i in range(blocks) for kv in "kv"]
     names += [f"motion_{kv}_{j}" for j in range(temporal) for kv in "kv"]
     if speed:
@@ -169,24 +212,33 @@ def clip_output_names(blocks: int, temporal: int, speed: bool) -> list[str]:
 class ClipConditionGraph(Graph):
     """Audio tokens, motion latents, face mask, speed -> every per-clip key/value: once per clip."""
 
-    components = ("reference_net", "backbone", "face_locator", "speed_encoder")
+    components = ("reference_net", "backbone", "face_locator", "speed_encoder", "face_projection")
 
     name = "clip_condition"
 
     def inputs(self):
         c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
-        return [
+        specs = [
             TensorSpec("audio_tokens", (f, c.audio.tokens, c.unet.cross_attention_dim), "float32"),
             TensorSpec("motion_latents", (c.motion_frames, 4, h, h), "float32"),
-            TensorSpec("face_mask", (1, c.face_locator_in_channels, c.resolution, c.resolution), "float32"),
-            TensorSpec("speed", (f,), "float32"),
+            TensorSpec("face_mask", (1, 1, c.resolution, c.resolution), "float32"),  # repeated to the locator's channels inside
         ]
+        if c.unet.speed_dim:
+            specs.append(TensorSpec("speed", (f,), "float32"))
+        if hallo(c):
+            specs.append(TensorSpec("face_embedding", (1, c.face_embedding_dim), "float32"))
+        return specs
 
     def output_names(self):
-        return clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim))
+        return clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules)
 
-    def forward(self, audio_tokens, motion_latents, face_mask, speed) -> tuple[Tensor, ...]:
-        cc = self.model.clip_condition(audio_tokens, motion_latents, face_mask, speed)
+    def forward(self, audio_tokens, motion_latents, face_mask, *rest) -> tuple[Tensor, ...]:
+        named = dict(zip([s.name for s in self.inputs()[3:]], rest, strict=True))
+        cc = self.model.clip_condition(audio_tokens, motion_latents, face_mask, named.get("speed"), named.get("face_embedding"))
+        if hallo(self.cfg):
+            out = [t for triple in cc.audio for pair in triple for t in pair]
+            out += [t for state in cc.motion + cc.uncond_motion for t in state]
+            return tuple(out) + (cc.face,)
         out = [t for pair in cc.audio for t in pair] + [t for pair in cc.motion for t in pair]
         if cc.speed is not None:
             out += [t for pair in cc.speed for t in pair]
@@ -199,7 +251,9 @@ class DenoiseStepGraph(Graph):
     x0      = a_x x + a_o out
     x_next  = c_x x + c_0 x0 + c_p x0_prev + c_n noise
     ``guided``: out = out_u + g (out_c - out_u), the unconditional branch's audio
-    keys/values baked in as constants; else the conditional branch alone.
+    keys/values baked in as constants; else the conditional branch alone. Hallo: its
+    unconditional branch's constants are the zero face embedding's and zero audio's
+    keys/values; its motion frames are the ``uncond_motion_*`` inputs.
     """
 
     components = ("backbone",)
@@ -219,10 +273,30 @@ class DenoiseStepGraph(Graph):
             raise ValueError(f"step graphs are exported in fp32 or fp16, not {precision!r}")
         if guided:
             with torch.no_grad():
-                uncond = model.uncond_audio_kv()
-            for i, (k, v) in enumerate(uncond):
-                self.register_buffer(f"uncond_k_{i}", k.clone(), persistent=False)
-                self.register_buffer(f"uncond_v_{i}", v.clone(), persistent=False)
+                if hallo(self.cfg):
+                    consts = {f"uncond_ctx_{kv}_{i}": t for i, p in enumerate(model.uncond_context_kv()) for kv, t in zip("kv", p)}
+                    consts |= {
+                        f"uncond_audio_{kv}_{i}_{r}": t
+                        for i, triple in enumerate(model.uncond_audio_kv())
+                        for r, p in enumerate(triple)
+                        for kv, t in zip("kv", p)
+                    }
+                else:
+                    consts = {f"uncond_{kv}_{i}": t for i, p in enumerate(model.uncond_audio_kv()) for kv, t in zip("kv", p)}
+            for name, t in consts.items():
+                self.register_buffer(name, t.clone(), persistent=False)
+
+    def uncond(self, dtype: torch.dtype):
+        """The unconditional branch's constants, in the order model_output takes them."""
+        get = lambda name: getattr(self, name).to(dtype)  # noqa: E731
+        if hallo(self.cfg):
+            ctx = [(get(f"uncond_ctx_k_{i}"), get(f"uncond_ctx_v_{i}")) for i in range(self.blocks)]
+            audio = [
+                tuple((get(f"uncond_audio_k_{i}_{r}"), get(f"uncond_audio_v_{i}_{r}")) for r in range(3))
+                for i in range(self.audio_modules)
+            ]
+            return ctx, audio
+        return [(get(f"uncond_k_{i}"), get(f"uncond_v_{i}")) for i in range(self.blocks)]
 
     def inputs(self):
         c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
@@ -235,11 +309,14 @@ class DenoiseStepGraph(Graph):
         ]
         kv_shapes = self.kv_shapes()
         specs += [TensorSpec(n, kv_shapes[n], "float32") for n in self.kv_names()]
-        return specs
+        return specs + video_input_specs(self.cfg)
 
     def kv_names(self) -> list[str]:
         names = [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
-        return names + clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim))
+        if hallo(self.cfg):
+            names += [f"embed_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
+        clip = clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules)
+        return names + [n for n in clip if self.guided or not n.startswith("uncond_")]
 
     def kv_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the per-video and per-clip tensors, read off the model on the meta device."""
@@ -249,31 +326,29 @@ class DenoiseStepGraph(Graph):
         return ["x_next", "x0"]
 
     def forward(self, x, row, x0_prev, noise, *cond) -> tuple[Tensor, Tensor]:
-        b, t_ = self.blocks, self.temporal
-        ref = [(cond[2 * i], cond[2 * i + 1]) for i in range(b)]
-        rest = cond[2 * b :]
-        audio = [(rest[2 * i], rest[2 * i + 1]) for i in range(b)]
-        rest = rest[2 * b :]
-        motion = [(rest[2 * j], rest[2 * j + 1]) for j in range(t_)]
-        rest = rest[2 * t_ :]
-        speed = None
-        if self.cfg.unet.speed_dim:
-            speed = [(rest[2 * j], rest[2 * j + 1]) for j in range(t_)]
-            rest = rest[2 * t_ :]
-        (face,) = rest
-        clip = ClipCondition(audio=audio, motion=motion, speed=speed, face=face)
-        t = row[0:1]
+        named = dict(zip(self.kv_names() + [s.name for s in video_input_specs(self.cfg)], cond, strict=True))
         x_in = x
         if self.precision == "fp16":  # graph I/O stays fp32; the backbone computes in fp16
-            half = lambda kv: [(k.half(), v.half()) for k, v in kv]  # noqa: E731
-            ref, x_in = half(ref), x.half()
-            clip = ClipCondition(half(audio), half(motion), half(speed) if speed else None, face.half())
-        if self.guided:
-            uncond = [(getattr(self, f"uncond_k_{i}"), getattr(self, f"uncond_v_{i}")) for i in range(b)]
-            uncond = [(k.to(x_in.dtype), v.to(x_in.dtype)) for k, v in uncond]
-            out = self.model.model_output(x_in, t, ref, clip, row[7], uncond)
+            named = {k: v.half() for k, v in named.items()}
+            x_in = x.half()
+        pairs = lambda prefix, n: [(named[f"{prefix}_k_{i}"], named[f"{prefix}_v_{i}"]) for i in range(n)]  # noqa: E731
+        ref, video = pairs("ref", self.blocks), None
+        if hallo(self.cfg):
+            audio = [
+                tuple((named[f"audio_k_{i}_{r}"], named[f"audio_v_{i}_{r}"]) for r in range(3)) for i in range(self.audio_modules)
+            ]
+            states = lambda prefix: [tuple(named[f"{prefix}_{p}_{j}"] for p in "qkvh") for j in range(self.temporal)]  # noqa: E731
+            clip = ClipCondition(audio, states("motion"), None, named["face"], states("uncond_motion") if self.guided else None)
+            regions = [named[f"region_mask_{d}"] for d in range(len(region_sizes(self.cfg)))]
+            video = VideoCondition(pairs("embed", self.blocks), regions, named["region_scales"])
         else:
-            out = self.model.model_output(x_in, t, ref, clip, None)
+            speed = pairs("speed", self.temporal) if self.cfg.unet.speed_dim else None
+            clip = ClipCondition(pairs("audio", self.blocks), pairs("motion", self.temporal), speed, named["face"])
+        t = row[0:1]
+        if self.guided:
+            out = self.model.model_output(x_in, t, ref, clip, row[7], self.uncond(x_in.dtype), video)
+        else:
+            out = self.model.model_output(x_in, t, ref, clip, None, video=video)
         out = out.float()  # the solver update stays fp32 whatever the backbone's precision
         x0 = row[1] * x + row[2] * out
         x_next = row[3] * x + row[4] * x0 + row[5] * x0_prev + row[6] * noise

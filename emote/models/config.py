@@ -131,6 +131,7 @@ class ModelConfig:
     timestep_spacing: str = "leading"
     zero_snr: bool = False
     beta_schedule: str = "scaled_linear"  # SD's training schedule; Hallo's DDIM is built with "linear"
+    set_alpha_to_one: bool = False  # DDIM's last step lands on alpha-bar 1 (diffusers' default, Hallo's) or alpha-bar_0 (SD's)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -322,6 +323,7 @@ def _hallo() -> ModelConfig:
         timestep_spacing="trailing",
         zero_snr=True,
         beta_schedule="linear",
+        set_alpha_to_one=True,
     )
 
 
@@ -368,6 +370,7 @@ def _hallo_tiny() -> ModelConfig:
         timestep_spacing="trailing",
         zero_snr=True,
         beta_schedule="linear",
+        set_alpha_to_one=True,
     )
 
 

@@ -159,10 +159,12 @@ class EMOModel(nn.Module):
         uncond = self.face_projection(torch.zeros_like(embedding))
         return torch.cat([cond if (branch * (1 + n) + s) % 2 else uncond for s in range(1 + n)])
 
+    def face_context_kv(self, face_embedding: Tensor) -> list[KV]:
+        """Hallo: the face embedding (1, E) -> the backbone's attn2 keys/values of its tokens, once per video."""
+        return self.backbone.context_kv(self.face_projection(face_embedding))
+
     def video_condition(self, face_embedding: Tensor, regions: list[Tensor], region_scales: Tensor) -> VideoCondition:
-        """Hallo: the face embedding (1, E) -> the backbone's attn2 keys/values; masks and weights as given."""
-        context = self.backbone.context_kv(self.face_projection(face_embedding))
-        return VideoCondition(context, regions, region_scales)
+        return VideoCondition(self.face_context_kv(face_embedding), regions, region_scales)
 
     def uncond_context_kv(self) -> list[KV]:
         """Hallo: attn2 keys/values of the zero face embedding's tokens, a model constant."""
@@ -183,16 +185,17 @@ class EMOModel(nn.Module):
         without speed layers); face_embedding (1, E), Hallo only.
         """
         if self.face_projection is not None:
-            motion = []
-            for branch in (0, 1):  # Hallo's branches see the motion frames under different contexts
-                context = self.hallo_reference_contexts(face_embedding, branch)[1:]
-                motion.append(self.backbone.motion_kv(self.reference_net.features(motion_latents, context).tokens))
+            # Hallo's branches see the motion frames under different contexts: one ReferenceNet pass for both
+            n = motion_latents.shape[0]
+            context = torch.cat([self.hallo_reference_contexts(face_embedding, b)[1:] for b in (0, 1)])
+            feats = self.reference_net.features(torch.cat([motion_latents, motion_latents]), context).tokens
+            uncond, cond = (self.backbone.motion_kv([t[b * n : (b + 1) * n] for t in feats]) for b in (0, 1))
             return ClipCondition(
                 audio=self.backbone.audio_kv(tokens),
-                motion=motion[1],
+                motion=cond,
                 speed=None,
                 face=self.face_locator(face_mask),
-                uncond_motion=motion[0],
+                uncond_motion=uncond,
             )
         hidden = self.reference_net.features(motion_latents).hidden
         speed_kv = None

@@ -104,6 +104,11 @@ class ReferencePipeline:
         progress: bool = False,
     ) -> np.ndarray:
         """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8."""
+        if self.model.config.uncond_branch != "audio":
+            from ..errors import EmoteError
+
+            raise EmoteError(f"the PyTorch reference pipeline runs the EMO presets, not {self.model.config.name!r}: "
+                             "Hallo models run in the bundle runtime (emote generate)")
         m, cfg, spec = self.model, self.model.config, self.sampler
         plan = self.plan(len(audio))
         f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size

@@ -15,7 +15,8 @@ Hallo's backbone is the same class with options (``UNetConfig``): ``attn2`` atte
 a face embedding's tokens, an audio module after each spatial attention does the
 audio (three cross-attentions masked to the full/face/lip regions, weighted), and the
 motion frames' ReferenceNet tokens are prepended along the frame axis of each motion
-module (its motion modules in blocks without attention never run, as in Hallo).
+module (its motion modules in blocks without attention never run, as in Hallo). Hallo's
+"inflated" GroupNorm normalises each frame on its own, as every norm here already does.
 
 Every conditioning tensor enters as a precomputed key/value pair (``StepCondition``),
 never through hooks or module state: the projections that do not depend on x_t are
