@@ -19,6 +19,7 @@ $py -m training.train --data "$data/train" --work "$work" --stage decoder --thre
 decoder=$!
 $py -m training.train --data "$data/train" --work "$work" --stage image --threads 1
 $py -m training.train --data "$data/train" --work "$work" --stage audio --threads 1
+$py -m training.train --data "$data/train" --work "$work" --stage reader --threads 1
 $py -m training.train --data "$data/train" --work "$work" --stage video --threads 1
 wait "$decoder"
 $py -m training.lipsync --data "$data/train" --heldout "$data/heldout" --work "$work"

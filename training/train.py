@@ -10,6 +10,7 @@
 | encode | (nothing)                                       | every frame -> its latent, once; latents scaled to unit std |
 | image  | ReferenceNet, backbone's spatial layers, face locator | (reference, target) frames of one person; no audio; temporal layers held at identity |
 | audio  | the audio encoder (wav2vec2 + projection)       | clip audio windows -> each frame's mouth opening and width, through a linear head dropped after |
+| reader | a latent-space mouth reader (frozen after)      | every frame's latent -> its mouth opening (the data's ground truth) |
 | video  | everything but the VAE                          | clips of f frames with n motion frames, their audio window and head speed |
 
 As EMO trains: an image stage teaches the backbone to copy the reference's
@@ -17,7 +18,10 @@ appearance (ReferenceNet attention), then a video stage adds the temporal layers
 the audio and the speed layers. Between them, an audio stage stands in for the
 self-supervised pre-training of the real wav2vec2 (960 h of speech, not downloadable
 here): from scratch, the video stage's diffusion loss alone left the audio path
-unused. Diffusion: v-prediction on SD's schedule rescaled
+unused. From step 500 of the video stage, a lip-sync expert loss (Wav2Lip's idea, in
+latent space: the reader stage's small CNN reads the mouth of the predicted clean latents,
+which must read as the true frames' do) pushes the mouth to follow the audio.
+Diffusion: v-prediction on SD's schedule rescaled
 to zero terminal SNR (the demo preset's sampler), min-SNR-5 loss weights (Hang et
 al. 2023), the mouth region weighted x4 (a few latent pixels decide lip sync),
 audio tokens zeroed 10% of the time (the unconditional branch of guidance), motion
@@ -55,6 +59,8 @@ from training.data import Dataset
 PRESET = "demo"
 MOUTH = (slice(54, 92), slice(34, 94))  # rows, columns of the mouth in a 128 px crop (all poses), see training/data.py
 MOUTH_WEIGHT = 4.0
+SYNC_FROM = 500  # video steps before the lip-sync expert loss joins (train_video says why)
+SYNC_WEIGHT = 0.2  # the sync loss's weight beside the diffusion loss (about 0.02 by then)
 AUDIO_DROP = 0.10
 MOTION_DROP = 0.25
 MIN_SNR_GAMMA = 5.0
@@ -75,6 +81,7 @@ RECIPE = {
     "decoder": Stage(steps=1500, batch=16, lr=2e-4, save_every=250, warmup=50),
     "image": Stage(steps=1500, batch=24, lr=2e-4, ema=0.999),
     "audio": Stage(steps=2000, batch=8, lr=1e-3, save_every=200, warmup=50),
+    "reader": Stage(steps=1500, batch=256, lr=2e-3, save_every=500, warmup=50),
     "video": Stage(steps=1500, batch=4, lr=1e-4, ema=0.998),
 }
 
@@ -289,6 +296,11 @@ class Diffusion:
             return xt, a * noise - s * x0, torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)
         return xt, noise, torch.clamp(snr, max=MIN_SNR_GAMMA) / snr.clamp_min(1e-8)
 
+    def clean(self, xt: torch.Tensor, out: torch.Tensor, t: int) -> torch.Tensor:
+        """The model's prediction of x0 from its output at timestep t."""
+        a, s = self.alpha[t], self.sigma[t]
+        return a * xt - s * out if self.v_prediction else (xt - s * out) / a.clamp_min(1e-4)
+
 
 def weighted_mse(out: torch.Tensor, target: torch.Tensor, w_t: torch.Tensor, w_px: torch.Tensor) -> torch.Tensor:
     per = ((out - target) ** 2 * w_px).mean(dim=tuple(range(1, out.dim()))) / w_px.mean()
@@ -430,6 +442,66 @@ def train_audio(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None
     bar.close()
 
 
+# -- stage: reader -------------------------------------------------------------------------------------------
+class LatentMouthReader(torch.nn.Module):
+    """(N, 4, h, w) latents -> (N,) mouth opening: the lip-sync expert of the video stage, in latent space."""
+
+    def __init__(self):
+        super().__init__()
+        rows, cols = MOUTH
+        self.rows, self.cols = slice(rows.start // 8, -(-rows.stop // 8)), slice(cols.start // 8, -(-cols.stop // 8))
+        act = torch.nn.SiLU()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(4, 32, 3, padding=1), act, torch.nn.Conv2d(32, 48, 3, 2, 1), act,
+            torch.nn.Conv2d(48, 64, 3, 2, 1), act, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z[:, :, self.rows, self.cols])).squeeze(1)
+
+
+def train_reader(data: Dataset, latents: np.ndarray, work: Path, spec: Stage) -> None:
+    """The latent mouth reader: trained on every frame's latent and mouth opening, checked on the last 5 % of people.
+
+    Latents get noise of a random level (up to 0.5 of their unit std), as the predicted
+    clean latents it reads during the video stage are blurred guesses early in sampling.
+    """
+    reader = LatentMouthReader()
+    params = dict(reader.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=spec.lr, weight_decay=1e-4)
+    run = Run(work, "reader", spec)
+    ema = ema_of(params)
+    rng = np.random.default_rng(400)
+    if run.load({"reader": reader}, opt, ema):
+        rng = np.random.default_rng([400, run.step])
+    truth = data.index["mouth_open"].astype(np.float32)
+    split = int(data.index["frame_start"][int(len(data) * 0.95)])  # frames of the last 5 % of samples: held out
+    bar = tqdm(total=spec.steps, initial=run.step, desc="reader", unit="step")
+    while run.step < spec.steps:
+        idx = np.sort(rng.integers(0, split, spec.batch))
+        z = torch.from_numpy(latents[idx].astype(np.float32))
+        z = z + torch.randn_like(z) * torch.from_numpy(rng.uniform(0, 0.5, (spec.batch, 1, 1, 1)).astype(np.float32))
+        loss = F.mse_loss(reader(z), torch.from_numpy(truth[idx]))
+        step_update(run, opt, params, ema, loss, spec)
+        bar.update()
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        if run.step % spec.save_every == 0 or run.step == spec.steps:
+            run.save({"reader": reader}, opt, ema, rng)
+    bar.close()
+    with torch.no_grad():
+        held = np.arange(split, len(truth))
+        pred = torch.cat([reader(torch.from_numpy(latents[held[i : i + 4096]].astype(np.float32))) for i in range(0, len(held), 4096)])
+    r = float(np.corrcoef(pred.numpy(), truth[held])[0, 1])
+    (work / "reader.json").write_text(json.dumps({"heldout_frames": int(len(held)), "pearson": round(r, 4)}))
+    print(f"latent mouth reader: Pearson {r:.3f} on {len(held)} held-out frames")
+
+
+def load_reader(work: Path) -> LatentMouthReader:
+    reader = LatentMouthReader()
+    reader.load_state_dict(torch.load(work / "reader.pt", map_location="cpu", weights_only=False)["modules"]["reader"])
+    return reader.eval().requires_grad_(False)
+
+
 # -- stage: video --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipBatch:
@@ -498,9 +570,14 @@ def train_video(model: EMOModel, data: Dataset, latents: np.ndarray, work: Path,
     if run.load({"model": model}, opt, ema):
         rng = np.random.default_rng([300, run.step])
     w_px = mouth_weight((cfg.latent_size,) * 2, 8)
+    # The lip-sync expert loss (from SYNC_FROM on): the diffusion loss alone gives the few
+    # mouth latents too little weight; the frozen latent reader reads the mouth of the
+    # predicted clean latents, which must read as the true latents do. At high noise the
+    # prediction can know the mouth only from the audio.
+    reader = load_reader(work)
     bar = tqdm(total=spec.steps, initial=run.step, desc="video", unit="step")
     while run.step < spec.steps:
-        losses = []
+        losses, syncs = [], []
         for _ in range(spec.batch):
             c = draw_clip(data, latents, cfg, rng)
             t = int(rng.integers(0, 1000))
@@ -511,9 +588,14 @@ def train_video(model: EMOModel, data: Dataset, latents: np.ndarray, work: Path,
                 tokens = torch.zeros_like(tokens)
             clip = model.clip_condition(tokens, c.motion, c.face_mask, c.speed)
             out = model.model_output(xt, torch.tensor(float(t)), model.reference(c.reference), clip, None)
-            losses.append(weighted_mse(out, target, w_t, w_px))
+            loss = weighted_mse(out, target, w_t, w_px)
+            if run.step >= SYNC_FROM and not c.drop_audio:
+                sync = F.mse_loss(reader(diff.clean(xt, out, t)), reader(c.x0))
+                syncs.append(float(sync))
+                loss = loss + SYNC_WEIGHT * sync
+            losses.append(loss)
         loss = torch.stack(losses).mean()
-        step_update(run, opt, params, ema, loss, spec)
+        step_update(run, opt, params, ema, loss, spec, **({"sync": float(np.mean(syncs))} if syncs else {}))
         bar.update()
         bar.set_postfix(loss=f"{float(loss):.4f}")
         if run.step % spec.save_every == 0 or run.step == spec.steps:
@@ -550,7 +632,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Train the demo preset (CPU, resumable).")
     ap.add_argument("--data", default="build/data/train", help="data set from `python -m training.data`")
     ap.add_argument("--work", default="build/train", help="stage states, latents and the loss log")
-    ap.add_argument("--stage", choices=["all", "vae", "encode", "decoder", "image", "audio", "video"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "encode", "decoder", "image", "audio", "reader", "video"], default="all")
     ap.add_argument("--ship", action="store_true", help="write the trained EMA weights to emote/weights/demo")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--steps", type=int, help="override every trained stage's step count (smoke runs)")
@@ -565,7 +647,7 @@ def main() -> None:
         return
     data = Dataset.open(args.data)
     recipe = {k: replace(v, steps=args.steps, warmup=min(v.warmup, args.steps)) for k, v in RECIPE.items()} if args.steps else RECIPE
-    stages = ["vae", "encode", "image", "audio", "video"] if args.stage == "all" else [args.stage]
+    stages = ["vae", "encode", "image", "audio", "reader", "video"] if args.stage == "all" else [args.stage]
     model = build_model(preset(PRESET), seed=0)
     for stage in stages:
         if stage == "vae":
@@ -582,6 +664,8 @@ def main() -> None:
             encode_latents(model, data, work)
         elif stage == "audio":
             train_audio(trained_model(work, "image"), data, work, recipe["audio"])
+        elif stage == "reader":
+            train_reader(data, encode_latents(trained_model(work, "vae"), data, work), work, recipe["reader"])
         else:
             latents = encode_latents(trained_model(work, "vae"), data, work)
             model = trained_model(work, "audio" if stage == "video" else "vae")
