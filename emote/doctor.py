@@ -54,11 +54,10 @@ def report() -> list[tuple[str, str]]:
     gpus = gpus or ([f"Jetson ({jetson_release()})"] if jetson_release() else [])  # Jetson has no nvidia-smi before JetPack 6
     if has_module("openvino"):
         try:
-            import openvino as ov
+            from .engines.openvino import devices
 
-            core = ov.Core()
-            devs = [f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})" for d in core.available_devices]
-            rows.append(("openvino devices", ", ".join(devs) or "none"))
+            devs = [f"{d} ({name}): {' '.join(precisions)}" for d, name, precisions in devices()]
+            rows.append(("openvino devices", "; ".join(devs) or "none"))
         except Exception as e:
             rows.append(("openvino devices", f"unavailable ({e})"))
     backends = ["onnxruntime-cpu"] if has_module("onnxruntime") else []
@@ -73,6 +72,9 @@ def report() -> list[tuple[str, str]]:
     elif gpus:
         rows.append(("to use tensorrt", "install TensorRT >= 10.3 and cuda-python: pip install 'emote-edge[gpu]' (Jetson: see docs/jetson.md)"))
     rows.append(("backends that will work", ", ".join(backends) or "none"))
+    from .runtime.backend_choice import default_backend
+
+    rows.append(("default cpu backend", "{} {} (emote generate without --backend; bench/RESULTS.md)".format(*default_backend())))
     return rows
 
 

@@ -56,3 +56,44 @@ def tiny_bundle(tmp_path_factory, tiny_model):
 
     path = tmp_path_factory.mktemp("bundles") / "tiny"
     return export_bundle(tiny_model, path, weights={"source": "random", "seed": 0}, precisions=("fp32", "fp16"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def calibration_inputs(tmp_path_factory):
+    """Two procedural portraits, one image without a face, two short synthetic voices (WAV)."""
+    import soundfile as sf
+    from PIL import Image
+
+    from training.portrait import random_params, render_portrait
+
+    root = tmp_path_factory.mktemp("calib-inputs")
+    images, audio = root / "images", root / "audio"
+    images.mkdir()
+    audio.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        Image.fromarray(render_portrait(random_params(rng), 128, mouth_open=0.3 * i)).save(images / f"face{i}.png")
+    Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8)).save(images / "noise.png")
+    t = np.arange(int(0.8 * 16000)) / 16000
+    for i, f0 in enumerate((140.0, 220.0)):
+        voice = 0.3 * np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * (3 + i) * t))
+        sf.write(audio / f"voice{i}.wav", voice.astype(np.float32), 16000)
+    return images, audio
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_bundle(tmp_path_factory, tiny_bundle, calibration_inputs):
+    """A copy of the tiny bundle calibrated (24 steps) and quantized to int8 (sensitivity swept on denoise_step)."""
+    import shutil
+
+    from emote.calibration.quantize import quantize_bundle
+    from emote.calibration.record import calibrate
+
+    root = tmp_path_factory.mktemp("int8")
+    bundle = root / "tiny"
+    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("engines"))
+    images, audio = calibration_inputs
+    calib = calibrate(bundle, images, audio, root / "calib", samples=24, steps=6, shard_bytes=256 << 10, progress=False)
+    quantize_bundle(bundle, calib, ("denoise_step",), eval_samples=2)
+    quantize_bundle(bundle, calib, ("denoise_step_cond",), eval_samples=2, sensitivity=False)
+    return bundle, calib

@@ -148,7 +148,7 @@ def test_buffer_bytes_from_the_manifest_equal_what_the_pipeline_allocates(bundle
     from emote.runtime.pipeline import Pipeline
 
     for precision in ("fp32", "fp16"):
-        with Pipeline(bundle, precision=precision, steps=2) as pipe:
+        with Pipeline(bundle, backend="onnxruntime", precision=precision, steps=2) as pipe:
             bufs = list(pipe.buf.values()) + pipe.xs + pipe.x0s + [pipe.out_frames, pipe.motion_frames_buf]
             assert io_bytes(bundle, precision) == sum(b.nbytes for b in bufs)
 
@@ -171,7 +171,7 @@ def test_engine_tensors_are_checked_against_the_manifest_naming_the_tensor(bundl
 def test_step_plan_of_the_pipeline_binds_the_ping_pong_buffers_in_order(bundle):
     from emote.runtime.pipeline import Pipeline
 
-    with Pipeline(bundle, sampler="dpmpp_2m", steps=4, guidance_steps=1) as pipe:
+    with Pipeline(bundle, backend="onnxruntime", sampler="dpmpp_2m", steps=4, guidance_steps=1) as pipe:
         plan = pipe.step_plan
         assert [s.stage for s in plan.steps] == ["denoise_step"] + ["denoise_step_cond"] * 3
         assert [(s.reads, s.writes) for s in plan.steps] == [(0, 1), (1, 0), (0, 1), (1, 0)]
@@ -191,7 +191,7 @@ def test_step_plan_of_the_pipeline_binds_the_ping_pong_buffers_in_order(bundle):
 def test_stochastic_samplers_stage_a_noise_row_per_step(bundle):
     from emote.runtime.pipeline import Pipeline
 
-    with Pipeline(bundle, sampler="lcm", steps=3) as pipe:
+    with Pipeline(bundle, backend="onnxruntime", sampler="lcm", steps=3) as pipe:
         plan = pipe.step_plan
         assert plan.noise is pipe.buf["noise"]
         assert plan.ops()[:3] == [("copy", "row", 0), ("copy", "noise", 0), ("run", plan.steps[0].stage, 0)]
@@ -228,6 +228,26 @@ def test_provider_options_map_our_settings_to_ort_option_names(tmp_path):
     assert opts["CPUExecutionProvider"] == {}
     plain = dict(provider_options(["CUDAExecutionProvider"]))
     assert "enable_cuda_graph" not in plain["CUDAExecutionProvider"]
+
+
+def test_ort_tensorrt_ep_gets_the_int8_flag_for_the_int8_graphs_of_a_bundle(bundle, tmp_path):
+    """The TensorRT EP builds weakly typed networks, where Q/DQ nodes need trt_int8_enable; which graphs
+    are int8 is read from the manifest (an int8 entry added to a copy of the tiny bundle's manifest)."""
+    from emote.engines.onnxruntime import OnnxRuntimeBackend
+
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["graphs"]["denoise_step.int8"] = {**manifest["graphs"]["denoise_step"], "file": "denoise_step.int8.onnx",
+                                               "precision": "int8"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    be = OnnxRuntimeBackend(cache_dir=tmp_path / "cache")
+    be.providers = ["TensorrtExecutionProvider", "CPUExecutionProvider"]  # the options only: no session is made
+
+    def trt_int8(file) -> str:
+        return dict(be.providers_for(tmp_path / file))["TensorrtExecutionProvider"]["trt_int8_enable"]
+
+    assert trt_int8("denoise_step.int8.onnx") == "True"
+    assert trt_int8("denoise_step.onnx") == trt_int8("vae_decoder.onnx") == "False"
+    assert trt_int8("elsewhere.onnx") == "False"  # not a graph of the bundle
 
 
 def test_ort_graph_bindings_each_get_their_own_cuda_graph(bundle):
@@ -278,7 +298,7 @@ def test_ort_device_buffer_path_gives_the_same_frames_as_numpy_buffers(bundle, t
     audio = audio[: int(0.3 * 16000)]
     outs = []
     for options in (None, {"buffer_device": "cpu"}):
-        with Pipeline(bundle, steps=2, backend_options=options) as pipe:
+        with Pipeline(bundle, backend="onnxruntime", steps=2, backend_options=options) as pipe:
             outs.append(pipe.generate(portrait, audio))
     assert outs[0].shape[0] > 0
     np.testing.assert_array_equal(outs[0], outs[1])

@@ -30,8 +30,7 @@ class VariantSpec:
         g = "every step" if self.guidance_steps is None else f"first {self.guidance_steps} step(s)"
         if self.kind == "reference":
             return f"PyTorch eager, {self.sampler} {self.steps}, guidance on {g}, fp32"
-        precision = self.backend_options.get("precision", self.precision)  # an inference-precision hint
-        return f"{self.backend} {precision}, {self.sampler} {self.steps}, guidance on {g}"
+        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, guidance on {g}"
 
 
 def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
@@ -50,9 +49,18 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
     from ..engines.probe import has_module
 
     if has_module("openvino") and not quick:
-        out.append(VariantSpec("ov-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino"))
-        out.append(VariantSpec("ov-bf16-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", backend_options={"precision": "bf16"}))
+        for prec in openvino_precisions(bundle):
+            out.append(VariantSpec(f"ov-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", precision=prec))
     return out
+
+
+def openvino_precisions(bundle, device: str = "CPU") -> list[str]:
+    """What OpenVINO can run of this bundle on ``device``: fp32, bf16/fp16 where the device computes
+    them, int8 where the bundle has Q/DQ step graphs."""
+    from ..engines.openvino import devices
+
+    caps = next((p for d, _, p in devices() if d == device), [])
+    return [p for p in caps if p != "int8" or "denoise_step.int8" in bundle.manifest["graphs"]]
 
 
 @dataclass

@@ -243,10 +243,27 @@ class OnnxRuntimeBackend(Backend):
 
     def providers_for(self, path: Path) -> list:
         cache = self.trt_cache
-        if cache is None and "TensorrtExecutionProvider" in self.providers:
-            cache = Path(path).parent / "engines" / "onnxruntime-tensorrt"
-            cache.mkdir(parents=True, exist_ok=True)
-        return provider_options(self.providers, device_id=self.device_id, cuda_graph=self.cuda_graph, cache_dir=cache, **self.gpu_options)
+        options = dict(self.gpu_options)
+        if "TensorrtExecutionProvider" in self.providers:
+            if cache is None:
+                cache = Path(path).parent / "engines" / "onnxruntime-tensorrt"
+                cache.mkdir(parents=True, exist_ok=True)
+            # The TensorRT EP builds weakly typed networks, where Q/DQ nodes need the INT8 builder flag
+            # (NVIDIA/TensorRT issue 4021): on for the int8 graphs of a bundle, as its manifest records them
+            options["int8"] = options["int8"] or self._manifest_precision(path) == "int8"
+        return provider_options(self.providers, device_id=self.device_id, cuda_graph=self.cuda_graph, cache_dir=cache, **options)
+
+    @staticmethod
+    def _manifest_precision(path: Path) -> str | None:
+        """The precision the bundle's manifest records for the graph in ``path``; None outside a bundle."""
+        from ..runtime.manifest import Bundle
+
+        try:
+            bundle = Bundle.open(Path(path).parent, check_hashes=False)  # the pipeline checked the hashes
+        except EmoteError:
+            return None
+        entry = next((e for e in bundle.manifest["graphs"].values() if e["file"] == Path(path).name), None)
+        return entry.get("precision") if entry else None
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()

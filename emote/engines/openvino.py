@@ -1,15 +1,24 @@
 """OpenVINO backend: CPUs (f32, bf16 where the CPU has it, int8 from Q/DQ graphs), Intel GPUs and NPUs.
 
-Each graph is compiled once per device and precision hint; its infer request is
-bound to the caller's buffers once (``ov.Tensor`` over the numpy arrays, shared
-memory: no copies in or out) and reused for every call. Compiled models are cached
-on disk in a folder keyed like TensorRT plans (device, OpenVINO version, bundle
-hash), so a second start skips compilation. Imported only when selected: the
-package works without OpenVINO. Knows OpenVINO and nothing of diffusion.
+Each graph is compiled once per backend; its infer request is bound to the caller's
+buffers once (``ov.Tensor`` over the numpy arrays, shared memory: no copies in or
+out) and reused for every call. ``precision`` is what the pipeline asked for: fp32,
+bf16 and fp16 run the bundle's fp32 graphs with that inference-precision hint (the
+device converts), int8 runs the Q/DQ graphs (float parts at ``inference_precision``,
+f32 unless set). OpenVINO's own CPU default is bf16 where the CPU has it, so the
+hint is always set explicitly.
+
+Compiled models are cached on disk beside the bundle a graph comes from, in
+``<bundle>/engines/openvino-<device>-ov<version>-<bundle hash>/`` (keyed like
+TensorRT plans: a cache of another device, version or bundle is never read;
+inside it OpenVINO keys each blob by model and compile options), so a second start
+skips compilation. Imported only when selected: the package works without
+OpenVINO. Knows OpenVINO and nothing of diffusion.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +28,9 @@ import numpy as np
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
 
-HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: the float parts stay f32
+CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16", "int8": "INT8"}  # OPTIMIZATION_CAPABILITIES names
 
 
 def import_openvino():
@@ -35,34 +46,52 @@ def ov_dtype(element_type) -> np.dtype:
 
 
 class OpenVINOGraph(Graph):
-    def __init__(self, name: str, compiled):
+    """A compiled model whose ports are named as in the ONNX file.
+
+    Names come from the model as read, in port order: after compilation a port may
+    carry several tensor names (OpenVINO merges the names of tensors it fuses away, e.g.
+    an input feeding a Cast), and ``get_any_name`` returns the first in sort order, which
+    need not be the graph's. Ports are bound by index.
+    """
+
+    def __init__(self, name: str, compiled, input_names: list[str], output_names: list[str]):
         self.name, self.compiled = name, compiled
-        self.inputs = {p.get_any_name(): (tuple(p.get_shape()), ov_dtype(p.get_element_type())) for p in compiled.inputs}
-        self.outputs = {p.get_any_name(): (tuple(p.get_shape()), ov_dtype(p.get_element_type())) for p in compiled.outputs}
+        self._in, self._out = input_names, output_names
+        for names, ports in ((input_names, compiled.inputs), (output_names, compiled.outputs)):
+            for n, p in zip(names, ports, strict=True):
+                if n not in p.get_names():
+                    raise EmoteError(f"OpenVINO: {name} port {p.get_index()} is {sorted(p.get_names())}, expected {n!r}")
+        self.inputs = {n: (tuple(p.get_shape()), ov_dtype(p.get_element_type())) for n, p in zip(input_names, compiled.inputs)}
+        self.outputs = {n: (tuple(p.get_shape()), ov_dtype(p.get_element_type())) for n, p in zip(output_names, compiled.outputs)}
 
     def bind(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> Callable[[], None]:
         ov = import_openvino()
         req = self.compiled.create_infer_request()
-        for name, spec in self.inputs.items():
+        for i, name in enumerate(self._in):
             if name not in inputs:
                 raise ValueError(f"{self.name}: no buffer for input {name!r}")
-            check_feed(self.name, name, spec, inputs[name])
-            req.set_tensor(name, ov.Tensor(inputs[name], shared_memory=True))
-        for name, spec in self.outputs.items():
+            check_feed(self.name, name, self.inputs[name], inputs[name])
+            req.set_input_tensor(i, ov.Tensor(inputs[name], shared_memory=True))
+        for i, name in enumerate(self._out):
             if name not in outputs:
                 raise ValueError(f"{self.name}: no buffer for output {name!r}")
-            check_feed(self.name, name, spec, outputs[name])
-            req.set_tensor(name, ov.Tensor(outputs[name], shared_memory=True))
+            check_feed(self.name, name, self.outputs[name], outputs[name])
+            req.set_output_tensor(i, ov.Tensor(outputs[name], shared_memory=True))
 
         def call() -> None:
             req.infer()
 
-        call.keepalive = (req, inputs, outputs)
+        call.keepalive = (req, inputs, outputs)  # the tensors share the arrays' memory
         return call
 
 
 class OpenVINOBackend(Backend):
-    """``OpenVINOBackend(device="CPU", precision="bf16", threads=2, streams=1, cache_dir=...)``."""
+    """``OpenVINOBackend(device="CPU", precision="bf16", threads=2, streams=1)``.
+
+    cache_dir: where compiled models are cached; None: beside the bundle of each graph
+    loaded (no cache for a graph outside a bundle or in a read-only one); ``cache=False``
+    compiles every time.
+    """
 
     name = "openvino"
 
@@ -73,49 +102,89 @@ class OpenVINOBackend(Backend):
         threads: int | None = None,
         streams: int = 1,
         cache_dir: str | Path | None = None,
+        cache: bool = True,
+        inference_precision: str | None = None,
     ):
         ov = import_openvino()
-        if precision not in HINTS:
-            raise EmoteError(f"OpenVINO precision {precision!r}: one of fp32, bf16, fp16")
+        if precision not in PRECISIONS:
+            raise EmoteError(f"OpenVINO precision {precision!r}: one of {', '.join(PRECISIONS)}")
+        if inference_precision is not None and inference_precision not in ("fp32", "bf16", "fp16"):
+            raise EmoteError(f"OpenVINO inference precision {inference_precision!r}: one of fp32, bf16, fp16")
+        if threads is not None and threads < 1 or streams < 1:
+            raise EmoteError(f"OpenVINO threads {threads} / streams {streams}: give positive numbers")
         self.core = ov.Core()
-        if device.split(".")[0] not in {d.split(".")[0] for d in self.core.available_devices}:
-            raise EmoteError(f"OpenVINO device {device!r} not found (available: {', '.join(self.core.available_devices)})")
+        available = self.core.available_devices
+        if device.split(".")[0] not in {d.split(".")[0] for d in available}:
+            raise EmoteError(f"OpenVINO device {device!r} not found (available: {', '.join(available)})")
+        caps = capabilities(self.core, device)
+        for p in {precision, inference_precision or precision}:
+            if caps and CAPABILITY[p] not in caps:
+                raise EmoteError(f"OpenVINO {device} has no {p} ({self.core.get_property(device, 'FULL_DEVICE_NAME')}: "
+                                 f"{', '.join(c for c in caps if c in CAPABILITY.values())})")
         self.device, self.precision = device, precision
+        self.hint = HINTS[inference_precision or precision]
         self.threads, self.streams = threads or len(os.sched_getaffinity(0)), streams
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache = cache
         self.version = ov.__version__.split("-")[0]
 
-    def config(self) -> dict[str, object]:
+    def config(self, cache_dir: Path | None) -> dict[str, object]:
         cfg: dict[str, object] = {
-            "INFERENCE_PRECISION_HINT": HINTS[self.precision],
+            "INFERENCE_PRECISION_HINT": self.hint,
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": self.streams,
         }
         if self.device.startswith("CPU"):
             cfg["INFERENCE_NUM_THREADS"] = self.threads
-        if self.cache_dir is not None:
-            cfg["CACHE_DIR"] = str(self.cache_dir)
+        if cache_dir is not None:
+            cfg["CACHE_DIR"] = str(cache_dir)
         return cfg
 
-    def cache_for(self, bundle_path: Path, bundle_hash: str) -> Path:
-        """The compiled-model cache folder of a bundle: keyed by device, OpenVINO version and bundle."""
-        dev = self.device.replace(".", "_")
-        return bundle_path / "engines" / f"openvino-{dev}-{self.precision}-ov{self.version}-{bundle_hash}"
+    def cache_for(self, folder: Path) -> Path | None:
+        """The compiled-model cache of the bundle in ``folder``, created; None outside a bundle or when unwritable."""
+        if not self.cache:
+            return None
+        if self.cache_dir is None:
+            try:
+                bundle_hash = json.loads((folder / "manifest.json").read_text())["bundle_hash"]
+            except (OSError, ValueError, KeyError):
+                return None  # not a bundle (a scratch graph): nothing to key a cache by
+            dev = self.device.replace(".", "_")
+            path = folder / "engines" / f"openvino-{dev}-ov{self.version}-{bundle_hash}"
+        else:
+            path = self.cache_dir
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None  # a read-only bundle: compile every time rather than fail
+        return path
 
     def load(self, name: str, path: Path) -> OpenVINOGraph:
+        path = Path(path)
+        cache = self.cache_for(path.parent)
         try:
-            compiled = self.core.compile_model(str(path), self.device, self.config())
+            model = self.core.read_model(str(path))
+            names_in = [p.get_any_name() for p in model.inputs]
+            names_out = [p.get_any_name() for p in model.outputs]
+            compiled = self.core.compile_model(model, self.device, self.config(cache))
         except RuntimeError as e:
             raise EmoteError(f"OpenVINO cannot compile {path} for {self.device}: {str(e).splitlines()[0]}") from None
-        return OpenVINOGraph(name, compiled)
+        return OpenVINOGraph(name, compiled, names_in, names_out)
+
+
+def capabilities(core, device: str) -> list[str]:
+    try:
+        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except RuntimeError:
+        return []
 
 
 def devices() -> list[tuple[str, str, list[str]]]:
-    """(device, full name, supported precisions) of every OpenVINO device here."""
+    """(device, full name, supported precisions of this project) of every OpenVINO device here."""
     ov = import_openvino()
     core = ov.Core()
     out = []
     for d in core.available_devices:
-        caps = list(core.get_property(d, "OPTIMIZATION_CAPABILITIES"))
-        out.append((d, core.get_property(d, "FULL_DEVICE_NAME"), caps))
+        caps = capabilities(core, d)
+        out.append((d, core.get_property(d, "FULL_DEVICE_NAME"), [p for p in PRECISIONS if CAPABILITY[p] in caps]))
     return out

@@ -116,17 +116,19 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
 
     plan = ReferencePipeline(model).plan(len(audio))
     n, f = cfg.motion_frames, cfg.frames
+    face_mask, video = hallo_video_inputs(cfg, portrait.mask)
     feeds: dict[str, dict[str, np.ndarray]] = {}
     feeds["audio_encoder"] = {"audio": audio_window(audio, plan, min(1, plan.clips - 1))}
-    feeds["reference_net"] = {"reference": portrait.image[None]}
+    feeds["reference_net"] = {"reference": portrait.image[None], **video}
     feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], n, axis=0)}
     tokens = torch_outputs(AudioEncoderGraph(model), feeds["audio_encoder"])["audio_tokens"]
     latents = torch_outputs(VAEEncoderGraph(model), feeds["vae_encoder"])["latents"]
     feeds["clip_condition"] = {
         "audio_tokens": tokens,
         "motion_latents": latents,
-        "face_mask": portrait.mask[None, None].astype(np.float32),
+        "face_mask": face_mask[None, None].astype(np.float32),
         "speed": np.full((f,), cfg.speed_default, np.float32),
+        **video,
     }
     cond = torch_outputs(ClipConditionGraph(model), feeds["clip_condition"])
     cond.update(torch_outputs(ReferenceGraph(model), feeds["reference_net"]))
@@ -134,11 +136,28 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal(latents.shape[1:], dtype=np.float32)
     step = {"x": np.broadcast_to(x, (f, *x.shape)).copy(), "row": table.rows[3], "x0_prev": np.repeat(latents[:1], f, 0),
-            "noise": np.zeros((f, *x.shape), np.float32), **cond}
+            "noise": np.zeros((f, *x.shape), np.float32), **cond, **video}
     feeds["denoise_step"] = step
     feeds["denoise_step_cond"] = step
     feeds["vae_decoder"] = {"latents": np.repeat(latents[:1], f, axis=0)}
     return feeds
+
+
+def hallo_video_inputs(cfg, mask: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The face locator's mask and, for Hallo, its per-video inputs as the runtime makes them.
+
+    No face-recognition model ships with emote: the face embedding here is a fixed random
+    vector (parity needs the same input on both sides, not a real identity).
+    """
+    if cfg.uncond_branch != "hallo":
+        return mask, {}
+    from ..runtime.regions import region_masks
+
+    face_mask, levels = region_masks(mask, cfg.latent_size, len(cfg.unet.block_out_channels))
+    video = {f"region_mask_{d}": m for d, m in enumerate(levels)}
+    video["region_scales"] = np.ones(3, np.float32)
+    video["face_embedding"] = np.random.default_rng(3).standard_normal((1, cfg.face_embedding_dim), dtype=np.float32)
+    return face_mask, video
 
 
 def verify_bundle(
@@ -150,17 +169,20 @@ def verify_bundle(
     graphs: list[str] | None = None,
 ) -> list[ParityRow]:
     """Every graph of the bundle in ``backend`` against ``model`` in PyTorch; one row per output."""
+    from ..runtime.pipeline import graph_precision
+
     bundle = Bundle.open(bundle_path)
     real = real_inputs(model) if "real" in inputs else {}
     rows: list[ParityRow] = []
     checked = 0
+    graph_prec = graph_precision(backend.name, precision)  # OpenVINO's bf16/fp16: the fp32 graphs, hinted
     for g in all_graphs(model):  # the fp32 PyTorch graphs are the reference for every precision
         if graphs and g.name not in graphs:
             continue
-        if precision != "fp32" and f"{g.name}.{precision}" not in bundle.manifest["graphs"]:
+        if graph_prec != "fp32" and f"{g.name}.{graph_prec}" not in bundle.manifest["graphs"]:
             continue  # graphs without a low-precision variant run in fp32
         checked += 1
-        engine = backend.load(g.name, bundle.graph_path(g.name, precision))
+        engine = backend.load(g.name, bundle.graph_path(g.name, graph_prec))
         for kind in inputs:
             feeds = g.example(np.random.default_rng(7)) if kind == "random" else real[g.name]
             ref = torch_outputs(g, feeds)
@@ -169,5 +191,6 @@ def verify_bundle(
     if not checked:
         from ..errors import EmoteError
 
-        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: export with --precision {precision}")
+        how = "emote quantize --precision int8" if precision == "int8" else f"emote export --precision {precision}"
+        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: make them with {how}")
     return rows

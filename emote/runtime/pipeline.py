@@ -27,21 +27,34 @@ from ..errors import EmoteError
 from .clips import SAMPLE_RATE, ClipPlan, audio_window, clip_noise, frame_count, step_noise
 from .manifest import Bundle
 from ..engines.steploop import Step, StepPlan
+from .backend_choice import resolve as resolve_backend
 from .sampler import SamplerTable, make_sampler
 
 GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
 
 
-def make_backend(backend: str = "onnxruntime", **options):
-    """An engine backend by name, imported only when asked for."""
+# Precisions a backend computes from the fp32 graphs by an inference-precision setting (no graphs of their own).
+HINTED = {"openvino": ("bf16", "fp16")}
+
+
+def graph_precision(backend: str, precision: str) -> str:
+    """The bundle graphs that run for ``precision`` on ``backend``: '<graph>.<precision>' or the fp32 ones."""
+    return "fp32" if precision in HINTED.get(backend, ()) else precision
+
+
+def make_backend(backend: str = "onnxruntime", precision: str = "fp32", **options):
+    """An engine backend by name, imported only when asked for; ``precision`` as the pipeline runs it."""
     if backend == "onnxruntime":
         from ..engines.onnxruntime import OnnxRuntimeBackend
 
+        if precision == "bf16":
+            raise EmoteError("ONNX Runtime runs bf16 only through graphs of their own, which bundles do not have: "
+                             "use --backend openvino for bf16")
         return OnnxRuntimeBackend(**options)
     if backend == "openvino":
         from ..engines.openvino import OpenVINOBackend
 
-        return OpenVINOBackend(**options)
+        return OpenVINOBackend(precision=precision, **options)
     if backend == "tensorrt":
         from ..engines.tensorrt import TensorRTBackend
 
@@ -109,8 +122,8 @@ class Pipeline:
         self,
         bundle: str | Path | Bundle,
         *,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
+        backend: str | None = None,
+        precision: str | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
@@ -118,7 +131,15 @@ class Pipeline:
         backend_options: dict | None = None,
         overlap: bool = True,
         observe: Callable[[str, dict], None] | None = None,
+        face_embedding: np.ndarray | None = None,
+        face_model: str | Path | None = None,
+        region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ):
+        # backend, precision: None picks the default chosen from the CPU figures (runtime/backend_choice.py:
+        # OpenVINO bf16 where installed and the CPU computes bf16, else ONNX Runtime fp32)
+        # face_embedding, face_model, region_weights: Hallo bundles only: the face embedding (or an
+        # ONNX face-recognition model that makes it from each portrait) and Hallo's pose/face/lip
+        # weights of the audio
         # observe: called as observe(graph, inputs) before every graph call, inputs being the
         # host view of the bound input buffers (calibration records them); wrapped into the
         # bound calls at bind time, so a pipeline without it runs the very same loop
@@ -133,18 +154,15 @@ class Pipeline:
         self.cfg = cfg
         self.frames, self.motion = cfg["frames"], cfg["motion_frames"]
         self.resolution, self.fps = cfg["resolution"], cfg["fps"]
+        backend, precision = resolve_backend(backend, precision, backend_options)
         self.precision = precision
+        self.region_weights = tuple(region_weights)
+        self.face_embedding, self.face_embedder = self._face_source(face_embedding, face_model)
         self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
         self.timings = Timings()
-        self.backend = make_backend(backend, **(backend_options or {}))
-        if getattr(self.backend, "cache_dir", "none") is None and hasattr(self.backend, "cache_for"):
-            # compiled engines are cached beside the bundle, keyed by device, version and bundle hash
-            cache = self.backend.cache_for(self.bundle.path, self.bundle.hash)
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-                self.backend.cache_dir = cache
-            except OSError:
-                pass  # a read-only bundle: compile every time rather than fail
+        # a backend that caches compiled engines keys them by the bundle of the graph it loads
+        self.backend = make_backend(backend, precision, **(backend_options or {}))
+        self.graph_precision = graph_precision(backend, precision)
         self.graphs = {g: self.backend.load(g, self.bundle.graph_path(g, self._precision_of(g))) for g in GRAPHS}
         self._allocate()
 
@@ -153,11 +171,12 @@ class Pipeline:
 
         The step graph must exist at the asked precision: a bundle without it is an error.
         """
-        if self.precision == "fp32":
+        p = self.graph_precision
+        if p == "fp32":
             return "fp32"
         if graph == "denoise_step":
-            self.bundle.graph(graph, self.precision)  # raises, naming the precisions the bundle has
-        return self.precision if f"{graph}.{self.precision}" in self.bundle.manifest["graphs"] else "fp32"
+            self.bundle.graph(graph, p)  # raises, naming the precisions the bundle has
+        return p if f"{graph}.{p}" in self.bundle.manifest["graphs"] else "fp32"
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
         d = self.bundle.sampler_defaults
@@ -168,6 +187,8 @@ class Pipeline:
                 prediction_type=d["prediction_type"],
                 spacing=d["spacing"],
                 zero_snr=d["zero_snr"],
+                beta_schedule=d.get("beta_schedule", "scaled_linear"),
+                set_alpha_to_one=d.get("set_alpha_to_one", False),
                 guidance_scale=d["guidance_scale"] if guidance_scale is None else guidance_scale,
                 guidance_steps=d["guidance_steps"] if guidance_steps == "default" else guidance_steps,
             )
@@ -276,8 +297,63 @@ class Pipeline:
             raise EmoteError(f"{e}: nothing to generate") from None
 
     # -- generation ----------------------------------------------------------------------
-    def stream(self, image, audio, *, seed: int = 0, face_box=None, speed: float | None = None, progress=None) -> Iterator[np.ndarray]:
-        """Yield each clip's frames (kept frames only) as soon as they are decoded."""
+    def _face_source(self, embedding, model):
+        """Hallo: the face embedding (checked now, before any work) or the face model that will make it."""
+        from .face_embedding import FaceEmbedder, check_face_embedding, load_face_embedding
+
+        dim = self.cfg.get("face_embedding_dim", 0)
+        if embedding is not None and model is not None:
+            raise EmoteError("give a face embedding or a face model (--face-embedding or --face-model), not both")
+        if (embedding is not None or model is not None) and not dim:
+            raise EmoteError(f"bundle {self.bundle.path} ({self.bundle.manifest['preset']}) takes no face embedding: "
+                             "--face-embedding and --face-model are for Hallo bundles")
+        if isinstance(embedding, (str, Path)):
+            embedding = check_face_embedding(load_face_embedding(embedding), dim, f"--face-embedding {embedding}")
+        elif embedding is not None:
+            embedding = check_face_embedding(embedding, dim, "the face embedding")
+        return embedding, FaceEmbedder(model) if model is not None else None
+
+    def _bind_video(self, portrait, speed: float | None, face_embedding: np.ndarray | None) -> None:
+        """Per video: the reference (and Hallo's face embedding, region masks), then the first motion frames."""
+        be, b = self.backend, self.buf
+        face_mask = portrait.mask
+        if "face_embedding" in b:  # a Hallo bundle
+            from .face_embedding import check_face_embedding
+            from .regions import region_masks
+
+            face_embedding = self.face_embedding if face_embedding is None else face_embedding
+            source = "the face embedding"
+            if face_embedding is None and self.face_embedder is not None:
+                face_embedding, source = self.face_embedder(portrait.image, portrait.mask), f"--face-model {self.face_embedder.path} output"
+            if face_embedding is None:
+                raise EmoteError(f"bundle {self.bundle.path} ({self.bundle.manifest['preset']}) conditions on a face embedding "
+                                 f"({b['face_embedding'].shape[1]} floats, InsightFace's for Hallo): "
+                                 "pass --face-embedding FILE.npy or --face-model MODEL.onnx")
+            be.from_host(b["face_embedding"], check_face_embedding(face_embedding, b["face_embedding"].shape[1], source))
+            depths = sum(1 for name in b if name.startswith("region_mask_"))
+            face_mask, levels = region_masks(portrait.mask, b["motion_latents"].shape[-1], depths)
+            for d, mask in enumerate(levels):
+                be.from_host(b[f"region_mask_{d}"], mask)
+            be.from_host(b["region_scales"], np.asarray(self.region_weights, np.float32))
+        elif face_embedding is not None:
+            raise EmoteError(f"bundle {self.bundle.path} ({self.bundle.manifest['preset']}) takes no face embedding")
+        be.from_host(b["reference"], portrait.image[None])
+        be.from_host(b["face_mask"], face_mask[None, None].astype(np.float32))
+        if "speed" in b:
+            be.from_host(b["speed"], np.full((self.frames,), self.cfg["speed_default"] if speed is None else speed, np.float32))
+        self._timed("reference_net", self.call_reference)
+        if self.cfg.get("first_motion", "zeros") == "reference":  # Hallo: the first clip continues the portrait
+            be.from_host(self.motion_frames_buf, np.repeat(portrait.image[None], self.motion, axis=0))
+            self._timed("vae_encoder", self.call_motion)
+        else:
+            be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
+
+    def stream(self, image, audio, *, seed: int = 0, face_box=None, speed: float | None = None, progress=None,
+               face_embedding: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Yield each clip's frames (kept frames only) as soon as they are decoded.
+
+        ``face_embedding``: Hallo bundles only, (512,) or (1, 512) floats (else the ``face_model``'s).
+        """
         portrait = self.prepare(image, face_box)
         if isinstance(audio, (str, Path)):
             from .audio import load_audio
@@ -287,11 +363,7 @@ class Pipeline:
         be, b, f, n = self.backend, self.buf, self.frames, self.motion
         table = self.sampler
 
-        be.from_host(b["reference"], portrait.image[None])
-        be.from_host(b["face_mask"], portrait.mask[None, None].astype(np.float32))
-        be.from_host(b["speed"], np.full((f,), self.cfg["speed_default"] if speed is None else speed, np.float32))
-        self._timed("reference_net", self.call_reference)
-        be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
+        self._bind_video(portrait, speed, face_embedding)
 
         spf = SAMPLE_RATE // self.fps
         plan_window = self.plan(max(source.length, spf))  # window geometry only; frame count known at the end
