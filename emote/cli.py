@@ -54,13 +54,55 @@ def _verify(args) -> int:
         raise EmoteError(f"--inputs {args.inputs!r}: give random, real or random,real")
     bundle = Bundle.open(args.bundle)
     model = model_for_bundle(bundle.manifest, args.checkpoint)
-    with make_backend(args.backend) as backend:
+    with make_backend(args.backend, args.precision, **_cpu_options(args)) as backend:
         rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs)
     for r in rows:
         print(r.line())
     failed = [r for r in rows if not r.ok]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _cpu_options(args) -> dict:
+    """--device/--threads/--streams: OpenVINO's device and streams, either CPU backend's threads."""
+    if args.backend != "openvino" and (args.device or args.streams):
+        raise EmoteError("--device and --streams are for --backend openvino (ONNX Runtime: --providers)")
+    options: dict = {"threads": args.threads} if args.threads else {}
+    if args.backend == "openvino":
+        options.update({k: v for k, v in (("device", args.device), ("streams", args.streams)) if v})
+    return options
+
+
+def _calibrate(args) -> int:
+    from .calibration.record import calibrate
+
+    out = calibrate(args.bundle, args.images, args.audio, args.out, samples=args.samples, steps=args.steps,
+                    seed=args.seed, force=args.force, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _quantize(args) -> int:
+    graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
+    if args.precision == "fp16":
+        from .calibration.fp16 import export_fp16
+        from .runtime.manifest import Bundle
+
+        bundle = export_fp16(Bundle.open(args.bundle), args.checkpoint, graphs, progress=say)
+    else:
+        from .calibration.quantize import quantize_bundle
+
+        if not args.calib:
+            raise EmoteError("--precision int8 needs --calib CALIB_DIR (make it with `emote calibrate`)")
+        bundle = quantize_bundle(args.bundle, args.calib, graphs, target_db=args.target_db,
+                                 sensitivity=not args.no_sensitivity, progress=say)
+    for g in graphs:
+        entry = bundle.manifest["graphs"][f"{g}.{args.precision}"]
+        q = entry.get("quantization")
+        extra = f": SQNR {', '.join(f'{k} {v:.1f} dB' for k, v in q['sqnr_db'].items())} on calibration data" if q else ""
+        print(f"wrote {bundle.path / entry['file']}{extra}")
+    return 0
 
 
 def _backend_options(args) -> dict | None:
@@ -75,13 +117,14 @@ def _backend_options(args) -> dict | None:
         if (args.engines or args.cuda_graph) and not gpu_ort:
             raise EmoteError("--engines and --cuda-graph need a GPU: --backend tensorrt, or --providers cuda / tensorrt")
         options: dict = {"providers": providers} if providers else {}
+        options.update(_cpu_options(args))
         if gpu_ort:
             # ORT captures a graph only when every node runs on the GPU provider: opt-in
             options.update(cuda_graph=bool(args.cuda_graph), cache_dir=args.engines)
         return options or None
     if args.engines or args.cuda_graph or providers:
         raise EmoteError(f"--providers, --engines and --cuda-graph do not apply to --backend {args.backend}")
-    return None
+    return _cpu_options(args) or None
 
 
 def _build(args) -> int:
@@ -132,12 +175,27 @@ def _import_hallo(args) -> int:
     return 0
 
 
+def _default_backend(args) -> None:
+    """No --backend: the default chosen from the CPU figures (runtime/backend_choice.py); backend options name theirs."""
+    from .runtime.backend_choice import default_backend
+
+    if args.backend is not None:
+        return
+    if args.providers or args.engines or args.cuda_graph:
+        args.backend = "onnxruntime"
+    elif args.device or args.streams:
+        args.backend = "openvino"  # its precision: what the named device computes (the Pipeline resolves it)
+    else:
+        args.backend, args.precision = default_backend(args.precision)
+
+
 def _generate(args) -> int:
     from .runtime.face import parse_face_box
     from .runtime.generate import generate_video
     from .runtime.pipeline import Pipeline
 
     face_box = parse_face_box(args.face_box) if args.face_box else None
+    _default_backend(args)
     backend_options = _backend_options(args)
     hallo = _hallo_options(args)
     with Pipeline(
@@ -202,6 +260,7 @@ def _bench(args) -> int:
     specs = default_variants(bundle, quick=args.quick)
     if args.gpu:
         specs += _gpu_variants(bundle)
+    specs = _select_variants(specs, args)
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         known = {s.name: s for s in specs}
@@ -222,10 +281,36 @@ def _bench(args) -> int:
     return 0
 
 
+def _select_variants(specs: list, args) -> list:
+    """--backend/--precision/--device: the runtime variants of that backend and precision (and the baseline)."""
+    from dataclasses import replace
+
+    if args.device and args.backend != "openvino":
+        raise EmoteError("--device is for --backend openvino")
+    if not (args.backend or args.precision):
+        return specs
+    keep = [s for s in specs if s.kind == "reference" or ((not args.backend or s.backend == args.backend)
+                                                           and (not args.precision or s.precision == args.precision))]
+    if not any(s.kind == "runtime" for s in keep):
+        have = ", ".join(f"{s.backend} {s.precision}" for s in specs if s.kind == "runtime")
+        raise EmoteError(f"no variant runs {args.backend or 'any backend'} at {args.precision or 'any precision'} "
+                         f"with this bundle (it has: {have})")
+    if args.device:
+        keep = [replace(s, backend_options={**s.backend_options, "device": args.device}) if s.backend == "openvino" else s
+                for s in keep]
+    return keep
+
+
 def _demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(out=args.out, steps=args.steps)
+
+
+def _add_cpu_options(d) -> None:
+    d.add_argument("--device", help="OpenVINO device: CPU (default), GPU, NPU (`emote doctor` lists them)")
+    d.add_argument("--threads", type=int, help="CPU threads of the backend (default: all usable cores)")
+    d.add_argument("--streams", type=int, help="OpenVINO streams (default 1: one request at a time, lowest latency)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,9 +353,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--checkpoint", help="the checkpoint the bundle was exported from (default: as recorded in the manifest)")
     d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
-    d.add_argument("--precision", default="fp32", help="graph precision to check: fp32, fp16, int8")
+    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that precision")
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
+    _add_cpu_options(d)
     d.set_defaults(run=_verify)
+
+    d = sub.add_parser("calibrate", help="record every graph's inputs over real denoising trajectories (for int8)")
+    d.add_argument("bundle", help="bundle folder")
+    d.add_argument("--images", required=True, help="folder of portrait images (a handful is enough)")
+    d.add_argument("--audio", required=True, help="folder of speech or song files")
+    d.add_argument("-o", "--out", required=True, help="calibration folder to write (calibration.json + shards)")
+    d.add_argument("--samples", type=int, default=64, help="denoising-step calls to record (default 64)")
+    d.add_argument("--steps", type=int, default=10, help="sampler steps per clip: the timesteps covered (default 10)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true", help="replace an existing calibration folder")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(run=_calibrate)
+
+    d = sub.add_parser("quantize", help="int8 (Q/DQ, from calibration data) or fp16 step graphs beside the fp32 ones")
+    d.add_argument("bundle", help="bundle folder")
+    d.add_argument("--precision", required=True, choices=["int8", "fp16"])
+    d.add_argument("--calib", help="calibration folder from `emote calibrate` (int8)")
+    d.add_argument("--graphs", default="denoise_step,denoise_step_cond", help="graphs to convert (default: the step graphs)")
+    d.add_argument("--target-db", type=float, default=30.0,
+                   help="int8: step-output SQNR to keep on calibration data; the most sensitive layers stay float until met")
+    d.add_argument("--no-sensitivity", action="store_true", help="int8: skip the per-layer sweep (layers kept float by rule only)")
+    d.add_argument("--checkpoint", help="fp16: the checkpoint the bundle was exported from (default: as recorded)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(run=_quantize)
 
     d = sub.add_parser("build", help="TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)")
     d.add_argument("bundle", help="bundle folder")
@@ -294,12 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
     d.add_argument("--seed", type=int, default=0, help="seed of the starting noise (same seed, same video; default 0)")
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
-    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"])
+    d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"],
+                   help="default: openvino at bf16 where OpenVINO is installed and the CPU computes bf16 (openvino fp32 "
+                   "where it does not), else onnxruntime fp32; chosen from the CPU figures in bench/RESULTS.md")
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")
     d.add_argument("--engines", help="TensorRT plans (--backend tensorrt) or TensorRT EP caches (--providers tensorrt)")
     d.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the denoising loop as a CUDA graph (default: on for --backend tensorrt, off for ONNX Runtime)")
-    d.add_argument("--precision", default="fp32", help="graph precision: fp32, fp16, int8 (if the bundle has them)")
+    d.add_argument("--precision",  # not argparse choices: the bundle names the precisions it has
+                   help="fp32, fp16, bf16, int8. fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that "
+                   "precision (default: the backend's chosen one, see --backend; fp32 for onnxruntime and tensorrt)")
+    _add_cpu_options(d)
     d.add_argument("--face-box", help="X,Y,W,H of the face in the image, when detection fails")
     d.add_argument("--face-embedding", help="Hallo bundles: the face embedding, a .npy of 512 floats (InsightFace's; see the README)")
     d.add_argument("--face-model", help="Hallo bundles: an ONNX face-recognition model (e.g. InsightFace's glintr100.onnx) "
@@ -320,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=int, help="CPU threads for every backend (default: all usable cores)")
     d.add_argument("--quick", action="store_true", help="small and fast: tiny preset, 1 s of audio, 2 runs")
     d.add_argument("--gpu", action="store_true", help="add TensorRT variants, with and without the CUDA graph (needs a GPU)")
+    d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="only this backend's variants (and the baseline)")
+    d.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], help="only variants at this precision (and the baseline)")
+    d.add_argument("--device", help="OpenVINO device of the openvino variants: CPU, GPU, NPU")
     d.add_argument("-o", "--out", required=True, help="results folder: results.json, results.md, results.png")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(run=_bench)

@@ -169,17 +169,20 @@ def verify_bundle(
     graphs: list[str] | None = None,
 ) -> list[ParityRow]:
     """Every graph of the bundle in ``backend`` against ``model`` in PyTorch; one row per output."""
+    from ..runtime.pipeline import graph_precision
+
     bundle = Bundle.open(bundle_path)
     real = real_inputs(model) if "real" in inputs else {}
     rows: list[ParityRow] = []
     checked = 0
+    graph_prec = graph_precision(backend.name, precision)  # OpenVINO's bf16/fp16: the fp32 graphs, hinted
     for g in all_graphs(model):  # the fp32 PyTorch graphs are the reference for every precision
         if graphs and g.name not in graphs:
             continue
-        if precision != "fp32" and f"{g.name}.{precision}" not in bundle.manifest["graphs"]:
+        if graph_prec != "fp32" and f"{g.name}.{graph_prec}" not in bundle.manifest["graphs"]:
             continue  # graphs without a low-precision variant run in fp32
         checked += 1
-        engine = backend.load(g.name, bundle.graph_path(g.name, precision))
+        engine = backend.load(g.name, bundle.graph_path(g.name, graph_prec))
         for kind in inputs:
             feeds = g.example(np.random.default_rng(7)) if kind == "random" else real[g.name]
             ref = torch_outputs(g, feeds)
@@ -188,5 +191,6 @@ def verify_bundle(
     if not checked:
         from ..errors import EmoteError
 
-        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: export with --precision {precision}")
+        how = "emote quantize --precision int8" if precision == "int8" else f"emote export --precision {precision}"
+        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: make them with {how}")
     return rows

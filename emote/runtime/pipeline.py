@@ -27,21 +27,34 @@ from ..errors import EmoteError
 from .clips import SAMPLE_RATE, ClipPlan, audio_window, clip_noise, frame_count, step_noise
 from .manifest import Bundle
 from ..engines.steploop import Step, StepPlan
+from .backend_choice import resolve as resolve_backend
 from .sampler import SamplerTable, make_sampler
 
 GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
 
 
-def make_backend(backend: str = "onnxruntime", **options):
-    """An engine backend by name, imported only when asked for."""
+# Precisions a backend computes from the fp32 graphs by an inference-precision setting (no graphs of their own).
+HINTED = {"openvino": ("bf16", "fp16")}
+
+
+def graph_precision(backend: str, precision: str) -> str:
+    """The bundle graphs that run for ``precision`` on ``backend``: '<graph>.<precision>' or the fp32 ones."""
+    return "fp32" if precision in HINTED.get(backend, ()) else precision
+
+
+def make_backend(backend: str = "onnxruntime", precision: str = "fp32", **options):
+    """An engine backend by name, imported only when asked for; ``precision`` as the pipeline runs it."""
     if backend == "onnxruntime":
         from ..engines.onnxruntime import OnnxRuntimeBackend
 
+        if precision == "bf16":
+            raise EmoteError("ONNX Runtime runs bf16 only through graphs of their own, which bundles do not have: "
+                             "use --backend openvino for bf16")
         return OnnxRuntimeBackend(**options)
     if backend == "openvino":
         from ..engines.openvino import OpenVINOBackend
 
-        return OpenVINOBackend(**options)
+        return OpenVINOBackend(precision=precision, **options)
     if backend == "tensorrt":
         from ..engines.tensorrt import TensorRTBackend
 
@@ -109,8 +122,8 @@ class Pipeline:
         self,
         bundle: str | Path | Bundle,
         *,
-        backend: str = "onnxruntime",
-        precision: str = "fp32",
+        backend: str | None = None,
+        precision: str | None = None,
         sampler: str | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
@@ -122,6 +135,8 @@ class Pipeline:
         face_model: str | Path | None = None,
         region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ):
+        # backend, precision: None picks the default chosen from the CPU figures (runtime/backend_choice.py:
+        # OpenVINO bf16 where installed and the CPU computes bf16, else ONNX Runtime fp32)
         # face_embedding, face_model, region_weights: Hallo bundles only: the face embedding (or an
         # ONNX face-recognition model that makes it from each portrait) and Hallo's pose/face/lip
         # weights of the audio
@@ -139,20 +154,15 @@ class Pipeline:
         self.cfg = cfg
         self.frames, self.motion = cfg["frames"], cfg["motion_frames"]
         self.resolution, self.fps = cfg["resolution"], cfg["fps"]
+        backend, precision = resolve_backend(backend, precision, backend_options)
         self.precision = precision
         self.region_weights = tuple(region_weights)
         self.face_embedding, self.face_embedder = self._face_source(face_embedding, face_model)
         self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
         self.timings = Timings()
-        self.backend = make_backend(backend, **(backend_options or {}))
-        if getattr(self.backend, "cache_dir", "none") is None and hasattr(self.backend, "cache_for"):
-            # compiled engines are cached beside the bundle, keyed by device, version and bundle hash
-            cache = self.backend.cache_for(self.bundle.path, self.bundle.hash)
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-                self.backend.cache_dir = cache
-            except OSError:
-                pass  # a read-only bundle: compile every time rather than fail
+        # a backend that caches compiled engines keys them by the bundle of the graph it loads
+        self.backend = make_backend(backend, precision, **(backend_options or {}))
+        self.graph_precision = graph_precision(backend, precision)
         self.graphs = {g: self.backend.load(g, self.bundle.graph_path(g, self._precision_of(g))) for g in GRAPHS}
         self._allocate()
 
@@ -161,11 +171,12 @@ class Pipeline:
 
         The step graph must exist at the asked precision: a bundle without it is an error.
         """
-        if self.precision == "fp32":
+        p = self.graph_precision
+        if p == "fp32":
             return "fp32"
         if graph == "denoise_step":
-            self.bundle.graph(graph, self.precision)  # raises, naming the precisions the bundle has
-        return self.precision if f"{graph}.{self.precision}" in self.bundle.manifest["graphs"] else "fp32"
+            self.bundle.graph(graph, p)  # raises, naming the precisions the bundle has
+        return p if f"{graph}.{p}" in self.bundle.manifest["graphs"] else "fp32"
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
         d = self.bundle.sampler_defaults
