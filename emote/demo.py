@@ -38,13 +38,32 @@ def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
     with Pipeline(bundle, steps=steps) as pipe:
         summary = generate_video(pipe, PORTRAIT, SPEECH, video)
     print(f"wrote {video}: {summary.line()}")
-    if shipped_checkpoint(PRESET) is None:
+    if shipped_checkpoint(PRESET) is not None:
+        print(lip_sync_line(video, pipe.resolution, pipe.fps))
+    else:
         print(
             "NOTE: the demo model is untrained (random weights): the video shows what the pipeline does with noise, "
             "not a talking face. Trained demo weights are not shipped yet.",
             file=sys.stderr,
         )
     return 0
+
+
+def lip_sync_line(video: Path, resolution: int, fps: int) -> str:
+    """The written video read back and scored: does the mouth follow the speech (emote.bench.lipsync)?"""
+    import av
+    import numpy as np
+
+    from .bench.lipsync import MODEL, score
+
+    if not MODEL.is_file():
+        return "lip sync not scored: the mouth reader (emote/weights/lipsync/mouth.onnx) is missing"
+    with av.open(str(video)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    portrait, speech = example_inputs(resolution)
+    s = score(frames, speech, portrait.image, portrait.mask, fps=fps)
+    return (f"lip sync: r = {s.correlation:.2f} between the mouth opening read from the video and the speech's loudness "
+            f"(1 = perfect); identity outside the mouth {s.identity:.2f}")
 
 
 

@@ -181,7 +181,8 @@ def ensure_bundle(folder: str | Path, preset_name: str) -> Path:
     manifest = folder / MANIFEST
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        if m.get("weights") == weights and m.get("model") == model.config.to_dict() and m.get("emote_version") == __version__:
+        config = json.loads(json.dumps(model.config.to_dict()))  # as the manifest holds it: tuples are lists there
+        if m.get("weights") == weights and m.get("model") == config and m.get("emote_version") == __version__:
             print(f"using the cached bundle {folder}")
             return folder
     print(f"exporting the {preset_name} model to {folder} (once; reused by later runs)")

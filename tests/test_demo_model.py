@@ -1,0 +1,73 @@
+"""The embedded demo model: shipped weights within budget, and a video whose mouth follows the speech."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emote.bench.lipsync import score
+from emote.demo import example_inputs
+from emote.cli import main
+from emote.models.checkpoint import load_checkpoint, shipped_checkpoint
+from emote.models.config import preset
+from emote.runtime import Pipeline
+
+BUDGET = 25 * 2**20  # bytes of shipped weights the product may carry
+
+
+def test_shipped_weights_fit_the_budget_and_load_as_float32():
+    path = shipped_checkpoint("demo")
+    assert path is not None, "the demo preset ships trained weights (emote/weights/demo)"
+    weights = sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".safetensors")
+    assert weights <= BUDGET
+    model = load_checkpoint(path, expect=preset("demo"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    card = (path / "README.md").read_text()
+    assert "lip sync" in card.lower() and "make weights" in card
+    facts = json.loads((path / "training.json").read_text())
+    assert {"vae", "image", "video"} <= set(facts["stages"])
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    """`emote demo`'s output folder with its bundle of the shipped weights already exported (as after a first run)."""
+    from emote.export.bundle import ensure_bundle
+
+    out = tmp_path_factory.mktemp("demo")
+    ensure_bundle(out / "bundle", "demo")
+    assert json.loads((out / "bundle" / "manifest.json").read_text())["weights"]["source"] == "shipped"
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(demo_out):
+    return demo_out / "bundle"
+
+
+def test_the_mouth_follows_the_example_speech(demo_bundle):
+    """The runtime's default settings on the example portrait and 4 s of the example speech."""
+    portrait, audio = example_inputs(128)
+    audio = audio[: 4 * 16000]
+    with Pipeline(demo_bundle) as pipe:
+        frames = pipe.generate(portrait, audio)
+    assert frames.shape == (100, 128, 128, 3)
+    s = score(frames, audio, portrait.image, portrait.mask)
+    assert s.correlation > 0.6, f"lip-sync correlation {s.correlation:.2f}"
+    assert s.identity > 0.5, f"identity similarity {s.identity:.2f}"
+
+
+def test_emote_demo_writes_the_video_and_scores_its_lip_sync(demo_out, capsys):
+    """What `make demo` runs: the MP4 a user opens, read back and scored, the bundle reused."""
+    import re
+
+    import av
+
+    assert main(["demo", "--out", str(demo_out)]) == 0
+    out = capsys.readouterr().out
+    assert f"using the cached bundle {demo_out / 'bundle'}" in out
+    with av.open(str(demo_out / "demo.mp4")) as c:
+        assert c.streams.video[0].codec_context.width == 128 and c.streams.audio
+    r = float(re.search(r"lip sync: r = (-?[0-9.]+)", out).group(1))
+    assert r > 0.6, out
