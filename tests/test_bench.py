@@ -33,6 +33,8 @@ def test_bench_quick_writes_json_table_and_plot(tiny_bundle, tmp_path, capsys):
     assert ort["first_frame"]["p50"] < ort["seconds"]["p50"]  # frames stream before the end
     step = ort["stages"]["denoise_step"]
     assert step["n"] == 2 * 7 * 40  # 2 runs x 7 clips x 40 steps
+    assert ort["stages"]["denoise_loop"]["n"] == 2 * 7  # a clip's 40 steps timed together too
+    assert ort["lipsync"] is None  # random weights: no lip sync to score
     assert 0 < step["fraction_of_peak"] < 1.5
     # each variant's fraction is of the GEMM peak at its own precision, measured in this run
     fp16 = record["results"]["ort-fp16-dpm4-g1"]["stages"]["denoise_step"]

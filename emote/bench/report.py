@@ -16,14 +16,16 @@ def markdown(record: dict) -> str:
         f"{record['threads']} threads on {m['cpu']} ({m['cores']} cores); {cfg['warmup']} warm-up + {cfg['repeat']} interleaved runs per variant; "
         f"measured GEMM peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in record["peak_gflops"].items()) + ".",
         "",
-        "| variant | what | p50 s | p90 s | frames/s | RTF | first frame s | speedup | PSNR vs baseline dB | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | what | p50 s | p90 s | frames/s | RTF | first frame s | speedup | PSNR vs baseline dB | lip sync r | identity | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in record["results"].items():
+        sync = r.get("lipsync") or {}  # scored for trained weights only
         lines.append(
             f"| {name} | {r['description']} | {_f(r['seconds']['p50'])} | {_f(r['seconds']['p90'])} | {_f(r['fps'], '{:.1f}')} | "
             f"{_f(r['real_time_factor'])} | {_f(r['first_frame']['p50'])} | {_f(r['speedup_vs_baseline'], '{:.1f}x')} | "
-            f"{_f(r['psnr_vs_baseline_db'], '{:.1f}')} | {_f(r['peak_rss_mb'], '{:.0f}')} |"
+            f"{_f(r['psnr_vs_baseline_db'], '{:.1f}')} | {_f(sync.get('correlation'))} | {_f(sync.get('identity'))} | "
+            f"{_f(r['peak_rss_mb'], '{:.0f}')} |"
         )
     lines += ["", "Per component (runtime variants; milliseconds per call, p50 / p90 / p99; FLOP/s on the counted ops):", "",
               "| variant | stage | calls | p50 ms | p90 ms | p99 ms | GFLOP | GFLOP/s | of peak |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -7,7 +7,8 @@
 - inputs are loaded and prepared before any clock starts; frames stay in memory;
 - peak RSS per variant sampled by a thread while it runs; threads recorded;
 - fidelity: frame PSNR of every variant against the reference pipeline's frames
-  on the same inputs and seed.
+  on the same inputs and seed; with a trained model (weights not random) and the mouth
+  estimator present, lip sync and identity of every variant's video (``emote.bench.lipsync``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ..runtime.manifest import Bundle
 from .flops import count_flops
 from .variants import Variant, VariantSpec
 
-STAGES = ("reference_net", "audio_encoder", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
+STAGES = ("reference_net", "audio_encoder", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond",
+          "denoise_loop", "vae_decoder")  # denoise_loop: a clip's K steps together (one replay of a captured loop)
 
 
 def rss_bytes() -> int:
@@ -138,6 +140,7 @@ def benchmark(
     base = next((s.name for s in specs if s.kind == "reference"), specs[0].name)
     from ..export.parity import psnr_db
 
+    sync = lip_sync(bundle, frames, audio, portrait)
     results = {}
     for s in specs:
         runs = samples[s.name]
@@ -168,6 +171,7 @@ def benchmark(
             "real_time_factor": p50 / audio_seconds,
             "peak_rss_mb": max(r["peak_rss"] for r in runs) / 2**20,
             "psnr_vs_baseline_db": psnr_db(frames[base], frames[s.name]) if frames[base].shape == frames[s.name].shape else None,
+            "lipsync": sync.get(s.name),
             "stages": stages,
         }
     for name, r in results.items():
@@ -184,6 +188,21 @@ def benchmark(
         "samples": samples,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def lip_sync(bundle: Bundle, frames: dict[str, np.ndarray], audio: np.ndarray, portrait) -> dict[str, dict]:
+    """Lip-sync correlation and identity per variant: for trained weights only (random ones have no lip sync to score)."""
+    from .lipsync import MODEL, MouthEstimator, score
+
+    if (bundle.manifest.get("weights") or {}).get("source") in (None, "random", "unknown") or not MODEL.is_file():
+        return {}
+    estimator = MouthEstimator()
+    fps = bundle.manifest["config"]["fps"]
+    out = {}
+    for name, f in frames.items():
+        s = score(f, audio, portrait.image, portrait.mask, estimator, fps=fps)
+        out[name] = {"correlation": s.correlation, "identity": s.identity}
+    return out
 
 
 def write_json(record: dict, path: Path) -> None:
