@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,20 @@ def test_emote_demo_writes_the_video_and_scores_its_lip_sync(demo_out, capsys):
         assert c.streams.video[0].codec_context.width == 128 and c.streams.audio
     r = float(re.search(r"lip sync: r = (-?[0-9.]+)", out).group(1))
     assert r > 0.6, out
+
+
+def test_bench_scores_lip_sync_of_trained_weights_only(demo_bundle):
+    """`emote bench`'s fidelity columns: lip sync for the shipped weights' frames, none for random weights."""
+    from emote.bench.run import lip_sync
+    from emote.runtime.manifest import Bundle
+
+    portrait, audio = example_inputs(128)
+    audio = audio[: 2 * 16000]
+    with Pipeline(demo_bundle, backend="onnxruntime") as pipe:
+        frames = pipe.generate(portrait, audio)
+    bundle = Bundle.open(demo_bundle)
+    sync = lip_sync(bundle, {"runtime": frames, "still": np.repeat(portrait.image[None], len(frames), 0)}, audio, portrait)
+    assert sync["runtime"]["correlation"] > 0.6 and sync["runtime"]["identity"] > 0.5
+    assert sync["still"]["correlation"] == 0.0  # a still face follows nothing
+    bundle.manifest["weights"] = {"source": "random", "seed": 0}
+    assert lip_sync(bundle, {"runtime": frames}, audio, portrait) == {}

@@ -197,7 +197,7 @@ def lip_sync(bundle: Bundle, frames: dict[str, np.ndarray], audio: np.ndarray, p
     if (bundle.manifest.get("weights") or {}).get("source") in (None, "random", "unknown") or not MODEL.is_file():
         return {}
     estimator = MouthEstimator()
-    fps = bundle.manifest["config"]["fps"]
+    fps = bundle.config["fps"]
     out = {}
     for name, f in frames.items():
         s = score(f, audio, portrait.image, portrait.mask, estimator, fps=fps)
