@@ -124,6 +124,13 @@ class Run:
         torch.save(state, tmp)
         os.replace(tmp, self.path)
 
+    def progress(self, bar, modules: dict, optimiser, ema: dict | None, rng: np.random.Generator, **shown: float) -> None:
+        """After an optimiser step: the progress bar, and a save every ``save_every`` steps and at the end."""
+        bar.update()
+        bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
+        if self.step % self.spec.save_every == 0 or self.step == self.spec.steps:
+            self.save(modules, optimiser, ema, rng)
+
     def record(self, **values) -> None:
         self.log.write(json.dumps({"stage": self.stage, "step": self.step, "time": round(time.time() - self.started, 1), **values}) + "\n")
         self.log.flush()
@@ -191,10 +198,7 @@ def train_vae(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None:
         opt.step()
         run.step += 1
         run.record(loss=float(loss), l1=float(l1), kl=float(kl))
-        bar.update()
-        bar.set_postfix(l1=f"{float(l1):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save({"vae": vae}, opt, None, rng)
+        run.progress(bar, {"vae": vae}, opt, None, rng, l1=float(l1))
     bar.close()
     vae.eval()
 
@@ -233,10 +237,7 @@ def train_decoder(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> No
         opt.step()
         run.step += 1
         run.record(loss=float(l1), l1=float(l1))
-        bar.update()
-        bar.set_postfix(l1=f"{float(l1):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save(parts, opt, None, rng)
+        run.progress(bar, parts, opt, None, rng, l1=float(l1))
     bar.close()
     vae.decoder.eval()
 
@@ -368,10 +369,7 @@ def train_image(model: EMOModel, data: Dataset, latents: np.ndarray, work: Path,
         out = model.backbone(xt, t.float(), cond)
         loss = weighted_mse(out, target, w_t, w_px)
         step_update(run, opt, params, ema, loss, spec)
-        bar.update()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save({"model": model}, opt, ema, rng)
+        run.progress(bar, {"model": model}, opt, ema, rng, loss=float(loss))
     bar.close()
     load_ema(model, ema)
 
@@ -435,10 +433,7 @@ def train_audio(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None
             targets.append(torch.from_numpy(truth.astype(np.float32)))
         loss = F.mse_loss(torch.cat(preds), torch.cat(targets))
         step_update(run, opt, params, ema, loss, spec)
-        bar.update()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save({"audio_encoder": enc, "head": head}, opt, ema, rng)
+        run.progress(bar, {"audio_encoder": enc, "head": head}, opt, ema, rng, loss=float(loss))
     bar.close()
 
 
@@ -483,10 +478,7 @@ def train_reader(data: Dataset, latents: np.ndarray, work: Path, spec: Stage) ->
         z = z + torch.randn_like(z) * torch.from_numpy(rng.uniform(0, 0.5, (spec.batch, 1, 1, 1)).astype(np.float32))
         loss = F.mse_loss(reader(z), torch.from_numpy(truth[idx]))
         step_update(run, opt, params, ema, loss, spec)
-        bar.update()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save({"reader": reader}, opt, ema, rng)
+        run.progress(bar, {"reader": reader}, opt, ema, rng, loss=float(loss))
     bar.close()
     with torch.no_grad():
         held = np.arange(split, len(truth))
@@ -596,10 +588,7 @@ def train_video(model: EMOModel, data: Dataset, latents: np.ndarray, work: Path,
             losses.append(loss)
         loss = torch.stack(losses).mean()
         step_update(run, opt, params, ema, loss, spec, **({"sync": float(np.mean(syncs))} if syncs else {}))
-        bar.update()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if run.step % spec.save_every == 0 or run.step == spec.steps:
-            run.save({"model": model}, opt, ema, rng)
+        run.progress(bar, {"model": model}, opt, ema, rng, loss=float(loss))
     bar.close()
     load_ema(model, ema)
 
