@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .audio import AudioEncoder
 from .condition import FaceLocator, FaceProjection, SpeedEncoder
 from .config import VAE_SCALING, ModelConfig
-from .unet import KV, StepCondition, UNet
+from .unet import KV, StepCondition, UNet, batched
 
 
 @dataclass
@@ -236,27 +236,43 @@ class EMOModel(nn.Module):
         if guidance is not None:
             uncond = self.uncond_audio_kv() if uncond is None else uncond
             audio = [
-                (torch.cat([ku.expand(f, -1, -1), kc]), torch.cat([vu.expand(f, -1, -1), vc]))
+                (torch.cat([batched(ku, f), batched(kc, f)]), torch.cat([batched(vu, f), batched(vc, f)]))
                 for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)
             ]
             x = torch.cat([x, x])
         cond = StepCondition(ctx=audio, ref=ref, motion=clip.motion, speed=clip.speed, face=clip.face, frames=f)
         out = self.backbone(x, t, cond)
-        if guidance is None:
-            return out
-        out_u, out_c = out.chunk(2)
-        return out_u + guidance * (out_c - out_u)
+        return out if guidance is None else guide(out, f, guidance)
 
     def _hallo_output(self, x, t, ref, clip: ClipCondition, guidance, uncond, video: VideoCondition) -> Tensor:
-        """Hallo's branches run as two passes: their attn1 differ (the unconditional one has no reference)."""
-        shared = dict(regions=video.regions, region_scales=video.region_scales, frames=x.shape[0])
-        cond = StepCondition(ctx=video.context, ref=ref, motion=clip.motion, face=clip.face, audio=clip.audio, **shared)
-        out_c = self.backbone(x, t, cond)
+        """Hallo's branches differ in every condition, attn1 included: its unconditional branch has no
+        reference. Both run in one batched pass, [uncond; cond], the reference masked out of the first."""
+        f = x.shape[0]
+        shared = dict(regions=video.regions, region_scales=video.region_scales, frames=f)
         if guidance is None:
-            return out_c
+            cond = StepCondition(ctx=video.context, ref=ref, motion=clip.motion, face=clip.face, audio=clip.audio, **shared)
+            return self.backbone(x, t, cond)
         context_u, audio_u = (self.uncond_context_kv(), self.uncond_audio_kv()) if uncond is None else uncond
-        out_u = self.backbone(x, t, StepCondition(ctx=context_u, motion=clip.uncond_motion, audio=audio_u, **shared))
-        return out_u + guidance * (out_c - out_u)
+        pair = lambda u, c: torch.cat([batched(u, f), batched(c, f)])  # noqa: E731
+        cond = StepCondition(
+            ctx=[(pair(ku, kc), pair(vu, vc)) for (ku, vu), (kc, vc) in zip(context_u, video.context, strict=True)],
+            ref=ref,
+            ref_skip=f,
+            motion=[tuple(torch.cat(s) for s in zip(u, c, strict=True)) for u, c in zip(clip.uncond_motion, clip.motion, strict=True)],
+            face=pair(torch.zeros_like(clip.face), clip.face),
+            audio=[
+                tuple((pair(ku, kc), pair(vu, vc)) for (ku, vu), (kc, vc) in zip(u, c, strict=True))
+                for u, c in zip(audio_u, clip.audio, strict=True)
+            ],
+            **shared,
+        )
+        return guide(self.backbone(torch.cat([x, x]), t, cond), f, guidance)
+
+
+def guide(out: Tensor, frames: int, guidance: Tensor | float) -> Tensor:
+    """Classifier-free guidance of a batched [uncond; cond] output: out_u + g (out_c - out_u)."""
+    out_u, out_c = out[:frames], out[frames:]
+    return out_u + guidance * (out_c - out_u)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = 0) -> EMOModel:

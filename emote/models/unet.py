@@ -44,8 +44,11 @@ class StepCondition:
 
     ctx: ``attn2`` of every transformer block, (N or 1, M, C) each.
     ref: extra ``attn1`` keys/values of every transformer block, (1, R, C); None: plain self-attention.
+    ref_skip: the leading batch rows that do not attend to ``ref`` (Hallo's unconditional branch,
+        batched with the conditional one).
     motion: motion frames of every temporal layer, (hw, n, C) each: keys/values ("kv" mode), or
-        the first attention's queries/keys/values and the tokens themselves ("concat" mode); None: none.
+        the first attention's queries/keys/values and the tokens themselves ("concat" mode; (G*hw, n, C)
+        when each guidance branch has its own); None: none.
     speed: speed-token keys/values of every temporal layer, (f, S, C); None: no speed layers.
     face: face-locator features added after ``conv_in``, (1, C0, h, w); None: none.
     audio: audio modules only: per module, the keys/values of its three region attentions, (f, T, C).
@@ -56,6 +59,7 @@ class StepCondition:
 
     ctx: list[KV]
     ref: list[KV] | None = None
+    ref_skip: int = 0
     motion: list[tuple[Tensor, ...]] | None = None
     speed: list[KV] | None = None
     face: Tensor | None = None
@@ -73,33 +77,50 @@ class ReferenceFeatures:
     hidden: list[Tensor]
 
 
+# Export hygiene: a no-op .to() or expand() still exports a Cast or Expand node (hundreds in a step graph).
+def cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """t in ``dtype``; a tensor already of it as it is."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def fp32(t: Tensor | None) -> Tensor | None:
+    return cast(t, torch.float32)
+
+
+def batched(t: Tensor, b: int) -> Tensor:
+    """t (1 or b, ...) broadcast to b rows; one of b rows as it is."""
+    return t if t.shape[0] == b else t.expand(b, *t.shape[1:])
+
+
+def tiled(t: Tensor, g: int) -> Tensor:
+    """t (n, ...) repeated g times along the batch, [t; t; ...]; g = 1: t as it is."""
+    return t if g == 1 else t.repeat(g, *(1,) * (t.dim() - 1))
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in fp32 whatever the weights' dtype (the precision policy: norms stay fp32).
 
-    In an fp32 model the casts are no-ops and export adds nothing; in an fp16 one
-    they become Cast nodes around the norm.
+    In an fp32 model there are no casts; in an fp16 one they are Cast nodes around the norm.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        w, b = fp32(self.weight), fp32(self.bias)
+        return cast(F.group_norm(fp32(x), self.num_groups, w, b, self.eps), x.dtype)
 
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in fp32 (see GroupNorm32)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        w, b = fp32(self.weight), fp32(self.bias)
+        return cast(F.layer_norm(fp32(x), self.normalized_shape, w, b, self.eps), x.dtype)
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding as diffusers' ``get_timestep_embedding`` with flip_sin_to_cos=True, shift 0."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None, :]
+    args = fp32(t)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -145,21 +166,27 @@ class Upsample2D(nn.Module):
         self.conv = nn.Conv2d(c, c, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        # size, not scale_factor: the exporter writes a float64 scales tensor that ONNX's Resize rejects
+        return self.conv(F.interpolate(x, size=(2 * x.shape[2], 2 * x.shape[3]), mode="nearest"))
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
-    """Multi-head scaled dot-product attention; k/v broadcast over q's batch when theirs is 1."""
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None = None) -> Tensor:
+    """Multi-head scaled dot-product attention; k/v broadcast over q's batch when theirs is 1.
+
+    ``bias``: added to the fp32 logits, (b, 1, 1, keys); -inf removes a key from a row's softmax.
+    """
     b, n, c = q.shape
     d = c // heads
-    k = k.expand(b, -1, -1)
-    v = v.expand(b, -1, -1)
+    k, v = batched(k, b), batched(v, b)
     q = q.reshape(b, n, heads, d).transpose(1, 2)
     k = k.reshape(b, -1, heads, d).transpose(1, 2)
     v = v.reshape(b, -1, heads, d).transpose(1, 2)
     # the softmax stays in the graph as one op so that precision passes can pin it to fp32
     # the softmax runs in fp32 whatever the model's dtype (a no-op in fp32 models)
-    w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * (d**-0.5), dim=-1).to(v.dtype)
+    logits = fp32(torch.matmul(q, k.transpose(-1, -2))) * (d**-0.5)
+    if bias is not None:
+        logits = logits + bias
+    w = cast(torch.softmax(logits, dim=-1), v.dtype)
     return torch.matmul(w, v).transpose(1, 2).reshape(b, n, c)
 
 
@@ -177,8 +204,8 @@ class Attention(nn.Module):
     def kv(self, context: Tensor) -> KV:
         return self.to_k(context), self.to_v(context)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return self.to_out[0](attend(self.to_q(x), k, v, self.heads))
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.to_out[0](attend(self.to_q(x), k, v, self.heads, bias))
 
 
 class GEGLU(nn.Module):
@@ -187,8 +214,9 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        h = self.proj(x)
+        inner = h.shape[-1] // 2  # slices, not chunk(): chunk exports as ONNX sequence ops
+        return h[..., :inner] * F.gelu(h[..., inner:])
 
 
 class FeedForward(nn.Module):
@@ -198,6 +226,16 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net[2](self.net[0](x))
+
+
+def reference_mask(batch: int, skip: int, tokens: int, ref_tokens: int, device: torch.device) -> Tensor:
+    """attn1 logit bias (batch, 1, 1, tokens + ref_tokens): the first ``skip`` rows do not see the reference.
+
+    A -inf logit is a zero softmax weight, so such a row attends exactly as plain self-attention.
+    """
+    hidden = torch.full((skip, 1, 1, ref_tokens), float("-inf"), device=device)
+    ref = torch.cat([hidden, torch.zeros(batch - skip, 1, 1, ref_tokens, device=device)])
+    return torch.cat([torch.zeros(batch, 1, 1, tokens, device=device), ref], dim=-1)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -212,16 +250,19 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = LayerNorm32(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, h: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None) -> Tensor:
+    def forward(self, h: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
         n = self.norm1(h)
         if tokens_out is not None:
             tokens_out.append(n)  # the ReferenceNet's reference feature: attn1's input
         k, v = self.attn1.kv(n)
+        bias = None
         if ref is not None:
-            b = n.shape[0]
-            k = torch.cat([k, ref[0].expand(b, -1, -1)], dim=1)
-            v = torch.cat([v, ref[1].expand(b, -1, -1)], dim=1)
-        h = self.attn1(n, k, v) + h
+            b, tokens = n.shape[:2]
+            k = torch.cat([k, batched(ref[0], b)], dim=1)
+            v = torch.cat([v, batched(ref[1], b)], dim=1)
+            if ref_skip:
+                bias = reference_mask(b, ref_skip, tokens, ref[0].shape[1], n.device)
+        h = self.attn1(n, k, v, bias) + h
         h = self.attn2(self.norm2(h), *ctx) + h
         return self.ff(self.norm3(h)) + h
 
@@ -236,10 +277,10 @@ class Transformer2DModel(nn.Module):
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, heads, context_dim)])
         self.proj_out = nn.Conv2d(c, c, 1)
 
-    def forward(self, x: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
         b, c, hh, ww = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
-        h = self.transformer_blocks[0](h, ctx, ref, tokens_out)
+        h = self.transformer_blocks[0](h, ctx, ref, tokens_out, ref_skip)
         return self.proj_out(h.transpose(1, 2).reshape(b, c, hh, ww)) + x
 
 
@@ -353,7 +394,8 @@ class MotionModule(nn.Module):
         bf, c, hh, ww = x.shape
         g, hw = bf // frames, hh * ww
         h = self._tokens(x).reshape(g, frames, hw, c).transpose(1, 2).reshape(g * hw, frames, c)
-        qm, km, vm, hm = (t.repeat(g, 1, 1) for t in motion)
+        # one clip's motion frames for every branch (hw rows), or each branch's own (g*hw rows)
+        qm, km, vm, hm = (t if t.shape[0] == g * hw else tiled(t, g) for t in motion)
         n = hm.shape[1]
         nc = block.norms[0](h) + a0.pos_encoder.pe[:, n : n + frames]
         q, k, v = (torch.cat([m, proj(nc)], dim=1) for m, proj in ((qm, a0.to_q), (km, a0.to_k), (vm, a0.to_v)))
@@ -378,14 +420,14 @@ class MotionModule(nn.Module):
         n = block.norms[0](h) + a0.pos_encoder.pe[:, offset : offset + frames]
         k, v = a0.to_k(n), a0.to_v(n)
         if motion is not None:
-            k = torch.cat([motion[0].repeat(g, 1, 1), k], dim=1)
-            v = torch.cat([motion[1].repeat(g, 1, 1), v], dim=1)
+            k = torch.cat([tiled(motion[0], g), k], dim=1)
+            v = torch.cat([tiled(motion[1], g), v], dim=1)
         h = a0.to_out[0](attend(a0.to_q(n), k, v, a0.heads)) + h
 
         n = block.norms[1](h)
         if speed is not None:  # per-frame cross-attention: (g*hw, f, C) -> (g*f, hw, C)
             q = n.reshape(g, hw, frames, c).transpose(1, 2).reshape(g * frames, hw, c)
-            k, v = (t.repeat(g, 1, 1) for t in speed)
+            k, v = (tiled(t, g) for t in speed)
             o = attend(a1.to_q(q), k, v, a1.heads)
             o = o.reshape(g, frames, hw, c).transpose(1, 2).reshape(g * hw, frames, c)
         else:
@@ -611,7 +653,7 @@ class UNet(nn.Module):
 
     def _walk(self, x: Tensor, t: Tensor, cond: StepCondition, out: ReferenceFeatures | None) -> Tensor:
         t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t
-        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
+        temb = self.time_embedding(cast(timestep_embedding(t, self.cfg.block_out_channels[0]), x.dtype))
         h = self.conv_in(x)
         if cond.face is not None:
             h = h + cond.face
@@ -622,7 +664,7 @@ class UNet(nn.Module):
             i = counters[0]
             counters[0] += 1
             ref = cond.ref[i] if cond.ref is not None else None
-            return block_attn(h, cond.ctx[i], ref, tokens_out)
+            return block_attn(h, cond.ctx[i], ref, tokens_out, cond.ref_skip)
 
         def audio(block, j: int, h: Tensor, depth: int) -> Tensor:
             if not hasattr(block, "audio_modules"):
