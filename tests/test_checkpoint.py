@@ -52,7 +52,7 @@ def test_corrupt_file(tiny_model, tmp_path, damage):
 def test_unreadable_config(tiny_model, tmp_path):
     path = save_checkpoint(tiny_model, tmp_path / "ck")
     (path / "config.json").write_text("{not json")
-    with pytest.raises(EmoteError, match="unreadable config.json"):
+    with pytest.raises(EmoteError, match="config.json is unreadable"):
         load_checkpoint(path)
 
 
@@ -60,7 +60,7 @@ def test_wrong_preset_and_missing_folder(tiny_model, tmp_path):
     path = save_checkpoint(tiny_model, tmp_path / "ck")
     with pytest.raises(EmoteError, match="is for preset 'tiny', not 'demo'"):
         load_checkpoint(path, expect=preset("demo"))
-    with pytest.raises(EmoteError, match="not found"):
+    with pytest.raises(EmoteError, match="is not a checkpoint: no config.json"):
         load_checkpoint(tmp_path / "nothing")
     cfg = json.loads((path / "config.json").read_text())
     cfg["format"] = "other/9"

@@ -137,7 +137,7 @@ def test_export_errors(tiny_bundle, tmp_path, capsys):
     assert main(["export", "--preset", "tiny", "--out", str(tiny_bundle)]) == 2
     assert "exists: pass --force" in capsys.readouterr().err
     assert main(["export", "--preset", "tiny", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "none is not a checkpoint: no config.json" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 

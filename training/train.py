@@ -52,7 +52,7 @@ from tqdm import tqdm
 from emote.models.config import ModelConfig, preset
 from emote.models.emo import EMOModel, build_model
 from emote.models.unet import MotionModule, StepCondition
-from emote.runtime.clips import ClipPlan, audio_window
+from emote.runtime.clips import ClipPlan
 from emote.runtime.sampler import alphas_cumprod
 from training.data import Dataset
 

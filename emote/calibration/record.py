@@ -19,19 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EmoteError
+from ..folders import FolderKind, read_manifest, staged_folder
 from ..runtime.manifest import Bundle, file_sha256
 
 FORMAT = "emote-calibration/1"
 MANIFEST = "calibration.json"
+CALIBRATION = FolderKind("calibration folder", MANIFEST, FORMAT, "make one with `emote calibrate`")
 CALIB_STEPS = 10  # sampler steps per clip while recording: 10 timesteps spread over [T, 0)
 SHARD_BYTES = 256 << 20  # a shard is loaded whole by np.load members: 256 MiB keeps memory bounded
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -158,13 +157,7 @@ def calibrate(
     image_files = list_files(images, IMAGE_SUFFIXES, "image", "--images")
     audio_files = list_files(audio, AUDIO_SUFFIXES, "audio", "--audio")
     out = Path(out)
-    if out.exists() and not force:
-        raise EmoteError(f"calibration folder {out} exists: pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).exists() and any(out.iterdir()):
-        raise EmoteError(f"{out} exists and is not a calibration folder: refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, CALIBRATION, force=force) as tmp:
         recorder = Recorder(tmp, shard_bytes=shard_bytes)
         # the fp32 graphs as written: calibration records what the int8 graphs must reproduce
         pipe = Pipeline(bundle, backend="onnxruntime", precision="fp32", steps=steps, guidance_steps=None, observe=recorder)
@@ -213,13 +206,6 @@ def calibrate(
             "shards": recorder.shards,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if centred and progress:
         print(f"note: no face found in {', '.join(sorted(centred))}: used a centred face box")
     return out
@@ -235,15 +221,7 @@ class CalibrationSet:
     @classmethod
     def open(cls, folder: str | Path) -> "CalibrationSet":
         folder = Path(folder)
-        mf = folder / MANIFEST
-        if not mf.is_file():
-            raise EmoteError(f"{folder} is not a calibration folder: no {MANIFEST} (make one with `emote calibrate`)")
-        try:
-            manifest = json.loads(mf.read_text())
-        except (OSError, ValueError) as e:
-            raise EmoteError(f"{mf} is unreadable: {e}") from None
-        if manifest.get("format") != FORMAT:
-            raise EmoteError(f"{mf} has format {manifest.get('format')!r}; this version reads {FORMAT!r}: calibrate again")
+        manifest = read_manifest(folder, CALIBRATION)
         for shard, info in manifest["shards"].items():
             path = folder / shard
             if not path.is_file() or path.stat().st_size != info["bytes"]:

@@ -299,7 +299,7 @@ class DenoiseStepGraph(Graph):
         return [(get(f"uncond_k_{i}"), get(f"uncond_v_{i}")) for i in range(self.blocks)]
 
     def inputs(self):
-        c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
+        f, h = self.cfg.frames, self.cfg.latent_size
         latent = (f, 4, h, h)
         specs = [
             TensorSpec("x", latent, "float32"),

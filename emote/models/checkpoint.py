@@ -9,9 +9,6 @@ mis-shaped keys.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,12 +16,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import EmoteError
+from ..folders import FolderKind, read_manifest, staged_folder
 from .config import ModelConfig
 from .emo import EMOModel, build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT = "emote-checkpoint/1"
+CHECKPOINT = FolderKind("checkpoint", CONFIG, FORMAT, "write one with `emote import-hallo` or training/train.py")
 
 
 def save_checkpoint(model: EMOModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
@@ -34,9 +33,7 @@ def save_checkpoint(model: EMOModel, path: str | Path, dtype: torch.dtype | None
     ship them small; loading always gives the float32 model of those stored values.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path, CHECKPOINT, force=True, option="output folder") as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -44,25 +41,15 @@ def save_checkpoint(model: EMOModel, path: str | Path, dtype: torch.dtype | None
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=1))
         for f in tmp.iterdir():
             f.chmod(0o644)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
 def read_config(path: str | Path) -> ModelConfig:
     path = Path(path)
-    cfg_file = path / CONFIG
-    if not path.is_dir() or not cfg_file.is_file() or not (path / WEIGHTS).is_file():
-        raise EmoteError(f"checkpoint {path} not found: expected a folder with {CONFIG} and {WEIGHTS}")
+    data = read_manifest(path, CHECKPOINT)
+    if not (path / WEIGHTS).is_file():
+        raise EmoteError(f"checkpoint {path} is incomplete: {WEIGHTS} is missing")
     try:
-        data = json.loads(cfg_file.read_text())
-        if data.get("format") != FORMAT:
-            raise EmoteError(f"checkpoint {path}: format {data.get('format')!r}, this version reads {FORMAT!r}")
         return ModelConfig.from_dict(data["model"])
     except (ValueError, KeyError, TypeError) as e:
         raise EmoteError(f"checkpoint {path}: unreadable {CONFIG} ({e})") from None

@@ -123,15 +123,13 @@ def import_hallo(
     from transformers import Wav2Vec2Model
 
     from ..runtime.manifest import file_sha256
-    from .checkpoint import CONFIG, WEIGHTS, check_state, save_checkpoint
+    from ..folders import check_target
+    from .checkpoint import CHECKPOINT, check_state, save_checkpoint
     from .config import preset
     from .emo import build_model
 
     net, sd_vae, wav2vec2, out = Path(net), Path(sd_vae), Path(wav2vec2), Path(out)
-    if out.exists() and not ((out / CONFIG).is_file() and (out / WEIGHTS).is_file()) and (not out.is_dir() or any(out.iterdir())):
-        raise EmoteError(f"{out} exists and is not a checkpoint folder: refusing to replace it, choose another -o")
-    if out.exists() and not force:
-        raise EmoteError(f"checkpoint {out} exists: pass --force to replace it")
+    check_target(out, CHECKPOINT, force, "-o")  # before minutes of loading
     try:
         cfg = preset(preset_name)
     except ValueError as e:

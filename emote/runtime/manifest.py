@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EmoteError
+from ..folders import FolderKind, read_manifest
 
 FORMAT = "emote-bundle/1"
 MANIFEST = "manifest.json"
+BUNDLE = FolderKind("bundle", MANIFEST, FORMAT, "make one with `emote export`")
 
 
 def file_sha256(path: Path) -> str:
@@ -72,17 +74,7 @@ class Bundle:
     @classmethod
     def open(cls, path: str | Path, check_hashes: bool = True) -> "Bundle":
         path = Path(path)
-        mf = path / MANIFEST
-        if not mf.is_file():
-            raise EmoteError(f"{path} is not a bundle: no {MANIFEST} (make one with `emote export`)")
-        try:
-            manifest = json.loads(mf.read_text())
-        except (OSError, ValueError) as e:
-            raise EmoteError(f"{mf} is unreadable: {e}") from None
-        fmt = manifest.get("format")
-        if fmt != FORMAT:
-            raise EmoteError(f"bundle {path} has format {fmt!r}; this version of emote reads {FORMAT!r}: export it again")
-        bundle = cls(path, manifest)
+        bundle = cls(path, read_manifest(path, BUNDLE))
         if check_hashes:
             bundle.check_files()
         return bundle
