@@ -245,3 +245,34 @@ def test_fp16_graphs_within_bound(tiny_bundle, tiny_model):
     rows = verify_bundle(tiny_bundle, tiny_model, OnnxRuntimeBackend(), precision="fp16")
     assert {r.graph for r in rows} == {"denoise_step", "denoise_step_cond"}
     assert all(r.ok for r in rows) and min(r.sqnr_db for r in rows) >= 35.0
+
+
+def test_folding_keeps_external_weights_beside_the_graph(tmp_path):
+    """Graphs over 2 GB keep their weights in <graph>.onnx.data: folded in place, the weights still there."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from emote.export.bundle import fold_constants
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["w"], ["wt"]), helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "g.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    fold_constants(path, external=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.onnx", "g.onnx.data"]
+    folded = onnx.load(str(path), load_external_data=False)
+    assert [n.op_type for n in folded.graph.node] == ["MatMul"]  # the transpose folded into the weight
+    locations = {e.value for t in folded.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"g.onnx.data"}
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
