@@ -53,9 +53,13 @@ def _verify(args) -> int:
     if not inputs or not set(inputs) <= {"random", "real"}:
         raise EmoteError(f"--inputs {args.inputs!r}: give random, real or random,real")
     bundle = Bundle.open(args.bundle)
+    graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
+    unknown = sorted(set(graphs or ()) - {name for name in bundle.manifest["graphs"] if "." not in name})
+    if unknown:
+        raise EmoteError(f"--graphs: bundle {bundle.path} has no graph {', '.join(unknown)}")
     model = model_for_bundle(bundle.manifest, args.checkpoint)
     with make_backend(args.backend, args.precision, **_cpu_options(args)) as backend:
-        rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs)
+        rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs, graphs=graphs)
     for r in rows:
         print(r.line())
     failed = [r for r in rows if not r.ok]
@@ -356,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that precision")
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
+    d.add_argument("--graphs", help="only these graphs, comma-separated (default: all), e.g. reference_net,clip_condition")
     _add_cpu_options(d)
     d.set_defaults(run=_verify)
 

@@ -76,6 +76,12 @@ def test_verify_cli_exit_codes(tiny_bundle, tmp_path, capsys):
     assert main(["verify", str(tiny_bundle), "--checkpoint", str(tmp_path / "other"), "--inputs", "random"]) == 1
     out = capsys.readouterr().out
     assert "FAIL denoise_step " in out and " 0 failed" not in out
+    # --graphs: only those (a bundle too large to hold every graph's reference at once), unknown names refused
+    assert main(["verify", str(tiny_bundle), "--inputs", "random", "--graphs", "vae_decoder,audio_encoder"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("ok", "FAIL"))]
+    assert lines and {ln.split()[1] for ln in lines} == {"vae_decoder", "audio_encoder"}
+    assert main(["verify", str(tiny_bundle), "--graphs", "vae_decoder,unet"]) == 2
+    assert "has no graph unet" in capsys.readouterr().err
 
 
 def test_parity_tolerances():

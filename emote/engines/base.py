@@ -90,7 +90,7 @@ class Backend(ABC):
         return lambda: self.to_host(buf)
 
     def close(self) -> None:
-        """Free sessions and buffers."""
+        """Free sessions and buffers. A CPU backend may load graphs again afterwards."""
 
     def __enter__(self) -> "Backend":
         return self

@@ -188,6 +188,8 @@ def verify_bundle(
             ref = torch_outputs(g, feeds)
             got = engine.run({k: feeds[k] for k in engine.inputs})
             rows += compare(g.name, ref, got, precision, kind)
+        del engine
+        backend.close()  # one graph in memory at a time: emo-sd15's four largest hold 17 GB together
     if not checked:
         from ..errors import EmoteError
 
