@@ -236,8 +236,7 @@ class EMOModel(nn.Module):
         if guidance is not None:
             uncond = self.uncond_audio_kv() if uncond is None else uncond
             audio = [
-                (torch.cat([batched(ku, f), batched(kc, f)]), torch.cat([batched(vu, f), batched(vc, f)]))
-                for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)
+                (branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)
             ]
             x = torch.cat([x, x])
         cond = StepCondition(ctx=audio, ref=ref, motion=clip.motion, speed=clip.speed, face=clip.face, frames=f)
@@ -253,20 +252,24 @@ class EMOModel(nn.Module):
             cond = StepCondition(ctx=video.context, ref=ref, motion=clip.motion, face=clip.face, audio=clip.audio, **shared)
             return self.backbone(x, t, cond)
         context_u, audio_u = (self.uncond_context_kv(), self.uncond_audio_kv()) if uncond is None else uncond
-        pair = lambda u, c: torch.cat([batched(u, f), batched(c, f)])  # noqa: E731
         cond = StepCondition(
-            ctx=[(pair(ku, kc), pair(vu, vc)) for (ku, vu), (kc, vc) in zip(context_u, video.context, strict=True)],
+            ctx=[(branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(context_u, video.context, strict=True)],
             ref=ref,
             ref_skip=f,
             motion=[tuple(torch.cat(s) for s in zip(u, c, strict=True)) for u, c in zip(clip.uncond_motion, clip.motion, strict=True)],
-            face=pair(torch.zeros_like(clip.face), clip.face),
+            face=branches(torch.zeros_like(clip.face), clip.face, f),
             audio=[
-                tuple((pair(ku, kc), pair(vu, vc)) for (ku, vu), (kc, vc) in zip(u, c, strict=True))
+                tuple((branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(u, c, strict=True))
                 for u, c in zip(audio_u, clip.audio, strict=True)
             ],
             **shared,
         )
         return guide(self.backbone(torch.cat([x, x]), t, cond), f, guidance)
+
+
+def branches(uncond: Tensor, cond: Tensor, frames: int) -> Tensor:
+    """[uncond; cond]: one tensor of each guidance branch, each broadcast to ``frames`` rows."""
+    return torch.cat([batched(uncond, frames), batched(cond, frames)])
 
 
 def guide(out: Tensor, frames: int, guidance: Tensor | float) -> Tensor:
