@@ -148,9 +148,7 @@ def _build(args) -> int:
 
 def _hallo_options(args) -> dict:
     """--face-embedding / --face-model / --region-weights -> Pipeline keyword arguments (Hallo bundles)."""
-    out: dict = {}
-    if args.face_embedding and args.face_model:
-        raise EmoteError("give --face-embedding or --face-model, not both")
+    out: dict = {}  # both given: the Pipeline refuses it before any work
     if args.face_embedding:
         out["face_embedding"] = args.face_embedding  # a path: the pipeline reads it and checks it against the bundle
     if args.face_model:

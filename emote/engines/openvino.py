@@ -18,7 +18,6 @@ OpenVINO. Knows OpenVINO and nothing of diffusion.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -145,12 +144,14 @@ class OpenVINOBackend(Backend):
         if not self.cache:
             return None
         if self.cache_dir is None:
+            from ..runtime.manifest import Bundle
+
             try:
-                bundle_hash = json.loads((folder / "manifest.json").read_text())["bundle_hash"]
-            except (OSError, ValueError, KeyError):
+                bundle = Bundle.open(folder, check_hashes=False)  # the pipeline checked the hashes
+            except EmoteError:
                 return None  # not a bundle (a scratch graph): nothing to key a cache by
             dev = self.device.replace(".", "_")
-            path = folder / "engines" / f"openvino-{dev}-ov{self.version}-{bundle_hash}"
+            path = folder / "engines" / f"openvino-{dev}-ov{self.version}-{bundle.hash}"
         else:
             path = self.cache_dir
         try:
