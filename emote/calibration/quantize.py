@@ -128,7 +128,7 @@ class Feeds(CalibrationDataReader):
 
 class _NoPreprocessAdvice(logging.Filter):
     """onnxruntime.quantization logs advice to run its pre-processing on every call; export already did
-    (onnxslim: constant folding, dead nodes, shape inference)."""
+    (ONNX Runtime's constant folding, onnxslim, shape inference)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-process" not in record.getMessage()
