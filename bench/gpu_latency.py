@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emote.demo import example_inputs  # noqa: E402
-from emote.runtime.manifest import Bundle  # noqa: E402
+from emote.bundle import Bundle  # noqa: E402
+from emote.runtime.examples import example_inputs  # noqa: E402
 from emote.runtime.pipeline import Pipeline  # noqa: E402
 
 STAGES = ("reference_net", "audio_encoder", "vae_encoder", "clip_condition", "denoise_loop", "vae_decoder")
@@ -55,7 +55,7 @@ def main() -> int:
     args = ap.parse_args()
 
     bundle = Bundle.open(args.bundle)
-    portrait, audio = example_inputs(bundle.config["resolution"])
+    portrait, audio = example_inputs(bundle.geometry.resolution)
     variants = {
         f"{mode}{'+graph' if graph else '-nograph'}": dict(graph=graph, overlap=(mode == "stream"))
         for mode in ("profile", "stream") for graph in (True, False)
@@ -100,7 +100,7 @@ def main() -> int:
     print(f"{'per clip (stream runs)':<30}{g * 1e3:>10.2f}{n * 1e3:>10.2f}{n / g:>8.2f}x")
     g, n = med(samples["stream+graph"]["first"]), med(samples["stream-nograph"]["first"])
     print(f"{'first clip (stream runs)':<30}{g * 1e3:>10.2f}{n * 1e3:>10.2f}{n / g:>8.2f}x")
-    frames = bundle.config["frames"]
+    frames = bundle.geometry.frames
     print(f"\nframes per second (stream+graph, steady state): {frames / med(samples['stream+graph']['clip']):.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"bundle": str(args.bundle), "precision": args.precision, "steps": k,

@@ -15,8 +15,8 @@ from pathlib import Path
 from emote.bench.report import write_reports
 from emote.bench.run import benchmark
 from emote.bench.variants import VariantSpec
-from emote.demo import example_inputs
-from emote.runtime.manifest import Bundle
+from emote.bundle import SAMPLE_RATE, Bundle
+from emote.runtime.examples import example_inputs
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
         VariantSpec(f"ort-{name}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend_options={"spinning": spin})
         for name, spin in (("spinning", True), ("no-spinning", False))
     ]
-    portrait, audio = example_inputs(bundle.config["resolution"])
-    record = benchmark(bundle.path, specs, portrait, audio[: int(args.seconds * 16000)], repeat=args.repeat)
+    portrait, audio = example_inputs(bundle.geometry.resolution)
+    record = benchmark(bundle.path, specs, portrait, audio[: int(args.seconds * SAMPLE_RATE)], repeat=args.repeat)
     paths = write_reports(record, Path(args.out))
     print(paths["markdown"].read_text())
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emote.calibration import quantize as q  # noqa: E402
 from emote.calibration.record import CalibrationSet  # noqa: E402
 from emote.export.parity import sqnr_db  # noqa: E402
-from emote.runtime.manifest import Bundle  # noqa: E402
+from emote.bundle import Bundle, GraphSpec  # noqa: E402
 
 
 def quantize(src: Path, dst: Path, feeds, exclude, *, ops=q.QUANT_OPS, signed=True, inputs_only=True) -> None:
@@ -41,7 +41,7 @@ def quantize(src: Path, dst: Path, feeds, exclude, *, ops=q.QUANT_OPS, signed=Tr
 def openvino_outputs(path: Path, feeds) -> dict[str, np.ndarray]:
     from emote.engines.openvino import OpenVINOBackend
 
-    graph = OpenVINOBackend(precision="int8", cache=False).load("g", path)
+    graph = OpenVINOBackend(precision="int8", cache=False).load(GraphSpec.standalone(path, "g"))
     got = [graph.run({n: f[n] for n in graph.inputs}) for f in feeds]
     return {o: np.stack([g[o] for g in got]) for o in graph.outputs}
 
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args()
     bundle = Bundle.open(args.bundle)
-    src = bundle.graph_path(args.graph)
+    src = bundle.graph(args.graph).path
     fp32 = q.load_onnx(src)
     _, kept = q.layers(fp32)
     concat_fed = [n for n, why in kept.items() if "Concat" in why]

@@ -40,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 from emote.bench.run import benchmark, machine  # noqa: E402
 from emote.bench.variants import VariantSpec  # noqa: E402
 from emote.export.parity import sqnr_db  # noqa: E402
-from emote.runtime.manifest import Bundle  # noqa: E402
-from emote.runtime.pipeline import graph_precision, make_backend  # noqa: E402
+from emote import precision as policy  # noqa: E402
+from emote.bundle import SAMPLE_RATE, Bundle  # noqa: E402
+from emote.engines import open_backend  # noqa: E402
 
 STEP = "denoise_step"
 
@@ -59,14 +60,14 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
 
         path = ensure_bundle(out / f"bundle-{args.preset}", args.preset)
     bundle = Bundle.open(path)
-    if f"{STEP}.fp16" not in bundle.manifest["graphs"]:
+    if not bundle.has(STEP, "fp16"):
         print("adding fp16 step graphs", flush=True)
         bundle = export_fp16(bundle, progress=print)
     calib = Path(args.calib) if args.calib else out / "calib"
     if not (calib / "calibration.json").is_file():
         from PIL import Image
 
-        from emote.demo import PORTRAIT, SPEECH
+        from emote.runtime.examples import PORTRAIT, SPEECH
         from training.portrait import random_params, render_portrait
 
         images, audio = out / "calib-inputs" / "images", out / "calib-inputs" / "audio"
@@ -78,7 +79,7 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
             Image.fromarray(render_portrait(random_params(rng), 256, mouth_open=0.25 * i)).save(images / f"face{i}.png")
         (audio / "speech.wav").write_bytes(SPEECH.read_bytes())
         calibrate(bundle.path, images, audio, calib, samples=args.calib_samples, force=True)
-    if f"{STEP}.int8" not in bundle.manifest["graphs"]:
+    if not bundle.has(STEP, "int8"):
         bundle = quantize_bundle(bundle.path, calib, sensitivity=not args.no_sensitivity, progress=lambda m: print(m, flush=True))
     return Bundle.open(bundle.path), calib
 
@@ -96,17 +97,15 @@ def step_variants(bundle: Bundle) -> list[tuple[str, str, str, dict]]:
             out.append((f"ov-{p}", "openvino", p, {}))
     if "int8" in cpu and "bf16" in cpu:
         out.append(("ov-int8+bf16", "openvino", "int8", {"inference_precision": "bf16"}))
-    graphs = {graph_precision(be, p) for _, be, p, _ in out}
-    have = {g for g in graphs if g == "fp32" or f"{STEP}.{g}" in bundle.manifest["graphs"]}
-    return [v for v in out if graph_precision(v[1], v[2]) in have]
+    return [v for v in out if bundle.has(STEP, policy.graph_precision(v[1], v[2]))]
 
 
 class StepRunner:
     """One variant's denoise_step bound once to its own copy of the inputs."""
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, options: dict, threads: int):
-        self.backend = make_backend(backend, precision, threads=threads, **options)
-        self.graph = self.backend.load(STEP, bundle.graph_path(STEP, graph_precision(backend, precision)))
+        self.backend = open_backend(backend, precision, threads=threads, **options)
+        self.graph = self.backend.load(policy.graph_for(bundle, STEP, backend, precision))
         self.ins = {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.graph.inputs.items()}
         self.outs = {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.graph.outputs.items()}
         self.call = self.graph.bind(self.ins, self.outs)
@@ -163,13 +162,13 @@ def bench_steps(bundle: Bundle, calib: Path, args) -> dict:
 
 
 def bench_end_to_end(bundle: Bundle, args) -> dict:
-    from emote.demo import example_inputs
+    from emote.runtime.examples import example_inputs
 
     specs = []
     for name, be, p, opts in step_variants(bundle):
         specs.append(VariantSpec(f"{name}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend=be, precision=p, backend_options=opts))
-    portrait, audio = example_inputs(bundle.config["resolution"])
-    return benchmark(bundle.path, specs, portrait, audio[: int(args.seconds * 16000)], repeat=args.repeat, warmup=1,
+    portrait, audio = example_inputs(bundle.geometry.resolution)
+    return benchmark(bundle.path, specs, portrait, audio[: int(args.seconds * SAMPLE_RATE)], repeat=args.repeat, warmup=1,
                      threads=args.threads, progress=lambda m: print(m, flush=True))
 
 
@@ -255,8 +254,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "threads": args.threads,
-        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.manifest["preset"],
-                   "weights": bundle.manifest.get("weights", {}).get("source")},
+        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset,
+                   "weights": bundle.weights.get("source")},
         "config": {k: getattr(args, k) for k in ("rounds", "calls", "samples", "seconds", "repeat", "min_sqnr", "min_psnr")},
         "step": step,
         "end_to_end": {k: e2e[k] for k in ("config", "results", "peak_gflops", "flops")},

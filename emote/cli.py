@@ -44,22 +44,23 @@ def _export(args) -> int:
 
 
 def _verify(args) -> int:
+    from .bundle import Bundle
     from .export.parity import verify_bundle
     from .models.checkpoint import model_for_bundle
-    from .runtime.manifest import Bundle
-    from .runtime.pipeline import make_backend
+    from .runtime.backend_choice import resolve
 
     inputs = tuple(s.strip() for s in args.inputs.split(",") if s.strip())
     if not inputs or not set(inputs) <= {"random", "real"}:
         raise EmoteError(f"--inputs {args.inputs!r}: give random, real or random,real")
     bundle = Bundle.open(args.bundle)
     graphs = [g.strip() for g in args.graphs.split(",") if g.strip()] if args.graphs else None
-    unknown = sorted(set(graphs or ()) - {name for name in bundle.manifest["graphs"] if "." not in name})
+    unknown = sorted(set(graphs or ()) - set(bundle.names))
     if unknown:
         raise EmoteError(f"--graphs: bundle {bundle.path} has no graph {', '.join(unknown)}")
-    model = model_for_bundle(bundle.manifest, args.checkpoint)
-    with make_backend(args.backend, args.precision, **_cpu_options(args)) as backend:
-        rows = verify_bundle(bundle.path, model, backend, precision=args.precision, inputs=inputs, graphs=graphs)
+    choice = resolve(args.backend, args.precision, _backend_flags(args))
+    model = model_for_bundle(bundle, args.checkpoint)
+    with choice.open() as backend:
+        rows = verify_bundle(bundle.path, model, backend, precision=choice.precision, inputs=inputs, graphs=graphs)
     for r in rows:
         print(r.line())
     failed = [r for r in rows if not r.ok]
@@ -67,14 +68,13 @@ def _verify(args) -> int:
     return 1 if failed else 0
 
 
-def _cpu_options(args) -> dict:
-    """--device/--threads/--streams: OpenVINO's device and streams, either CPU backend's threads."""
-    if args.backend != "openvino" and (args.device or args.streams):
-        raise EmoteError("--device and --streams are for --backend openvino (ONNX Runtime: --providers)")
-    options: dict = {"threads": args.threads} if args.threads else {}
-    if args.backend == "openvino":
-        options.update({k: v for k, v in (("device", args.device), ("streams", args.streams)) if v})
-    return options
+def _backend_flags(args) -> dict:
+    """--providers/--threads/--device/--streams/--engines/--cuda-graph as backend options, by the same
+    names; the resolver (runtime/backend_choice.py) checks them against the backend and picks one they fit."""
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
+    flags = {"providers": providers, "threads": args.threads, "device": args.device, "streams": args.streams,
+             "engines": getattr(args, "engines", None), "cuda_graph": getattr(args, "cuda_graph", None)}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _calibrate(args) -> int:
@@ -90,8 +90,8 @@ def _quantize(args) -> int:
     graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
     say = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.precision == "fp16":
+        from .bundle import Bundle
         from .calibration.fp16 import export_fp16
-        from .runtime.manifest import Bundle
 
         bundle = export_fp16(Bundle.open(args.bundle), args.checkpoint, graphs, progress=say)
     else:
@@ -102,43 +102,22 @@ def _quantize(args) -> int:
         bundle = quantize_bundle(args.bundle, args.calib, graphs, target_db=args.target_db,
                                  sensitivity=not args.no_sensitivity, progress=say)
     for g in graphs:
-        entry = bundle.manifest["graphs"][f"{g}.{args.precision}"]
-        q = entry.get("quantization")
+        spec = bundle.graph(g, args.precision)
+        q = spec.quantization
         extra = f": SQNR {', '.join(f'{k} {v:.1f} dB' for k, v in q['sqnr_db'].items())} on calibration data" if q else ""
-        print(f"wrote {bundle.path / entry['file']}{extra}")
+        print(f"wrote {spec.path}{extra}")
     return 0
 
 
-def _backend_options(args) -> dict | None:
-    """--backend/--providers/--engines/--cuda-graph as the chosen backend's options; a mismatch is an error."""
-    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
-    gpu_ort = bool(providers) and providers[0].lower() in ("cuda", "tensorrt", "cudaexecutionprovider", "tensorrtexecutionprovider")
-    if args.backend == "tensorrt":
-        if providers:
-            raise EmoteError("--providers is for --backend onnxruntime; --backend tensorrt runs TensorRT plans directly")
-        return {"engines": args.engines, "cuda_graph": args.cuda_graph is not False}
-    if args.backend == "onnxruntime":
-        if (args.engines or args.cuda_graph) and not gpu_ort:
-            raise EmoteError("--engines and --cuda-graph need a GPU: --backend tensorrt, or --providers cuda / tensorrt")
-        options: dict = {"providers": providers} if providers else {}
-        options.update(_cpu_options(args))
-        if gpu_ort:
-            # ORT captures a graph only when every node runs on the GPU provider: opt-in
-            options.update(cuda_graph=bool(args.cuda_graph), cache_dir=args.engines)
-        return options or None
-    if args.engines or args.cuda_graph or providers:
-        raise EmoteError(f"--providers, --engines and --cuda-graph do not apply to --backend {args.backend}")
-    return _cpu_options(args) or None
-
-
 def _build(args) -> int:
-    from .engines.trt_build import build_engines, io_bytes
-    from .runtime.manifest import Bundle
+    from .bundle import Bundle
+    from .engines.trt_build import build_engines
+    from .runtime.pipeline import buffer_bytes
 
     engine_dir, results = build_engines(args.bundle, args.precision, args.engines, opt_level=args.opt_level,
                                         workspace_gb=args.workspace, force=args.force, device=args.device)
     plans = sum(r.plan_bytes for r in results)
-    buffers = io_bytes(Bundle.open(args.bundle, check_hashes=False), args.precision)
+    buffers = buffer_bytes(Bundle.open(args.bundle, check_hashes=False), "tensorrt", args.precision)
     built = sum(r.status == "built" for r in results)
     print(f"{built} built, {len(results) - built} up to date in {engine_dir}")
     print(f"device memory: plans {plans / 2**20:.0f} MB + runtime buffers {buffers / 2**20:.0f} MB "
@@ -146,8 +125,9 @@ def _build(args) -> int:
     return 0
 
 
-def _hallo_options(args) -> dict:
-    """--face-embedding / --face-model / --region-weights -> Pipeline keyword arguments (Hallo bundles)."""
+def _family_options(args) -> dict:
+    """--face-embedding / --face-model / --region-weights -> the family options of Pipeline (Hallo bundles;
+    the bundle's family refuses what it does not take)."""
     out: dict = {}  # both given: the Pipeline refuses it before any work
     if args.face_embedding:
         out["face_embedding"] = args.face_embedding  # a path: the pipeline reads it and checks it against the bundle
@@ -177,29 +157,12 @@ def _import_hallo(args) -> int:
     return 0
 
 
-def _default_backend(args) -> None:
-    """No --backend: the default chosen from the CPU figures (runtime/backend_choice.py); backend options name theirs."""
-    from .runtime.backend_choice import default_backend
-
-    if args.backend is not None:
-        return
-    if args.providers or args.engines or args.cuda_graph:
-        args.backend = "onnxruntime"
-    elif args.device or args.streams:
-        args.backend = "openvino"  # its precision: what the named device computes (the Pipeline resolves it)
-    else:
-        args.backend, args.precision = default_backend(args.precision)
-
-
 def _generate(args) -> int:
     from .runtime.face import parse_face_box
     from .runtime.generate import generate_video
     from .runtime.pipeline import Pipeline
 
     face_box = parse_face_box(args.face_box) if args.face_box else None
-    _default_backend(args)
-    backend_options = _backend_options(args)
-    hallo = _hallo_options(args)
     with Pipeline(
         args.bundle,
         backend=args.backend,
@@ -208,8 +171,8 @@ def _generate(args) -> int:
         steps=args.steps,
         guidance_scale=args.guidance,
         guidance_steps=args.guidance_steps if args.guidance_steps is not None else "default",
-        backend_options=backend_options,
-        **hallo,
+        backend_options=_backend_flags(args),
+        **_family_options(args),
     ) as pipe:
         summary = generate_video(
             pipe, args.image, args.audio, args.out, seed=args.seed, face_box=face_box, fps=args.fps,
@@ -219,31 +182,15 @@ def _generate(args) -> int:
     return 0
 
 
-def _gpu_variants(bundle) -> list:
-    """TensorRT at the best precision the bundle has (and fp32), each with and without the CUDA graph."""
-    from .bench.variants import VariantSpec
-    from .engines.trt_build import import_tensorrt
-
-    import_tensorrt()  # one clear line now, rather than after the CPU variants ran
-    graphs = bundle.manifest["graphs"]
-    precisions = [p for p in ("int8", "fp16") if f"denoise_step.{p}" in graphs][:1] + ["fp32"]
-    out = []
-    for p in precisions:
-        out.append(VariantSpec(f"trt-{p}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p))
-        out.append(VariantSpec(f"trt-{p}-dpm4-g1-nograph", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p,
-                               backend_options={"cuda_graph": False}))
-    return out
-
-
 def _bench(args) -> int:
     from pathlib import Path
 
     from .bench.report import write_reports
     from .bench.run import benchmark
-    from .bench.variants import default_variants
-    from .demo import example_inputs
+    from .bench.variants import default_variants, gpu_variants, select
+    from .bundle import SAMPLE_RATE, Bundle
     from .export.bundle import ensure_bundle
-    from .runtime.manifest import Bundle
+    from .runtime.examples import example_inputs
 
     out = Path(args.out)
     if args.bundle and args.preset:
@@ -259,20 +206,12 @@ def _bench(args) -> int:
         bundle = Bundle.open(ensure_bundle(out / f"bundle-{preset_name}", preset_name))
     else:
         raise EmoteError("give --bundle BUNDLE or --preset NAME (or --quick for the tiny preset)")
-    specs = default_variants(bundle, quick=args.quick)
-    if args.gpu:
-        specs += _gpu_variants(bundle)
-    specs = _select_variants(specs, args)
-    if args.variants:
-        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
-        known = {s.name: s for s in specs}
-        unknown = [w for w in wanted if w not in known]
-        if unknown:
-            raise EmoteError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(known)}")
-        specs = [known[w] for w in wanted]
-    portrait, audio = example_inputs(bundle.config["resolution"])
+    specs = default_variants(bundle, quick=args.quick) + (gpu_variants(bundle) if args.gpu else [])
+    names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    specs = select(specs, backend=args.backend, precision=args.precision, device=args.device, names=names)
+    portrait, audio = example_inputs(bundle.geometry.resolution)
     if args.seconds:
-        audio = audio[: int(args.seconds * 16000)]
+        audio = audio[: int(args.seconds * SAMPLE_RATE)]
     record = benchmark(bundle.path, specs, portrait, audio, repeat=args.repeat or 3,
                        warmup=1 if args.warmup is None else args.warmup, threads=args.threads,
                        progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
@@ -281,26 +220,6 @@ def _bench(args) -> int:
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _select_variants(specs: list, args) -> list:
-    """--backend/--precision/--device: the runtime variants of that backend and precision (and the baseline)."""
-    from dataclasses import replace
-
-    if args.device and args.backend != "openvino":
-        raise EmoteError("--device is for --backend openvino")
-    if not (args.backend or args.precision):
-        return specs
-    keep = [s for s in specs if s.kind == "reference" or ((not args.backend or s.backend == args.backend)
-                                                           and (not args.precision or s.precision == args.precision))]
-    if not any(s.kind == "runtime" for s in keep):
-        have = ", ".join(f"{s.backend} {s.precision}" for s in specs if s.kind == "runtime")
-        raise EmoteError(f"no variant runs {args.backend or 'any backend'} at {args.precision or 'any precision'} "
-                         f"with this bundle (it has: {have})")
-    if args.device:
-        keep = [replace(s, backend_options={**s.backend_options, "device": args.device}) if s.backend == "openvino" else s
-                for s in keep]
-    return keep
 
 
 def _demo(args) -> int:
@@ -354,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("verify", help="each graph of a bundle against PyTorch: max abs/rel error and SQNR per output")
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--checkpoint", help="the checkpoint the bundle was exported from (default: as recorded in the manifest)")
-    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"],
+                   help="default onnxruntime; tensorrt needs an NVIDIA GPU (it builds the plans it lacks)")
     d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that precision")
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")

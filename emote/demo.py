@@ -6,46 +6,30 @@ its weights are unchanged (the manifest records both).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+from .errors import EmoteError
+from .runtime.examples import PORTRAIT, SPEECH, example_inputs
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-PORTRAIT = ASSETS / "portrait.png"
-SPEECH = ASSETS / "speech.wav"
 PRESET = "demo"
 
 
-def example_inputs(resolution: int):
-    """The committed example portrait (cropped around its face) and speech (16 kHz float32)."""
-    from .runtime.audio import load_audio
-    from .runtime.face import prepare_portrait
-
-    return prepare_portrait(PORTRAIT, resolution), load_audio(SPEECH)
-
-
 def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
+    from .export.bundle import ensure_bundle
     from .models.checkpoint import shipped_checkpoint
     from .runtime.generate import generate_video
     from .runtime.pipeline import Pipeline
 
+    if shipped_checkpoint(PRESET) is None:
+        raise EmoteError(f"the shipped {PRESET} weights (emote/weights/{PRESET}) are missing: reinstall emote")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .export.bundle import ensure_bundle
-
     bundle = ensure_bundle(out / "bundle", PRESET)
     video = out / "demo.mp4"
     with Pipeline(bundle, steps=steps) as pipe:
         summary = generate_video(pipe, PORTRAIT, SPEECH, video)
     print(f"wrote {video}: {summary.line()}")
-    if shipped_checkpoint(PRESET) is not None:
-        print(lip_sync_line(video, pipe.resolution, pipe.fps))
-    else:
-        print(
-            "NOTE: the demo model is untrained (random weights): the video shows what the pipeline does with noise, "
-            "not a talking face. Trained demo weights are not shipped yet.",
-            file=sys.stderr,
-        )
+    print(lip_sync_line(video, pipe.resolution, pipe.fps))
     return 0
 
 

@@ -5,43 +5,21 @@ Imports each optional library only to read its version; never fails for a missin
 
 from __future__ import annotations
 
-import importlib
+import os
 import platform
 import sys
-from pathlib import Path
 
-from .engines.probe import has_module, nvidia_gpus
-
-CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def version(module: str) -> str | None:
-    if not has_module(module):
-        return None
-    try:
-        return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception as e:  # a broken install is worth reporting, not crashing on
-        return f"broken ({type(e).__name__}: {e})"
-
-
-def cpu_features() -> tuple[str, list[str]]:
-    name, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    return name, [f for f in CPU_FLAGS if f in flags]
+from .engines.probe import cpu_class, has_module, module_version, nvidia_gpus
+from .errors import EmoteError
 
 
 def report() -> list[tuple[str, str]]:
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform())]
-    cpu, flags = cpu_features()
-    rows.append(("cpu", f"{cpu}; {len(__import__('os').sched_getaffinity(0))} cores usable; {' '.join(flags) or 'no AVX2'}"))
+    cpu = cpu_class()
+    rows.append(("cpu", f"{cpu.model}; {len(os.sched_getaffinity(0))} cores usable; {' '.join(cpu.flags) or 'no AVX2'}"))
+    rows.append(("cpu class", f"{cpu.label} (bench/RESULTS.md labels its figures with it)"))
     for mod in ("numpy", "onnxruntime", "onnx", "torch", "diffusers", "transformers", "openvino", "tensorrt"):
-        rows.append((mod, version(mod) or "not installed"))
+        rows.append((mod, module_version(mod) or "not installed"))
     if has_module("onnxruntime"):
         import onnxruntime as ort
 
@@ -74,7 +52,11 @@ def report() -> list[tuple[str, str]]:
     rows.append(("backends that will work", ", ".join(backends) or "none"))
     from .runtime.backend_choice import default_backend
 
-    rows.append(("default cpu backend", "{} {} (emote generate without --backend; bench/RESULTS.md)".format(*default_backend())))
+    try:
+        backend, precision, reason = default_backend()
+        rows.append(("default cpu backend", f"{backend} {precision} ({reason}; emote generate without --backend)"))
+    except EmoteError as e:
+        rows.append(("default cpu backend", f"unavailable ({e})"))
     return rows
 
 

@@ -7,7 +7,9 @@ written into a temporary sibling and renamed onto the target only when complete,
 an interrupted or failed write leaves the old folder as it was and nothing half-written.
 A target that exists is replaced only with ``force``, and never when it is not a folder
 of that kind. Reading one goes through ``read_manifest``: one-line errors that say
-which command makes the folder. Only the standard library: the runtime imports it.
+which command makes the folder. Single files are written the same way (``atomic_path``,
+``write_atomic``): into a temporary sibling, renamed when complete. Only the standard
+library: every layer imports it.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class FolderKind:
         return isinstance(found, str) and found.split("/")[0] == self.format.split("/")[0]
 
 
-def read_manifest(folder: str | Path, kind: FolderKind) -> dict:
-    """``folder``'s manifest, its format checked; else one ``EmoteError`` saying what to run."""
+def read_manifest(folder: str | Path, kind: FolderKind, reads: tuple[str, ...] = ()) -> dict:
+    """``folder``'s manifest, its format checked (``kind.format``, or one of the older ``reads``);
+    else one ``EmoteError`` saying what to run."""
     folder = Path(folder)
     path = folder / kind.manifest
     if not path.is_file():
@@ -53,7 +56,7 @@ def read_manifest(folder: str | Path, kind: FolderKind) -> dict:
     except (OSError, ValueError) as e:
         raise EmoteError(f"{path} is unreadable: {e}") from None
     found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != kind.format:
+    if found != kind.format and found not in reads:
         raise EmoteError(f"{kind.noun} {folder} has format {found!r}; this version of emote reads {kind.format!r} ({kind.hint})")
     return manifest
 
@@ -79,8 +82,18 @@ def staged_folder(out: str | Path, kind: FolderKind, *, force: bool = False, opt
 
     On any error (or interrupt) the temporary folder is removed and ``out`` is untouched.
     """
-    out = Path(out)
     check_target(out, kind, force, option)
+    with staged_dir(out) as tmp:
+        yield tmp
+
+
+@contextmanager
+def staged_dir(out: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder of ``out``, renamed onto it (replacing it) when the block ends without error.
+
+    On any error (or interrupt) the temporary folder is removed and ``out`` is untouched.
+    """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -92,3 +105,28 @@ def staged_folder(out: str | Path, kind: FolderKind, *, force: bool = False, opt
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; renamed onto ``path`` when the block ends without error.
+
+    On any error (or interrupt) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it private; what we write is an ordinary file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole or is as it was: never half a file under the real name."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

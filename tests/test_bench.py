@@ -73,3 +73,24 @@ def test_flop_count_of_known_graphs(tmp_path):
     path = tmp_path / "g.onnx"
     onnx.save(onnx.shape_inference.infer_shapes(helper.make_model(graph)), str(path))
     assert count_flops(path) == 2 * 800 * 27 + 2 * 250 * 16
+
+
+def test_bench_on_a_cpu_without_bf16_selects_and_measures_only_what_it_runs(tiny_bundle, monkeypatch):
+    """`emote bench` on an AVX2-only CPU: OpenVINO reports FP32 and INT8 only; no bf16 variant, no bf16 peak."""
+    import pytest
+
+    pytest.importorskip("openvino")
+    from emote.bench import variants
+    from emote.bench.peak import measure_peaks, peak_key
+    from emote.bundle import Bundle
+    from emote.runtime import backend_choice
+
+    monkeypatch.setattr(backend_choice, "openvino_native", lambda device="CPU": ["fp32", "int8"])
+    specs = variants.default_variants(Bundle.open(tiny_bundle))
+    ov = [s for s in specs if s.backend == "openvino"]
+    assert [s.precision for s in ov] == ["fp32"]  # no int8 graphs in this bundle, no bf16 on this CPU
+    asked = []
+    monkeypatch.setattr("emote.bench.peak.measure_peak", lambda backend, dtype="float32": asked.append((backend.name, dtype)) or 1.0)
+    peaks = measure_peaks(specs, threads=1)
+    assert set(peaks) == {peak_key(s) for s in specs if s.kind == "runtime"} == {"onnxruntime-fp32", "onnxruntime-fp16", "openvino-fp32"}
+    assert ("onnxruntime", "float16") in asked and all(b != "openvino" or d == "float32" for b, d in asked)

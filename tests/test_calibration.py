@@ -12,8 +12,8 @@ from onnx import TensorProto, numpy_helper
 from emote.calibration.quantize import INT8_TARGET_DB, layers
 from emote.calibration.record import CalibrationSet
 from emote.cli import main
+from emote.bundle import Bundle, file_sha256
 from emote.errors import EmoteError
-from emote.runtime.manifest import Bundle, file_sha256
 
 STEP = ("denoise_step", "denoise_step_cond")
 
@@ -43,10 +43,10 @@ def test_calibration_records_whole_trajectories_in_bounded_shards(tiny_int8_bund
         # a sample resolves to the graph's declared inputs, with the recorded row's timestep
         feeds = calib.feeds("denoise_step_cond", limit=3)  # served by the guided graph's calls
         spec = Bundle.open(tiny_bundle).graph("denoise_step_cond")
-        assert [set(f) for f in feeds] == [{n for n, _, _ in spec.inputs}] * 3
+        assert [set(f) for f in feeds] == [{t.name for t in spec.inputs}] * 3
         for f in feeds:
-            for name, shape, dtype in spec.inputs:
-                assert f[name].shape == shape and f[name].dtype == np.dtype(dtype)
+            for t in spec.inputs:
+                assert f[t.name].shape == t.shape and f[t.name].dtype == np.dtype(t.dtype)
         assert feeds[0]["row"][0] > feeds[-1]["row"][0]  # spread from early to late steps
 
 
@@ -109,10 +109,10 @@ def test_int8_graph_within_bound_and_recorded(tiny_int8_bundle, tiny_model):
     bundle_path, calib = tiny_int8_bundle
     bundle = Bundle.open(bundle_path)  # every sha256 checks out, reports included
     for g in STEP:
-        entry = bundle.manifest["graphs"][f"{g}.int8"]
-        fp32 = bundle.manifest["graphs"][g]
-        assert entry["precision"] == "int8" and entry["inputs"] == fp32["inputs"] and entry["outputs"] == fp32["outputs"]
-        q = entry["quantization"]
+        entry = bundle.graph(g, "int8")
+        fp32 = bundle.graph(g)
+        assert entry.precision == "int8" and entry.inputs == fp32.inputs and entry.outputs == fp32.outputs
+        q = entry.quantization
         assert q["sqnr_db"]["x_next"] >= q["target_sqnr_db"] == INT8_TARGET_DB and q["sqnr_db"]["x0"] > 15.0
         assert q["calibration"]["samples"] >= 24
     rows = verify_bundle(bundle_path, tiny_model, OnnxRuntimeBackend(), precision="int8", inputs=("real",))
@@ -124,9 +124,9 @@ def test_int8_graph_within_bound_and_recorded(tiny_int8_bundle, tiny_model):
 def test_sensitivity_report_is_data(tiny_int8_bundle):
     bundle_path, _ = tiny_int8_bundle
     bundle = Bundle.open(bundle_path)
-    q = bundle.manifest["graphs"]["denoise_step.int8"]["quantization"]
+    q = bundle.graph("denoise_step", "int8").quantization
     assert q["reports"] == ["reports/denoise_step.int8.sensitivity.json", "reports/denoise_step.int8.sensitivity.md"]
-    assert all(r in bundle.manifest["files"] for r in q["reports"])
+    assert all(r in bundle.files for r in q["reports"])
     report = json.loads((bundle_path / q["reports"][0]).read_text())
     candidates, kept = layers(onnx.load(str(bundle_path / "denoise_step.onnx")))
     assert len(report["sensitivity"]) == len(candidates) > 50 and set(report["rule_float"]) == set(kept)
@@ -139,7 +139,7 @@ def test_sensitivity_report_is_data(tiny_int8_bundle):
     md = (bundle_path / q["reports"][1]).read_text()
     assert "| layer | op | weight | SQNR dB | kept float |" in md and "conv_in" in md
     # denoise_step_cond was quantized without the sweep: rules only, no report
-    assert bundle.manifest["graphs"]["denoise_step_cond.int8"]["quantization"]["reports"] == []
+    assert bundle.graph("denoise_step_cond", "int8").quantization["reports"] == []
 
 
 def test_pipeline_and_generate_run_int8(tiny_int8_bundle, tiny_inputs, tmp_path):
@@ -153,8 +153,8 @@ def test_pipeline_and_generate_run_int8(tiny_int8_bundle, tiny_inputs, tmp_path)
     with Pipeline(bundle, backend="onnxruntime", precision="fp32") as p32:
         a = p32.generate(portrait, audio[:8000])
     with Pipeline(bundle, backend="onnxruntime", precision="int8") as p8:
-        assert p8._precision_of("denoise_step") == p8._precision_of("denoise_step_cond") == "int8"
-        assert p8._precision_of("vae_decoder") == "fp32"  # graphs without an int8 variant stay fp32
+        assert p8.specs["denoise_step"].precision == p8.specs["denoise_step_cond"].precision == "int8"
+        assert p8.specs["vae_decoder"].precision == "fp32"  # graphs without an int8 variant stay fp32
         b = p8.generate(portrait, audio[:8000])
     assert a.shape == b.shape and 20.0 <= psnr_db(a, b) < 99.0  # quantized, and still the same frames
 
@@ -191,10 +191,14 @@ def test_quantize_fp16_is_the_export_path(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy, ignore=shutil.ignore_patterns("engines"))
     old = onnx.load(str(copy / "denoise_step_cond.fp16.onnx"))
-    before = Bundle.open(copy).manifest
+    def entry(bundle):
+        g = bundle.graph("denoise_step_cond", "fp16")
+        return g.file, g.precision, g.inputs, g.outputs
+
+    before = entry(Bundle.open(copy))
     assert main(["quantize", str(copy), "--precision", "fp16", "--graphs", "denoise_step_cond", "--quiet"]) == 0
     after = Bundle.open(copy)  # new sha256 and bundle hash recorded, every file checks out
-    assert after.manifest["graphs"]["denoise_step_cond.fp16"] == before["graphs"]["denoise_step_cond.fp16"]
+    assert entry(after) == before
     new = onnx.load(str(copy / "denoise_step_cond.fp16.onnx"))
     assert Counter(n.op_type for n in new.graph.node) == Counter(n.op_type for n in old.graph.node)
     feeds = {i.name: np.random.default_rng(0).standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)

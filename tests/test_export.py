@@ -14,14 +14,14 @@ from onnx import TensorProto, helper
 from emote.cli import main
 from emote.errors import EmoteError
 from emote.export.hoisting import misplaced_work
-from emote.runtime.manifest import Bundle, file_sha256
+from emote.bundle import Bundle, file_sha256
 
 GRAPHS = ["audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder"]
 
 
 def test_bundle_files_and_manifest(tiny_bundle, tiny_config):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert manifest["format"] == "emote-bundle/1"
+    assert manifest["format"] == "emote-bundle/2" and manifest["family"] == "emo"
     assert manifest["preset"] == "tiny" and manifest["model"]["frames"] == tiny_config.frames
     assert manifest["opset"] >= 17
     assert manifest["weights"] == {"source": "random", "seed": 0}
@@ -36,7 +36,11 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_config):
     assert step["inputs"][0]["shape"] == [f, 4, h, h]
     assert [o["name"] for o in step["outputs"]] == ["x_next", "x0"]
     assert manifest["graphs"]["vae_decoder"]["outputs"][0] == {"name": "frames", "shape": [f, 64, 64, 3], "dtype": "uint8"}
-    assert manifest["sampler"]["family"] == tiny_config.sampler
+    assert "sampler" not in manifest  # the sampler defaults are the model config's, recorded once
+    bundle = Bundle.open(tiny_bundle)
+    assert (bundle.sampler.family, bundle.sampler.steps, bundle.sampler.spacing) == (
+        tiny_config.sampler, tiny_config.steps, tiny_config.timestep_spacing)
+    assert bundle.geometry.frames == f and bundle.geometry.samples_per_frame == 640
 
 
 @pytest.mark.parametrize("graph", GRAPHS)

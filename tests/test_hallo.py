@@ -357,11 +357,13 @@ def test_round_trip_export_and_verify(hallo_bundle, capsys):
 
     from emote.export.hoisting import misplaced_work
 
-    manifest = json.loads((hallo_bundle / "manifest.json").read_text())
-    assert manifest["preset"] == "hallo-tiny" and manifest["sampler"]["beta_schedule"] == "linear"
-    step = {i["name"] for i in manifest["graphs"]["denoise_step"]["inputs"]}
+    from emote.bundle import Bundle
+
+    bundle = Bundle.open(hallo_bundle)
+    assert bundle.preset == "hallo-tiny" and bundle.family == "hallo" and bundle.sampler.beta_schedule == "linear"
+    step = {t.name for t in bundle.graph("denoise_step").inputs}
     assert {"face", "region_scales", "region_mask_0", "embed_k_0", "audio_k_0_2", "motion_h_0", "uncond_motion_q_0"} <= step
-    assert "uncond_motion_q_0" not in {i["name"] for i in manifest["graphs"]["denoise_step_cond"]["inputs"]}
+    assert "uncond_motion_q_0" not in {t.name for t in bundle.graph("denoise_step_cond").inputs}
     for graph in ("denoise_step", "denoise_step_cond"):  # the per-video and per-clip projections stay hoisted
         assert misplaced_work(onnx.load(str(hallo_bundle / f"{graph}.onnx"))) == []
     assert main(["verify", str(hallo_bundle)]) == 0

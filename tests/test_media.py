@@ -8,7 +8,7 @@ import soundfile as sf
 from PIL import Image
 
 from emote.errors import EmoteError
-from emote.runtime.audio import StreamResampler, load_audio, pcm_chunks, to_float32_pcm
+from emote.runtime.audio import load_audio
 from emote.runtime.face import crop_portrait, detect_face, prepare_portrait
 from emote.runtime.image import load_image
 from emote.runtime.video import VideoWriter, probe_video, write_npy, write_png_frames
@@ -180,25 +180,6 @@ def test_m4a_through_pyav(tmp_path):
 def test_silence_is_valid(tmp_path):
     sf.write(tmp_path / "s.wav", np.zeros(8000, np.int16), 16000)
     assert np.all(load_audio(tmp_path / "s.wav") == 0)
-
-
-def test_stream_resampler_equals_whole_file():
-    import soxr
-
-    x = tone(44100, 2.0).astype(np.float32)
-    whole = soxr.resample(x, 44100, 16000, quality="HQ")
-    r = StreamResampler(44100)
-    chunked = np.concatenate([r.push(c) for c in np.array_split(x, len(x) // 882)] + [r.flush()])  # 20 ms chunks
-    assert len(chunked) == len(whole)
-    assert np.abs(chunked - whole).max() < 1e-5
-
-
-def test_pcm_helpers():
-    pcm = (np.array([0, 16384, -32767, 32767] * 2, np.int16)).tobytes()
-    x = to_float32_pcm(pcm, channels=2)
-    assert x.dtype == np.float32 and len(x) == 4
-    chunks = list(pcm_chunks(np.zeros(16000, np.float32), 20))
-    assert len(chunks) == 50 and all(len(c) == 320 for c in chunks)
 
 
 # -- video ------------------------------------------------------------------------------------

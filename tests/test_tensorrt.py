@@ -30,10 +30,10 @@ from emote.engines.cuda import installed as cuda_python_installed
 from emote.engines.probe import has_module
 from emote.engines.steploop import Step, StepPlan
 from emote.engines.tensorrt import check_engine_io
-from emote.engines.trt_build import ensure_plan, expected_key, io_bytes, manifest_io, plan_sources
+from emote.bundle import Bundle, GraphSpec
+from emote.engines.trt_build import declared_io, ensure_plan, expected_key, plan_sources
 from emote.errors import EmoteError
 from emote.runtime.face import Portrait
-from emote.runtime.manifest import Bundle
 
 NO_TRT = not has_module("tensorrt")
 
@@ -44,7 +44,8 @@ def bundle(tiny_bundle):
 
 
 def key_for(bundle, graph="denoise_step", **over):
-    k = expected_key(bundle, graph, "NVIDIA Jetson Orin Nano", "8.7", "10.3.0")
+    name, _, precision = graph.partition(".")
+    k = expected_key(bundle.graph(name, precision or "fp32"), "NVIDIA Jetson Orin Nano", "8.7", "10.3.0")
     return EngineKey(**{**k.__dict__, **over})
 
 
@@ -72,8 +73,8 @@ def test_engine_folder_names_gpu_capability_tensorrt_and_bundle(bundle):
 
 def test_key_records_the_onnx_file_and_its_manifest_hash(bundle):
     k = key_for(bundle, "denoise_step.fp16")
-    assert k.onnx == bundle.manifest["graphs"]["denoise_step.fp16"]["file"]
-    assert k.onnx_sha256 == bundle.manifest["files"][k.onnx]
+    assert k.graph == "denoise_step.fp16" and k.onnx == bundle.graph("denoise_step", "fp16").file == "denoise_step.fp16.onnx"
+    assert k.onnx_sha256 == bundle.files[k.onnx]
     assert k.bundle_hash == bundle.hash
     assert EngineKey.from_json(k.to_json()) == k
 
@@ -123,38 +124,39 @@ def test_matching_plan_loads_and_mismatching_one_is_never_loaded(bundle, tmp_pat
     plan.write_bytes(data)
     key.write_text(EngineKey(**{**want.__dict__, "plan_sha256": sha256_bytes(data)}).to_json())
     # a matching key: the plan's bytes come back, TensorRT is never asked to build (trt=None)
-    got, result = ensure_plan(None, bundle, "denoise_step", tmp_path, want, build=False)
+    got, result = ensure_plan(None, bundle.graph("denoise_step"), tmp_path, want, build=False)
     assert got == data and result.status == "up to date"
     # a plan built on another GPU: refused, and the error says why and what rebuilds it
     other = EngineKey(**{**want.__dict__, "gpu": "NVIDIA A100", "plan_sha256": sha256_bytes(data)})
     key.write_text(other.to_json())
     with pytest.raises(EmoteError, match=r"NVIDIA A100.*emote build"):
-        ensure_plan(None, bundle, "denoise_step", tmp_path, want, build=False)
+        ensure_plan(None, bundle.graph("denoise_step"), tmp_path, want, build=False)
 
 
 # -- what is built from what, and how big -----------------------------------------------------
 def test_plan_sources_take_the_precision_variant_where_the_bundle_has_it(bundle):
-    fp32 = dict(plan_sources(bundle, "fp32"))
+    fp32 = {s.name: s.key for s in plan_sources(bundle, "fp32")}
     assert all(k == g for g, k in fp32.items()) and "denoise_step" in fp32 and "vae_decoder" in fp32
-    fp16 = dict(plan_sources(bundle, "fp16"))
+    fp16 = {s.name: s.key for s in plan_sources(bundle, "fp16")}
     assert fp16["denoise_step"] == "denoise_step.fp16"
     for g, k in fp16.items():  # every graph without an fp16 variant falls back to fp32
-        assert k == (f"{g}.fp16" if f"{g}.fp16" in bundle.manifest["graphs"] else g)
+        assert k == (f"{g}.fp16" if bundle.has(g, "fp16") else g)
     with pytest.raises(EmoteError, match="emote quantize"):
         plan_sources(bundle, "int8")
 
 
-def test_buffer_bytes_from_the_manifest_equal_what_the_pipeline_allocates(bundle):
-    from emote.runtime.pipeline import Pipeline
+def test_buffer_bytes_from_the_bundle_equal_what_the_pipeline_allocates(bundle):
+    from emote.runtime.pipeline import Pipeline, buffer_bytes
 
     for precision in ("fp32", "fp16"):
         with Pipeline(bundle, backend="onnxruntime", precision=precision, steps=2) as pipe:
             bufs = list(pipe.buf.values()) + pipe.xs + pipe.x0s + [pipe.out_frames, pipe.motion_frames_buf]
-            assert io_bytes(bundle, precision) == sum(b.nbytes for b in bufs)
+            assert buffer_bytes(bundle, "onnxruntime", precision) == sum(b.nbytes for b in bufs)
+            assert buffer_bytes(bundle, "tensorrt", precision) == sum(b.nbytes for b in bufs)  # the same plan
 
 
 def test_engine_tensors_are_checked_against_the_manifest_naming_the_tensor(bundle):
-    io = manifest_io(bundle, "denoise_step")
+    io = declared_io(bundle.graph("denoise_step"))
     check_engine_io("denoise_step", dict(io), io)  # identical: fine
     shape, dtype = io["x"]
     wrong = {**io, "x": ((shape[0] + 1, *shape[1:]), dtype)}
@@ -232,22 +234,21 @@ def test_provider_options_map_our_settings_to_ort_option_names(tmp_path):
 
 def test_ort_tensorrt_ep_gets_the_int8_flag_for_the_int8_graphs_of_a_bundle(bundle, tmp_path):
     """The TensorRT EP builds weakly typed networks, where Q/DQ nodes need trt_int8_enable; which graphs
-    are int8 is read from the manifest (an int8 entry added to a copy of the tiny bundle's manifest)."""
+    are int8 is what the bundle records of each graph (its GraphSpec's precision)."""
+    from dataclasses import replace
+
     from emote.engines.onnxruntime import OnnxRuntimeBackend
 
-    manifest = json.loads((bundle.path / "manifest.json").read_text())
-    manifest["graphs"]["denoise_step.int8"] = {**manifest["graphs"]["denoise_step"], "file": "denoise_step.int8.onnx",
-                                               "precision": "int8"}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    be = OnnxRuntimeBackend(cache_dir=tmp_path / "cache")
-    be.providers = ["TensorrtExecutionProvider", "CPUExecutionProvider"]  # the options only: no session is made
+    be = OnnxRuntimeBackend()
+    be.providers, be.trt_cache = ["TensorrtExecutionProvider", "CPUExecutionProvider"], tmp_path  # the options only
 
-    def trt_int8(file) -> str:
-        return dict(be.providers_for(tmp_path / file))["TensorrtExecutionProvider"]["trt_int8_enable"]
+    def trt_int8(spec) -> str:
+        return dict(be.providers_for(spec))["TensorrtExecutionProvider"]["trt_int8_enable"]
 
-    assert trt_int8("denoise_step.int8.onnx") == "True"
-    assert trt_int8("denoise_step.onnx") == trt_int8("vae_decoder.onnx") == "False"
-    assert trt_int8("elsewhere.onnx") == "False"  # not a graph of the bundle
+    int8 = replace(bundle.graph("denoise_step"), key="denoise_step.int8", precision="int8")
+    assert trt_int8(int8) == "True"
+    assert trt_int8(bundle.graph("denoise_step")) == trt_int8(bundle.graph("vae_decoder")) == "False"
+    assert trt_int8(GraphSpec.standalone(tmp_path / "elsewhere.onnx")) == "False"  # not a graph of a bundle
 
 
 def test_ort_graph_bindings_each_get_their_own_cuda_graph(bundle):
@@ -259,7 +260,7 @@ def test_ort_graph_bindings_each_get_their_own_cuda_graph(bundle):
 
     assert "TensorrtExecutionProvider" in ONE_GRAPH_PER_SESSION and "CUDAExecutionProvider" not in ONE_GRAPH_PER_SESSION
     be = OnnxRuntimeBackend()
-    path = bundle.graph_path("vae_decoder")
+    path = bundle.graph("vae_decoder")
     plain = OrtGraph("vae_decoder", be._open(path))
     rng = np.random.default_rng(0)
     feeds = [{n: rng.standard_normal(shape).astype(dtype) for n, (shape, dtype) in plain.inputs.items()} for _ in range(2)]
@@ -310,10 +311,10 @@ def test_tensorrt_commands_without_tensorrt_say_what_to_install(bundle, tmp_path
     assert main(["build", str(bundle.path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "TensorRT is not installed" in err and "pip install" in err
-    from emote.runtime.pipeline import make_backend
+    from emote.engines import open_backend
 
     with pytest.raises(EmoteError, match="TensorRT is not installed"):
-        make_backend("tensorrt")
+        open_backend("tensorrt")
 
 
 def test_build_checks_the_precision_before_touching_tensorrt(bundle, capsys):
@@ -327,9 +328,11 @@ def test_build_checks_the_precision_before_touching_tensorrt(bundle, capsys):
 def test_generate_rejects_gpu_options_that_do_not_fit_the_backend(bundle, capsys):
     base = ["generate", "--bundle", str(bundle.path), "--image", "x.png", "--audio", "x.wav", "-o", "x.mp4"]
     assert main(base + ["--backend", "tensorrt", "--providers", "cuda"]) == 2
-    assert "--providers is for --backend onnxruntime" in capsys.readouterr().err
-    assert main(base + ["--cuda-graph"]) == 2
-    assert "need a GPU" in capsys.readouterr().err
+    assert "tensorrt has no option 'providers'" in capsys.readouterr().err
+    assert main(base + ["--cuda-graph"]) == 2  # onnxruntime and tensorrt take it: which one?
+    assert "fit onnxruntime and tensorrt: name one with --backend" in capsys.readouterr().err
+    assert main(base + ["--backend", "onnxruntime", "--cuda-graph"]) == 2
+    assert "cuda or tensorrt provider" in capsys.readouterr().err
 
 
 def test_an_empty_cuda_namespace_is_not_cuda_python(tmp_path):

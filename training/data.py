@@ -38,12 +38,12 @@ import numpy as np
 from tqdm import tqdm
 
 from emote.bench.lipsync import mouth_signal
+from emote.bundle import SAMPLE_RATE
 from emote.runtime.face import crop_portrait
 from training.portrait import PortraitParams, face_box, random_params, render_portrait
 from training.speech import random_utterance, synthesize
 
 FPS = 25
-SAMPLE_RATE = 16_000
 RENDER = 192  # head-and-shoulders render; the face crop (2x the face box) is ~130 px of it
 MAX_SPEED = 0.05  # pose units per frame that count as full speed (yaw 0.35 at 0.7 Hz peaks near 0.06)
 BLINK = np.array([0.55, 0.1, 0.0, 0.25, 0.75], np.float32)  # eye opening over a blink's five frames

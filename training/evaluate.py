@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from emote.bench.lipsync import MouthEstimator, score
+from emote.bundle import SAMPLE_RATE
 from emote.runtime.face import Portrait, crop_portrait
 from training.data import RENDER, Dataset
 from training.portrait import face_box, render_portrait
@@ -39,7 +40,7 @@ def portrait_of(params, resolution: int) -> Portrait:
 
 
 def pick_samples(data: Dataset, n: int) -> list[int]:
-    long_enough = [i for i in range(len(data)) if data.index["audio_count"][i] >= MIN_SECONDS * 16000]
+    long_enough = [i for i in range(len(data)) if data.index["audio_count"][i] >= MIN_SECONDS * SAMPLE_RATE]
     return long_enough[:n]
 
 
@@ -63,7 +64,7 @@ def evaluate(model, heldout: Dataset, samples: int, out: Path, reference: bool =
                 person = make_sample(heldout.meta["seed"], i).params
                 portrait = portrait_of(person, cfg.resolution)
                 audio = heldout.sample_audio(i)
-                row = {"sample": i, "seconds": round(len(audio) / 16000, 2)}
+                row = {"sample": i, "seconds": round(len(audio) / SAMPLE_RATE, 2)}
                 t0 = time.perf_counter()
                 fast = pipe.generate(portrait, audio, seed=seed)
                 row["runtime_seconds"] = round(time.perf_counter() - t0, 2)

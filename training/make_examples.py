@@ -18,6 +18,8 @@ import soundfile as sf
 import soxr
 from PIL import Image
 
+from emote.bundle import SAMPLE_RATE
+
 from training.portrait import EXAMPLE, render_portrait
 
 ASSETS = Path(__file__).resolve().parent.parent / "emote" / "assets"
@@ -30,13 +32,13 @@ def speech(text: str = SENTENCE) -> np.ndarray:
         wav = Path(tmp) / "speech.wav"
         subprocess.run(["espeak-ng", "-v", VOICE, "-s", str(RATE), "-p", str(PITCH), "-w", str(wav), text], check=True)
         data, rate = sf.read(wav, dtype="float32")
-    return soxr.resample(data, rate, 16000, quality="HQ")
+    return soxr.resample(data, rate, SAMPLE_RATE, quality="HQ")
 
 
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
     Image.fromarray(render_portrait(EXAMPLE, 512)).save(ASSETS / "portrait.png", optimize=True)
-    sf.write(ASSETS / "speech.wav", speech(), 16000, subtype="PCM_16")
+    sf.write(ASSETS / "speech.wav", speech(), SAMPLE_RATE, subtype="PCM_16")
     for f in ("portrait.png", "speech.wav"):
         print(f"wrote {ASSETS / f} ({(ASSETS / f).stat().st_size // 1024} KiB)")
 

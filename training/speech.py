@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
+from emote.bundle import SAMPLE_RATE
 
 # Voices: accents of English and other languages reading English text (their phoneme sets differ)
 LANGUAGES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "de", "fr-fr", "es", "it", "nl", "pt-br", "pl", "sv", "hi")

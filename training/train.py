@@ -426,7 +426,7 @@ def train_audio(model: EMOModel, data: Dataset, work: Path, spec: Stage) -> None
         for _ in range(spec.batch):
             i = int(rng.choice(usable))
             s = int(rng.integers(0, counts[i] - f + 1))
-            plan = ClipPlan(int(counts[i]), f, cfg.motion_frames, cfg.fps, cfg.audio.left_context, cfg.audio.right_context)
+            plan = ClipPlan(f, cfg.motion_frames, cfg.fps, cfg.audio.left_context, cfg.audio.right_context, frames=int(counts[i]))
             tokens = model.encode_audio(torch.from_numpy(window_at(data.sample_audio(i), plan, s)))
             preds.append(head(tokens.flatten(1)))
             truth = np.stack([data.control("mouth_open", i)[s : s + f], data.control("mouth_wide", i)[s : s + f]], 1)
@@ -523,7 +523,7 @@ def draw_clip(data: Dataset, latents: np.ndarray, cfg: ModelConfig, rng: np.rand
     else:
         motion = np.zeros((n, *x0.shape[1:]), np.float32)  # a video's first clip
     ref = latents[start + int(rng.integers(count))][None]
-    plan = ClipPlan(count, f, n, cfg.fps, cfg.audio.left_context, cfg.audio.right_context)
+    plan = ClipPlan(f, n, cfg.fps, cfg.audio.left_context, cfg.audio.right_context, frames=count)
     window = window_at(data.sample_audio(i), plan, s)
     return ClipBatch(
         x0=torch.from_numpy(x0.astype(np.float32)),

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from ..bundle import SAMPLE_RATE
+
 WINDOW = 1024  # samples per analysis window: 64 ms, about two syllable nuclei apart
 VOICE_BAND = (250.0, 2500.0)  # Hz: vowels' first two formants; fricatives (s, sh, f) sit above it
 FRONT_BAND = (1500.0, 3500.0)  # Hz: the second formant of front vowels (ee, eh): a stretched mouth

@@ -2,6 +2,8 @@
 
 The "fraction of peak" of a graph is its FLOP/s over this GEMM's, so both come
 from the same engine, threads and precision on the same (possibly shared) machine.
+Only the (backend, precision) pairs a benchmark's variants run are measured: a CPU
+without bf16 is never asked for a bf16 GEMM.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from ..bundle import GraphSpec
 
 N = 1024  # a 1024^3 GEMM: 2.1 GFLOP, large enough to reach the kernels' plateau
 
@@ -35,7 +39,7 @@ def measure_peak(backend, repeat: int = 10, n: int = N, dtype: str = "float32") 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemm.onnx"
         gemm_graph(path, n, dtype)
-        graph = backend.load("gemm", path)
+        graph = backend.load(GraphSpec.standalone(path, "gemm"))
         a = backend.alloc((n, n), np.dtype(dtype))
         backend.from_host(a, np.random.default_rng(1).standard_normal((n, n)).astype(dtype))
         y = backend.alloc((n, n), np.dtype(dtype))
@@ -48,3 +52,25 @@ def measure_peak(backend, repeat: int = 10, n: int = N, dtype: str = "float32") 
             backend.synchronize()
             best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+CPU_BACKENDS = ("onnxruntime", "openvino")  # a GPU's peak is not a GEMM on the host
+
+
+def peak_key(spec) -> str:
+    """'<backend>-<precision of its arithmetic>': int8 graphs keep their float parts in fp32."""
+    return f"{spec.backend}-{spec.precision if spec.precision in ('fp16', 'bf16') else 'fp32'}"
+
+
+def measure_peaks(specs, threads: int) -> dict[str, float]:
+    """The GEMM peak of every (backend, precision) the runtime variants in ``specs`` use, and only those."""
+    from ..engines import open_backend
+
+    peaks = {}
+    for key in sorted({peak_key(s) for s in specs if s.kind == "runtime" and s.backend in CPU_BACKENDS}):
+        backend, precision = key.split("-")
+        # ONNX Runtime's fp16 runs fp16 graphs; OpenVINO's bf16/fp16 run fp32 graphs at that precision
+        dtype = "float16" if (backend, precision) == ("onnxruntime", "fp16") else "float32"
+        with open_backend(backend, precision, threads=threads) as be:
+            peaks[key] = measure_peak(be, dtype=dtype)
+    return peaks

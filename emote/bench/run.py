@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.manifest import Bundle
+from ..bundle import SAMPLE_RATE, Bundle
 from .flops import count_flops
 from .variants import Variant, VariantSpec
 
@@ -63,13 +63,15 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict:
-    from ..doctor import cpu_features, version
+    from ..engines.probe import cpu_class
+    from ..engines.probe import module_version as version
 
-    cpu, flags = cpu_features()
+    cpu = cpu_class()
     return {
-        "cpu": cpu,
+        "cpu": cpu.model,
+        "cpu_class": cpu.label,
         "cores": len(os.sched_getaffinity(0)),
-        "cpu_flags": flags,
+        "cpu_flags": list(cpu.flags),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {m: version(m) for m in ("numpy", "onnxruntime", "torch", "openvino", "tensorrt")},
@@ -92,29 +94,19 @@ def benchmark(
     """Run every variant ``warmup`` + ``repeat`` times, interleaved; return the full record."""
     bundle = Bundle.open(bundle_path)
     threads = threads or len(os.sched_getaffinity(0))
-    guidance = float(bundle.sampler_defaults["guidance_scale"])
+    guidance = float(bundle.sampler.guidance_scale)
     if model_factory is None:
         from ..models.checkpoint import model_for_bundle
 
         def model_factory():
-            return model_for_bundle(bundle.manifest)
+            return model_for_bundle(bundle)
 
-    flops = {g: count_flops(bundle.path / e["file"]) for g, e in bundle.manifest["graphs"].items()}
+    flops = {key: count_flops(spec.path) for key, spec in bundle.graphs.items()}
     progress(f"preparing {len(specs)} variants")
     variants = [Variant(s, bundle, model_factory, guidance, threads) for s in specs]
+    from .peak import measure_peaks, peak_key
 
-    peaks = {}
-    from ..engines.onnxruntime import OnnxRuntimeBackend
-    from .peak import measure_peak
-
-    peaks["onnxruntime-fp32"] = measure_peak(OnnxRuntimeBackend(threads=threads))
-    if any(s.backend == "onnxruntime" and s.precision == "fp16" for s in specs):  # fp16 graphs: an fp16 GEMM's peak
-        peaks["onnxruntime-fp16"] = measure_peak(OnnxRuntimeBackend(threads=threads), dtype="float16")
-    if any(s.backend == "openvino" for s in specs):
-        from ..engines.openvino import OpenVINOBackend
-
-        peaks["openvino-fp32"] = measure_peak(OpenVINOBackend(threads=threads))
-        peaks["openvino-bf16"] = measure_peak(OpenVINOBackend(threads=threads, precision="bf16"))
+    peaks = measure_peaks(specs, threads)
 
     samples = {s.name: [] for s in specs}
     frames = {}
@@ -136,7 +128,7 @@ def benchmark(
     for v in variants:
         v.close()
 
-    audio_seconds = len(audio) / 16000
+    audio_seconds = len(audio) / SAMPLE_RATE
     base = next((s.name for s in specs if s.kind == "reference"), specs[0].name)
     from ..export.parity import psnr_db
 
@@ -154,11 +146,10 @@ def benchmark(
             st = percentiles(calls)
             graph = stage if stage in flops else None
             if graph:
-                peak_key = f"{s.backend}-{s.precision if s.precision in ('fp16', 'bf16') else 'fp32'}"  # same precision
                 st["gflop"] = flops[graph] / 1e9
                 st["gflops_per_s"] = flops[graph] / st["p50"] / 1e9
-                if peak_key in peaks:
-                    st["fraction_of_peak"] = st["gflops_per_s"] / peaks[peak_key]
+                if peak_key(s) in peaks:  # the GEMM peak at the variant's own precision
+                    st["fraction_of_peak"] = st["gflops_per_s"] / peaks[peak_key(s)]
             stages[stage] = st
         p50 = float(np.median(secs))
         results[s.name] = {
@@ -179,7 +170,7 @@ def benchmark(
     return {
         "machine": machine(),
         "threads": threads,
-        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.manifest["preset"], "weights": bundle.manifest.get("weights")},
+        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset, "weights": dict(bundle.weights)},
         "config": {"repeat": repeat, "warmup": warmup, "seed": seed, "audio_seconds": audio_seconds, "guidance_scale": guidance},
         "flops": {"per_graph": flops, "counted": "MatMul, Gemm, Conv only (2*M*N*K); elementwise, norms and softmax not counted"},
         "peak_gflops": peaks,
@@ -194,10 +185,10 @@ def lip_sync(bundle: Bundle, frames: dict[str, np.ndarray], audio: np.ndarray, p
     """Lip-sync correlation and identity per variant: for trained weights only (random ones have no lip sync to score)."""
     from .lipsync import MODEL, MouthEstimator, score
 
-    if (bundle.manifest.get("weights") or {}).get("source") in (None, "random", "unknown") or not MODEL.is_file():
+    if bundle.weights.get("source") in (None, "random", "unknown") or not MODEL.is_file():
         return {}
     estimator = MouthEstimator()
-    fps = bundle.config["fps"]
+    fps = bundle.geometry.fps
     out = {}
     for name, f in frames.items():
         s = score(f, audio, portrait.image, portrait.mask, estimator, fps=fps)

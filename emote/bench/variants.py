@@ -9,10 +9,13 @@ written inside a run.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from .. import precision as policy
+from ..errors import EmoteError
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,8 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
         VariantSpec("ort-fp32-dpm4", "runtime", "dpmpp_2m", 4),
         VariantSpec("ort-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, guidance_steps=1),
     ]
-    graphs = bundle.manifest["graphs"]
-    for prec in ("int8", "fp16"):
-        if f"denoise_step.{prec}" in graphs:
+    for prec in policy.runnable(bundle, "onnxruntime"):
+        if prec != "fp32":
             out.append(VariantSpec(f"ort-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, precision=prec))
     from ..engines.probe import has_module
 
@@ -55,12 +57,50 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
 
 
 def openvino_precisions(bundle, device: str = "CPU") -> list[str]:
-    """What OpenVINO can run of this bundle on ``device``: fp32, bf16/fp16 where the device computes
-    them, int8 where the bundle has Q/DQ step graphs."""
-    from ..engines.openvino import devices
+    """What OpenVINO can run of this bundle on ``device``: the bundle's graphs (fp32, int8 where it has
+    Q/DQ step graphs), and bf16/fp16 where the device computes them."""
+    from ..runtime.backend_choice import openvino_native
 
-    caps = next((p for d, _, p in devices() if d == device), [])
-    return [p for p in caps if p != "int8" or "denoise_step.int8" in bundle.manifest["graphs"]]
+    return policy.runnable(bundle, "openvino", openvino_native(device))
+
+
+def gpu_variants(bundle) -> list[VariantSpec]:
+    """TensorRT at the best precision the bundle has (and fp32), each with and without the CUDA graph."""
+    from ..engines.trt_build import import_tensorrt
+
+    import_tensorrt()  # one clear line now, rather than after the CPU variants ran
+    have = policy.runnable(bundle, "tensorrt")
+    out = []
+    for p in [p for p in ("int8", "fp16") if p in have][:1] + ["fp32"]:
+        out.append(VariantSpec(f"trt-{p}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p))
+        out.append(VariantSpec(f"trt-{p}-dpm4-g1-nograph", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p,
+                               backend_options={"cuda_graph": False}))
+    return out
+
+
+def select(specs: list[VariantSpec], *, backend: str | None = None, precision: str | None = None,
+           device: str | None = None, names: list[str] | None = None) -> list[VariantSpec]:
+    """The variants of ``backend`` at ``precision`` (and the baseline), on OpenVINO ``device``; ``names`` in that order."""
+    if device and backend != "openvino":
+        raise EmoteError("--device is for --backend openvino")
+    keep = specs
+    if backend or precision:
+        keep = [s for s in specs if s.kind == "reference" or ((not backend or s.backend == backend)
+                                                               and (not precision or s.precision == precision))]
+        if not any(s.kind == "runtime" for s in keep):
+            have = ", ".join(f"{s.backend} {s.precision}" for s in specs if s.kind == "runtime")
+            raise EmoteError(f"no variant runs {backend or 'any backend'} at {precision or 'any precision'} "
+                             f"with this bundle (it has: {have})")
+    if device:
+        keep = [replace(s, backend_options={**s.backend_options, "device": device}) if s.backend == "openvino" else s
+                for s in keep]
+    if names:
+        known = {s.name: s for s in keep}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise EmoteError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+        keep = [known[n] for n in names]
+    return keep
 
 
 @dataclass
@@ -83,9 +123,9 @@ class Variant:
             from ..models.pipeline import ReferencePipeline, SamplerSpec
 
             torch.set_num_threads(threads)
-            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps,
-                                  bundle.sampler_defaults["prediction_type"], bundle.sampler_defaults["spacing"],
-                                  bundle.sampler_defaults["zero_snr"])
+            d = bundle.sampler
+            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps, d.prediction_type,
+                                  d.spacing, d.zero_snr)
             self.pipe = ReferencePipeline(model_factory(), sampler)
         else:
             from ..runtime.pipeline import Pipeline

@@ -15,28 +15,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.manifest import Bundle
+from ..bundle import Bundle
 from .install import add_graphs, staged_files, staging
 
 
 def export_fp16(bundle: Bundle, checkpoint: str | Path | None = None, graphs=("denoise_step", "denoise_step_cond"), progress=None) -> Bundle:
     """Write ``<graph>.fp16.onnx`` for the step graphs of ``bundle`` and record them in its manifest."""
-    from ..export.bundle import export_graph, output_specs
+    from ..export.bundle import export_entry
     from ..export.graphs import DenoiseStepGraph
     from ..models.checkpoint import model_for_bundle
 
-    model = model_for_bundle(bundle.manifest, checkpoint)
+    model = model_for_bundle(bundle, checkpoint)
     entries = {}
     with staging(bundle) as folder:
         for name in graphs:
             g = DenoiseStepGraph(model, guided=name == "denoise_step", precision="fp16")
             if progress:
                 progress(f"exporting {g.name}")
-            export_graph(g, folder / f"{g.name}.onnx")
-            entries[g.name] = {
-                "file": f"{g.name}.onnx",
-                "precision": "fp16",
-                "inputs": [s.to_dict() for s in g.inputs()],
-                "outputs": output_specs(folder / f"{g.name}.onnx"),
-            }
+            entries[g.name] = export_entry(g, folder)
         return add_graphs(bundle, entries, staged_files(folder))

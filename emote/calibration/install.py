@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import bundle as bundle_format
+from ..bundle import Bundle, file_sha256
 from ..errors import EmoteError
-from ..runtime.manifest import Bundle, file_sha256, write_manifest
 
 
 @contextmanager
@@ -43,19 +44,13 @@ def staged_files(folder: Path) -> dict[str, Path]:
 
 def add_graphs(bundle: Bundle, graphs: dict[str, dict], files: dict[str, Path]) -> Bundle:
     """Record ``graphs`` (manifest key -> entry) and move ``files`` (final name -> staged path) into the bundle."""
-    manifest = dict(bundle.manifest)
-    manifest["graphs"] = dict(manifest["graphs"])
-    manifest["files"] = dict(manifest["files"])
+    hashes = {}
     for name, staged in files.items():
         if not staged.is_file():
             raise EmoteError(f"internal: staged file for {name} is missing")
-        manifest["files"][name] = file_sha256(staged)
-    for key, entry in graphs.items():
-        if entry["file"] not in manifest["files"]:
-            raise EmoteError(f"internal: graph {key} names {entry['file']}, which is not in the bundle")
-        manifest["graphs"][key] = entry
+        hashes[name] = file_sha256(staged)
     for name, staged in files.items():
         (bundle.path / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, bundle.path / name)
-    write_manifest(bundle.path, {k: v for k, v in manifest.items() if k != "bundle_hash"})
+    bundle_format.add_graphs(bundle, graphs, hashes)
     return Bundle.open(bundle.path)

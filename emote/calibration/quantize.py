@@ -34,7 +34,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from ..errors import EmoteError
-from ..runtime.manifest import Bundle
+from ..bundle import Bundle, graph_entry
 from .record import CalibrationSet
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
@@ -279,7 +279,7 @@ def quantize_int8(
     """Write ``graph``'s int8 Q/DQ graph to ``out``; return the report that chose its float layers."""
     started = time.perf_counter()
     calib.check_graph(bundle, graph)
-    src = bundle.graph_path(graph)
+    src = bundle.graph(graph).path
     fp32 = load_onnx(src)
     candidates, kept = layers(fp32)
     if not candidates:
@@ -378,31 +378,24 @@ def quantize_bundle(
     from .install import add_graphs, staged_files, staging
 
     bundle = Bundle.open(bundle_path)
-    unknown = [g for g in graphs if g not in bundle.manifest["graphs"] or "." in g]
+    unknown = [g for g in graphs if g not in bundle.names]
     if unknown:
-        have = ", ".join(k for k in bundle.manifest["graphs"] if "." not in k)
-        raise EmoteError(f"bundle {bundle.path} has no fp32 graph {', '.join(unknown)} (it has: {have})")
+        raise EmoteError(f"bundle {bundle.path} has no fp32 graph {', '.join(unknown)} (it has: {', '.join(bundle.names)})")
     entries = {}
     with CalibrationSet.open(calib_path) as calib, staging(bundle) as folder:
         for g in graphs:
             report = quantize_int8(bundle, calib, g, folder / f"{g}.int8.onnx", target_db=target_db,
                                    eval_samples=eval_samples, sensitivity=sensitivity, progress=progress)
             reports = write_report(report, folder / "reports") if sensitivity else []
-            fp32 = bundle.manifest["graphs"][g]
-            entries[f"{g}.int8"] = {
-                "file": f"{g}.int8.onnx",
-                "precision": "int8",
-                "inputs": fp32["inputs"],
-                "outputs": fp32["outputs"],
-                "quantization": {
-                    "scheme": SCHEME,
-                    "calibration": {"samples": report.samples, "bundle_hash": calib.manifest["bundle_hash"],
-                                    "timesteps": calib.manifest["sampler"]["timesteps"]},
-                    "target_sqnr_db": target_db,
-                    "sqnr_db": report.sqnr_db,
-                    "float_by_rule": len(report.rule_float),
-                    "float_by_measurement": report.measured_float,
-                    "reports": [f"reports/{p.name}" for p in reports],
-                },
-            }
+            fp32 = bundle.graph(g)
+            entries[f"{g}.int8"] = graph_entry("int8", f"{g}.int8.onnx", fp32.inputs, fp32.outputs, quantization={
+                "scheme": SCHEME,
+                "calibration": {"samples": report.samples, "bundle_hash": calib.manifest["bundle_hash"],
+                                "timesteps": calib.manifest["sampler"]["timesteps"]},
+                "target_sqnr_db": target_db,
+                "sqnr_db": report.sqnr_db,
+                "float_by_rule": len(report.rule_float),
+                "float_by_measurement": report.measured_float,
+                "reports": [f"reports/{p.name}" for p in reports],
+            })
         return add_graphs(bundle, entries, staged_files(folder))

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import EmoteError
 from ..folders import FolderKind, read_manifest, staged_folder
-from ..runtime.manifest import Bundle, file_sha256
+from ..bundle import SAMPLE_RATE, Bundle, file_sha256
 
 FORMAT = "emote-calibration/1"
 MANIFEST = "calibration.json"
@@ -146,7 +146,6 @@ def calibrate(
     from tqdm import tqdm
 
     from ..runtime.audio import load_audio
-    from ..runtime.clips import SAMPLE_RATE
     from ..runtime.pipeline import Pipeline
 
     if samples < 1:
@@ -192,11 +191,10 @@ def calibrate(
         manifest = {
             "format": FORMAT,
             "bundle_hash": bundle.hash,
-            "preset": bundle.manifest["preset"],
-            "graphs": {
-                name: {"sha256": bundle.manifest["files"][spec["file"]], "inputs": spec["inputs"]}
-                for name, spec in bundle.manifest["graphs"].items()
-                if "." not in name  # the fp32 graphs: the ones the pipeline ran
+            "preset": bundle.preset,
+            "graphs": {  # the fp32 graphs: the ones the pipeline ran
+                name: {"sha256": spec.sha256, "inputs": [t.to_dict() for t in spec.inputs]}
+                for name, spec in ((n, bundle.graph(n)) for n in bundle.names)
             },
             "sampler": {"family": pipe.sampler.family, "steps": steps, "timesteps": [float(t) for t in pipe.sampler.timesteps]},
             "sources": sources,
@@ -233,8 +231,7 @@ class CalibrationSet:
         rec = self.manifest["graphs"].get(graph)
         if rec is None:
             raise EmoteError(f"calibration {self.folder} has no data for graph {graph!r}")
-        have = bundle.manifest["files"][bundle.manifest["graphs"][graph]["file"]]
-        if rec["sha256"] != have:
+        if rec["sha256"] != bundle.graph(graph).sha256:
             raise EmoteError(f"calibration {self.folder} was recorded on another {graph}.onnx (sha256 differs): calibrate this bundle")
 
     def source_graph(self, graph: str) -> str:

@@ -1,6 +1,7 @@
 """The one contract every backend meets; the runtime sees nothing else of an engine.
 
-A backend opens a bundle's graphs and allocates buffers. A graph is bound once to
+A backend opens a bundle's graphs (each handed over as its ``GraphSpec``: file,
+tensors, precision, hashes; never the manifest) and allocates buffers. A graph is bound once to
 named buffers (``bind``) and the returned call runs it with no allocation and no
 copies (``call()``), so that the runtime can bind the per-clip outputs of one graph
 as the inputs of the next and replay the step loop over fixed buffers (ping-pong
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..bundle import GraphSpec
 
 Buffer = Any  # np.ndarray on CPU backends; a device allocation on GPU backends
 
@@ -44,7 +46,8 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
-    def load(self, name: str, path: Path) -> Graph: ...
+    def load(self, spec: GraphSpec) -> Graph:
+        """Open the graph of ``spec`` (``GraphSpec.standalone(path)`` for a file outside a bundle)."""
 
     def alloc(self, shape: tuple[int, ...], dtype: np.dtype | str) -> Buffer:
         return np.zeros(shape, dtype)

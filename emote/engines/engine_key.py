@@ -107,13 +107,6 @@ def read_key(path: Path) -> EngineKey | None:
         return None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write beside and rename: an interrupted write never leaves a half plan under the real name."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def sha256_bytes(data) -> str:
     return hashlib.sha256(memoryview(data)).hexdigest()
 

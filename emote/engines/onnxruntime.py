@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..bundle import GraphSpec
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
 
@@ -109,6 +110,15 @@ def provider_options(
     return out
 
 
+def check_providers(spec: GraphSpec, asked: list[str], loaded: list[str]) -> None:
+    """A provider asked for that the session did not load is an error: ONNX Runtime itself only
+    logs "Falling back to [CPUExecutionProvider]" and runs the graph on the CPU."""
+    missing = [p for p in asked if p not in loaded]
+    if missing:
+        raise EmoteError(f"ONNX Runtime did not load {', '.join(missing)} for {spec.file} (it runs on {', '.join(loaded)}): "
+                         "check the CUDA/cuDNN/TensorRT libraries and the driver (`emote doctor`)")
+
+
 class OrtBuffer:
     """An ``OrtValue`` on a device, with the shape and dtype the backend contract reads."""
 
@@ -188,13 +198,13 @@ class OnnxRuntimeBackend(Backend):
         fp16: bool = False,
         int8: bool = False,
         cuda_graph: bool = False,
-        cache_dir: str | Path | None = None,
+        engines: str | Path | None = None,
         workspace_gb: float | None = None,
         opt_level: int | None = None,
         buffer_device: str | None = None,
     ):
         """GPU options (CUDA / TensorRT EPs): see ``provider_options``. ``cuda_graph`` needs every node on
-        the GPU provider and the buffers on the device; ``cache_dir`` holds the TensorRT EP's engine and
+        the GPU provider and the buffers on the device; ``engines`` holds the TensorRT EP's engine and
         timing caches (default: ``<bundle>/engines/onnxruntime-tensorrt``).
 
         buffer_device: where ``alloc`` puts buffers ('cuda' or 'cpu' OrtValues); default: 'cuda' when a
@@ -210,7 +220,9 @@ class OnnxRuntimeBackend(Backend):
             raise EmoteError("ONNX Runtime CUDA graphs need the cuda or tensorrt provider first (--providers cuda or tensorrt)")
         self.device_id, self.cuda_graph = device_id, cuda_graph
         self.gpu_options = dict(fp16=fp16, int8=int8, workspace_gb=workspace_gb, opt_level=opt_level)
-        self.trt_cache = Path(cache_dir) if cache_dir else None
+        if engines and "TensorrtExecutionProvider" not in self.providers:
+            raise EmoteError("engines (the TensorRT provider's engine caches) needs the tensorrt provider (--providers tensorrt)")
+        self.trt_cache = Path(engines) if engines else None
         self.buffer_device = buffer_device or ("cuda" if gpu else None)
         if cuda_graph and self.buffer_device != "cuda":
             raise EmoteError("ONNX Runtime CUDA graphs need the buffers on the GPU (buffer_device='cuda')")
@@ -241,29 +253,17 @@ class OnnxRuntimeBackend(Backend):
         # ORT's Python API has no device-to-device copy: through the host (once per clip, small)
         self.from_host(dst, np.ascontiguousarray(self.to_host(src)[start : start + len(dst)]))
 
-    def providers_for(self, path: Path) -> list:
+    def providers_for(self, spec: GraphSpec) -> list:
         cache = self.trt_cache
         options = dict(self.gpu_options)
         if "TensorrtExecutionProvider" in self.providers:
             if cache is None:
-                cache = Path(path).parent / "engines" / "onnxruntime-tensorrt"
+                cache = spec.folder / "engines" / "onnxruntime-tensorrt"
                 cache.mkdir(parents=True, exist_ok=True)
             # The TensorRT EP builds weakly typed networks, where Q/DQ nodes need the INT8 builder flag
-            # (NVIDIA/TensorRT issue 4021): on for the int8 graphs of a bundle, as its manifest records them
-            options["int8"] = options["int8"] or self._manifest_precision(path) == "int8"
+            # (NVIDIA/TensorRT issue 4021): on for the int8 graphs, as the bundle records them
+            options["int8"] = options["int8"] or spec.precision == "int8"
         return provider_options(self.providers, device_id=self.device_id, cuda_graph=self.cuda_graph, cache_dir=cache, **options)
-
-    @staticmethod
-    def _manifest_precision(path: Path) -> str | None:
-        """The precision the bundle's manifest records for the graph in ``path``; None outside a bundle."""
-        from ..runtime.manifest import Bundle
-
-        try:
-            bundle = Bundle.open(Path(path).parent, check_hashes=False)  # the pipeline checked the hashes
-        except EmoteError:
-            return None
-        entry = next((e for e in bundle.manifest["graphs"].values() if e["file"] == Path(path).name), None)
-        return entry.get("precision") if entry else None
 
     def session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
@@ -282,19 +282,20 @@ class OnnxRuntimeBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         return so
 
-    def _open(self, path: Path) -> ort.InferenceSession:
+    def _open(self, spec: GraphSpec) -> ort.InferenceSession:
         try:
-            session = ort.InferenceSession(str(path), self.session_options(), providers=self.providers_for(path))
+            session = ort.InferenceSession(str(spec.path), self.session_options(), providers=self.providers_for(spec))
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise EmoteError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+            raise EmoteError(f"ONNX Runtime cannot load {spec.path}: {str(e).splitlines()[0]}") from None
+        check_providers(spec, self.providers, session.get_providers())
         self.sessions.append(session)
         return session
 
-    def load(self, name: str, path: Path) -> OrtGraph:
+    def load(self, spec: GraphSpec) -> OrtGraph:
         # a session per binding costs the graph's weights once more on the device (the step graph
         # and the decoder are bound twice); the TensorRT EP's engine cache spares the second build
-        reopen = (lambda: self._open(path)) if self.cuda_graph and self.providers[0] in ONE_GRAPH_PER_SESSION else None
-        return OrtGraph(name, self._open(path), cuda_graph=self.cuda_graph, reopen=reopen)
+        reopen = (lambda: self._open(spec)) if self.cuda_graph and self.providers[0] in ONE_GRAPH_PER_SESSION else None
+        return OrtGraph(spec.name, self._open(spec), cuda_graph=self.cuda_graph, reopen=reopen)
 
     def close(self) -> None:
         self.sessions.clear()

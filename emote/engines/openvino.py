@@ -19,11 +19,13 @@ OpenVINO. Knows OpenVINO and nothing of diffusion.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..bundle import GraphSpec
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
 
@@ -88,8 +90,8 @@ class OpenVINOBackend(Backend):
     """``OpenVINOBackend(device="CPU", precision="bf16", threads=2, streams=1)``.
 
     cache_dir: where compiled models are cached; None: beside the bundle of each graph
-    loaded (no cache for a graph outside a bundle or in a read-only one); ``cache=False``
-    compiles every time.
+    loaded (no cache for a graph outside a bundle; a read-only bundle compiles every time
+    and says so once); ``cache=False`` compiles every time.
     """
 
     name = "openvino"
@@ -117,14 +119,14 @@ class OpenVINOBackend(Backend):
             raise EmoteError(f"OpenVINO device {device!r} not found (available: {', '.join(available)})")
         caps = capabilities(self.core, device)
         for p in {precision, inference_precision or precision}:
-            if caps and CAPABILITY[p] not in caps:
+            if CAPABILITY[p] not in caps:
                 raise EmoteError(f"OpenVINO {device} has no {p} ({self.core.get_property(device, 'FULL_DEVICE_NAME')}: "
                                  f"{', '.join(c for c in caps if c in CAPABILITY.values())})")
         self.device, self.precision = device, precision
         self.hint = HINTS[inference_precision or precision]
         self.threads, self.streams = threads or len(os.sched_getaffinity(0)), streams
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache = cache
+        self.cache, self._said_uncached = cache, False
         self.version = ov.__version__.split("-")[0]
 
     def config(self, cache_dir: Path | None) -> dict[str, object]:
@@ -139,45 +141,40 @@ class OpenVINOBackend(Backend):
             cfg["CACHE_DIR"] = str(cache_dir)
         return cfg
 
-    def cache_for(self, folder: Path) -> Path | None:
-        """The compiled-model cache of the bundle in ``folder``, created; None outside a bundle or when unwritable."""
-        if not self.cache:
-            return None
-        if self.cache_dir is None:
-            from ..runtime.manifest import Bundle
-
-            try:
-                bundle = Bundle.open(folder, check_hashes=False)  # the pipeline checked the hashes
-            except EmoteError:
-                return None  # not a bundle (a scratch graph): nothing to key a cache by
-            dev = self.device.replace(".", "_")
-            path = folder / "engines" / f"openvino-{dev}-ov{self.version}-{bundle.hash}"
-        else:
-            path = self.cache_dir
+    def cache_for(self, spec: GraphSpec) -> Path | None:
+        """The compiled-model cache for ``spec``'s bundle, created; None without caching or outside a bundle."""
+        if not self.cache or (self.cache_dir is None and not spec.bundle_hash):
+            return None  # a graph outside a bundle (a benchmark's GEMM): nothing to key a cache by
+        dev = self.device.replace(".", "_")
+        path = self.cache_dir or spec.folder / "engines" / f"openvino-{dev}-ov{self.version}-{spec.bundle_hash}"
         try:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None  # a read-only bundle: compile every time rather than fail
+        except OSError as e:
+            if not self._said_uncached:
+                print(f"emote: note: cannot write OpenVINO's compiled-model cache {path} ({e.strerror}): "
+                      "compiling every time (pass cache_dir= to cache elsewhere)", file=sys.stderr)
+                self._said_uncached = True
+            return None
         return path
 
-    def load(self, name: str, path: Path) -> OpenVINOGraph:
-        path = Path(path)
-        cache = self.cache_for(path.parent)
+    def load(self, spec: GraphSpec) -> OpenVINOGraph:
+        cache = self.cache_for(spec)
         try:
-            model = self.core.read_model(str(path))
+            model = self.core.read_model(str(spec.path))
             names_in = [p.get_any_name() for p in model.inputs]
             names_out = [p.get_any_name() for p in model.outputs]
             compiled = self.core.compile_model(model, self.device, self.config(cache))
         except RuntimeError as e:
-            raise EmoteError(f"OpenVINO cannot compile {path} for {self.device}: {str(e).splitlines()[0]}") from None
-        return OpenVINOGraph(name, compiled, names_in, names_out)
+            raise EmoteError(f"OpenVINO cannot compile {spec.path} for {self.device}: {str(e).splitlines()[0]}") from None
+        return OpenVINOGraph(spec.name, compiled, names_in, names_out)
 
 
 def capabilities(core, device: str) -> list[str]:
+    """What the device reports it computes (OPTIMIZATION_CAPABILITIES); an error names the device."""
     try:
         return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
-    except RuntimeError:
-        return []
+    except RuntimeError as e:
+        raise EmoteError(f"OpenVINO cannot tell what {device} computes: {str(e).splitlines()[0]}") from None
 
 
 def devices() -> list[tuple[str, str, list[str]]]:

@@ -1,10 +1,64 @@
-"""What accelerators this machine has, asked without importing any GPU library at module load."""
+"""What this machine has: its CPU class, its accelerators, its libraries; asked without importing any GPU library.
+
+``cpu_class()`` is the one probe of CPU features: the runtime, the bench (which labels
+every figure with it), ``emote doctor`` and the tests that need a feature all ask it.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# /proc/cpuinfo flags that decide which kernels run: AVX2/FMA (every x86 kiosk CPU since 2013),
+# AVX-512, its bf16 and int8 dot products (VNNI), Intel's AVX-VNNI on AVX2 cores, AMX tiles.
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    """The CPU a figure was measured on: its model name and the flags above that it has."""
+
+    model: str
+    flags: tuple[str, ...]
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 dot products in hardware (AVX-512 BF16 or AMX)."""
+        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+    @property
+    def vnni(self) -> bool:
+        """int8 dot products with 32-bit sums (VNNI): without them u8 x s8 pairs are summed in 16 bits."""
+        return any(f in self.flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+    @property
+    def label(self) -> str:
+        """'AMD EPYC (AVX2, FMA; no AVX-512, no BF16, no VNNI, no AMX)': how figures are labelled."""
+        has = [name for flag, name in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512")) if flag in self.flags]
+        has += [name for ok, name in ((self.bf16, "BF16"), (self.vnni, "VNNI"), ("amx_tile" in self.flags, "AMX")) if ok]
+        lacks = [name for name in ("AVX-512", "BF16", "VNNI", "AMX") if name not in has]
+        return f"{self.model} ({', '.join(has) or 'no AVX2'}{'; ' if lacks else ''}{', '.join('no ' + n for n in lacks)})"
+
+
+@functools.cache
+def cpu_class() -> CpuClass:
+    """This machine's CPU class, from /proc/cpuinfo (Linux); elsewhere the platform's name and no flags."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break  # every core reports the same
+    return CpuClass(model, tuple(f for f in CPU_FLAGS if f in flags))
 
 
 def nvidia_gpus() -> list[str]:
@@ -17,6 +71,16 @@ def nvidia_gpus() -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def module_version(module: str) -> str | None:
+    """The installed version of ``module``; None when absent; 'broken (...)' when it fails to import."""
+    if not has_module(module):
+        return None
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as e:  # noqa: BLE001 - a broken install is worth reporting, not crashing on
+        return f"broken ({type(e).__name__}: {e})"
 
 
 def has_module(name: str) -> bool:

@@ -28,30 +28,31 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import GraphSpec
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
 from .engine_key import BuildOptions, default_engine_dir
 from .steploop import StepPlan, Timer
-from .trt_build import ensure_plan, expected_key, graph_key_of, import_tensorrt, make_logger, manifest_io
+from .trt_build import declared_io, ensure_plan, expected_key, import_tensorrt, make_logger
 
 
-def check_engine_io(graph: str, engine_io: dict, manifest: dict) -> None:
-    """The engine's tensors must be the manifest's, name for name, shape and dtype: the failing tensor is named."""
-    missing, extra = set(manifest) - set(engine_io), set(engine_io) - set(manifest)
+def check_engine_io(graph: str, engine_io: dict, declared: dict) -> None:
+    """The engine's tensors must be the bundle's, name for name, shape and dtype: the failing tensor is named."""
+    missing, extra = set(declared) - set(engine_io), set(engine_io) - set(declared)
     if missing or extra:
         parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + ([f"unexpected {', '.join(sorted(extra))}"] if extra else [])
-        raise EmoteError(f"{graph}: the TensorRT plan's tensors differ from the manifest ({'; '.join(parts)}): rebuild with `emote build --force`")
-    for name, (shape, dtype) in manifest.items():
+        raise EmoteError(f"{graph}: the TensorRT plan's tensors differ from the bundle's ({'; '.join(parts)}): rebuild with `emote build --force`")
+    for name, (shape, dtype) in declared.items():
         eshape, edtype = engine_io[name]
         if tuple(eshape) != tuple(shape) or np.dtype(edtype) != np.dtype(dtype):
             raise EmoteError(
                 f"{graph}: tensor {name!r} is {np.dtype(edtype).name}{list(eshape)} in the plan, "
-                f"{np.dtype(dtype).name}{list(shape)} in the manifest: rebuild with `emote build --force`"
+                f"{np.dtype(dtype).name}{list(shape)} in the bundle: rebuild with `emote build --force`"
             )
 
 
 class TrtGraph(Graph):
-    def __init__(self, backend: "TensorRTBackend", name: str, key: str, engine, manifest: dict):
+    def __init__(self, backend: "TensorRTBackend", name: str, key: str, engine, declared: dict):
         trt = backend.trt
         self.backend, self.name, self.key, self.engine = backend, name, key, engine
         io, modes = {}, {}
@@ -64,7 +65,7 @@ class TrtGraph(Graph):
                                  "numpy type: the bundle's graphs must keep their inputs and outputs fp32/fp16/int") from None
             io[n] = (tuple(int(d) for d in engine.get_tensor_shape(n)), dtype)
             modes[n] = engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
-        check_engine_io(key, io, manifest)
+        check_engine_io(key, io, declared)
         self.inputs = {n: io[n] for n in io if modes[n]}
         self.outputs = {n: io[n] for n in io if not modes[n]}
         self.scratch = int(engine.device_memory_size_v2)
@@ -216,7 +217,7 @@ class CapturedLoop:
 
 
 class TensorRTBackend(Backend):
-    """``TensorRTBackend(engines=None, build=True, cuda_graph=True, opt_level=3, workspace_gb=None, device=0)``.
+    """``TensorRTBackend(engines=None, build=True, cuda_graph=True, opt_level=3, workspace_gb=None, device_id=0)``.
 
     engines: the folder of plans (default: ``<bundle>/engines/<gpu>-cc<cc>-trt<version>-<hash>/``).
     build: build missing or mismatching plans on load (else: an error naming `emote build`).
@@ -233,7 +234,7 @@ class TensorRTBackend(Backend):
         cuda_graph: bool = True,
         opt_level: int = 3,
         workspace_gb: float | None = None,
-        device: int = 0,
+        device_id: int = 0,
         threads: int | None = None,  # accepted for a uniform interface: TensorRT's work is on the GPU
         verbose: bool = False,
     ):
@@ -241,8 +242,8 @@ class TensorRTBackend(Backend):
         from . import cuda
 
         self.cuda = cuda
-        self.gpu = cuda.device_info(device)
-        cuda.check(cuda.cudart().cudaSetDevice(device), f"cudaSetDevice({device})")
+        self.gpu = cuda.device_info(device_id)
+        cuda.check(cuda.cudart().cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
         self.engines = Path(engines) if engines else None
         self.build, self.cuda_graph = build, cuda_graph
         self.options = BuildOptions(opt_level, workspace_gb)
@@ -258,33 +259,24 @@ class TensorRTBackend(Backend):
         self.pools: dict[str, object] = {}
         self.max_scratch, self.generation = 0, 0
         self.build_results = []
-        self._bundles: dict[Path, object] = {}
 
     # -- graphs -----------------------------------------------------------------------------
-    def engine_dir(self, bundle) -> Path:
+    def engine_dir(self, spec: GraphSpec) -> Path:
         if self.engines is not None:
             return self.engines
-        return default_engine_dir(bundle.path, self.gpu.name, self.gpu.compute_capability, self.trt.__version__, bundle.hash)
+        if not spec.bundle_hash:
+            raise EmoteError(f"{spec.path} is not a bundle graph: give the TensorRT backend an engines folder to build it into")
+        return default_engine_dir(spec.folder, self.gpu.name, self.gpu.compute_capability, self.trt.__version__, spec.bundle_hash)
 
-    def _bundle(self, folder: Path):
-        from ..runtime.manifest import Bundle
-
-        folder = Path(folder).resolve()
-        if folder not in self._bundles:
-            # the pipeline opened (and hash-checked) this bundle already; here only the manifest is needed
-            self._bundles[folder] = Bundle.open(folder, check_hashes=False)
-        return self._bundles[folder]
-
-    def load(self, name: str, path: Path) -> TrtGraph:
-        bundle = self._bundle(Path(path).parent)
-        key = graph_key_of(bundle, path)
-        expected = expected_key(bundle, key, self.gpu.name, self.gpu.compute_capability, self.trt.__version__, self.options)
-        data, result = ensure_plan(self.trt, bundle, key, self.engine_dir(bundle), expected, build=self.build)
+    def load(self, spec: GraphSpec) -> TrtGraph:
+        name, key = spec.name, spec.key
+        expected = expected_key(spec, self.gpu.name, self.gpu.compute_capability, self.trt.__version__, self.options)
+        data, result = ensure_plan(self.trt, spec, self.engine_dir(spec), expected, build=self.build)
         self.build_results.append(result)
         engine = self.runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EmoteError(f"TensorRT cannot deserialize {result.plan}: {self.log.last()} (rebuild: emote build --force)")
-        graph = TrtGraph(self, name, key, engine, manifest_io(bundle, key))
+        graph = TrtGraph(self, name, key, engine, declared_io(spec))
         if graph.scratch > self.max_scratch:
             self.max_scratch = graph.scratch
             if self.pools:  # a larger engine after the first call: regrow, contexts re-point lazily

@@ -4,12 +4,13 @@ Networks are strongly typed: the precision of every tensor comes from the ONNX
 (fp16 graphs, int8 graphs with Q/DQ nodes), never from builder precision flags
 or calibrators (TensorRT 10.1 deprecated implicit int8 calibration; TensorRT 11
 removed the precision flags and makes every network strongly typed). Shapes are
-static: the manifest fixes every tensor, so no optimization profile is needed.
+static: the bundle fixes every tensor, so no optimization profile is needed.
 A timing cache per engine folder (same GPU, same TensorRT) makes the second
 build of a graph, and every graph that shares layer shapes, fast.
 
 TensorRT is imported only when a build runs; the pure parts (which ONNX file a
-graph builds from, the keys, the memory estimate) work without it.
+graph builds from, the keys) work without it. Which file builds for a precision is
+the precision policy's answer (``emote.precision``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import precision as policy
+from ..bundle import Bundle, GraphSpec
 from ..errors import EmoteError
+from ..folders import write_atomic
 from .engine_key import (
     TIMING_CACHE,
     BuildOptions,
@@ -31,7 +35,6 @@ from .engine_key import (
     default_engine_dir,
     plan_paths,
     sha256_bytes,
-    write_atomic,
 )
 
 TRT_MIN = (10, 3)  # JetPack 6.1/6.2 ship TensorRT 10.3 (6.0 shipped 8.6); 10.1 added the *_v2 device-memory calls used here
@@ -85,70 +88,22 @@ def make_logger(trt, verbose: bool = False):
 
 
 # -- which ONNX file each plan comes from ---------------------------------------------------
-def base_graphs(manifest: dict) -> list[str]:
-    """The bundle's graphs by name (fp32 entries; variants are '<graph>.<precision>')."""
-    return [k for k in manifest["graphs"] if "." not in k]
+def plan_sources(bundle: Bundle, precision: str) -> list[GraphSpec]:
+    """The graph each plan builds from at ``precision`` (the precision policy: its variant, else fp32)."""
+    return list(policy.graphs_for(bundle, "tensorrt", precision).values())
 
 
-def plan_sources(bundle, precision: str) -> list[tuple[str, str]]:
-    """(graph, manifest key to build from) for every graph: the ``precision`` variant where the bundle
-    has one, else the fp32 graph. The step graph must exist at that precision (as the pipeline requires)."""
-    if precision not in ("fp32", "fp16", "int8"):
-        raise EmoteError(f"--precision {precision!r}: one of fp32, fp16, int8")
-    graphs = bundle.manifest["graphs"]
-    if precision != "fp32":
-        if not any(k.endswith(f".{precision}") for k in graphs):
-            how = "emote export --precision fp16" if precision == "fp16" else "emote quantize"
-            raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: make them with `{how}` (or build fp32)")
-        bundle.graph("denoise_step", precision)  # raises, naming the precisions the bundle has
-    out = []
-    for g in base_graphs(bundle.manifest):
-        key = f"{g}.{precision}"
-        out.append((g, key if precision != "fp32" and key in graphs else g))
-    return out
-
-
-def expected_key(bundle, graph_key: str, gpu: str, compute_capability: str, trt_version: str,
+def expected_key(spec: GraphSpec, gpu: str, compute_capability: str, trt_version: str,
                  build: BuildOptions | None = None) -> EngineKey:
-    entry = bundle.manifest["graphs"][graph_key]
     return EngineKey(
-        graph=graph_key, onnx=entry["file"], onnx_sha256=bundle.manifest["files"][entry["file"]],
-        bundle_hash=bundle.hash, gpu=gpu, compute_capability=compute_capability, tensorrt=trt_version,
-        build=build or BuildOptions(),
+        graph=spec.key, onnx=spec.file, onnx_sha256=spec.sha256, bundle_hash=spec.bundle_hash, gpu=gpu,
+        compute_capability=compute_capability, tensorrt=trt_version, build=build or BuildOptions(),
     )
 
 
-def graph_key_of(bundle, onnx_path: Path) -> str:
-    """The manifest key of the graph stored in ``onnx_path`` (the backend is handed paths)."""
-    for key, entry in bundle.manifest["graphs"].items():
-        if entry["file"] == Path(onnx_path).name:
-            return key
-    raise EmoteError(f"{onnx_path} is not a graph of bundle {bundle.path}")
-
-
-def manifest_io(bundle, graph_key: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """name -> (shape, dtype) of every input and output the manifest declares for a graph."""
-    entry = bundle.manifest["graphs"][graph_key]
-    return {d["name"]: (tuple(d["shape"]), np.dtype(d["dtype"])) for d in entry["inputs"] + entry["outputs"]}
-
-
-PER_GRAPH = ("x", "x0_prev", "x_next", "x0", "latents", "frames")  # bound to buffers of their own, below
-
-
-def io_bytes(bundle, precision: str = "fp32") -> int:
-    """Device bytes of the runtime's buffers, as ``Pipeline`` allocates them: every shared tensor once,
-    two sides each of the x / x0 ping-pong, the decoder's frames and the motion-frame input."""
-    def size(shape, dtype) -> int:
-        return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-
-    ios = {g: manifest_io(bundle, key) for g, key in plan_sources(bundle, precision)}
-    shared: dict[str, int] = {}
-    for io in ios.values():
-        for name, (shape, dtype) in io.items():
-            if name not in PER_GRAPH:
-                shared.setdefault(name, size(shape, dtype))
-    latent = size(*ios["denoise_step"]["x"])
-    return sum(shared.values()) + 4 * latent + size(*ios["vae_decoder"]["frames"]) + size(*ios["vae_encoder"]["frames"])
+def declared_io(spec: GraphSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype) of every input and output the bundle declares for a graph."""
+    return {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in spec.tensors().items()}
 
 
 # -- building -------------------------------------------------------------------------------
@@ -208,9 +163,10 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, key: EngineKey, timing_cac
     return data
 
 
-def ensure_plan(trt, bundle, graph_key: str, engine_dir: Path, expected: EngineKey, *, build: bool,
+def ensure_plan(trt, spec: GraphSpec, engine_dir: Path, expected: EngineKey, *, build: bool,
                 check_build: bool = False, force: bool = False, verbose: bool = False) -> tuple[bytes, BuildResult]:
-    """The plan of ``graph_key``: loaded when its key matches, (re)built when it does not and ``build``."""
+    """The plan of ``spec``: loaded when its key matches, (re)built when it does not and ``build``."""
+    graph_key = spec.key
     plan_path, key_path = plan_paths(engine_dir, graph_key)
     data = plan_path.read_bytes() if plan_path.is_file() else None
     if force:
@@ -222,8 +178,8 @@ def ensure_plan(trt, bundle, graph_key: str, engine_dir: Path, expected: EngineK
     if reason is None:
         return data, BuildResult(graph_key, plan_path, "up to date", 0.0, "", len(data))
     if not build:
-        raise EmoteError(f"no usable TensorRT plan for {graph_key} in {engine_dir} ({reason}): run `emote build {bundle.path}`")
-    onnx_path = bundle.path / bundle.manifest["graphs"][graph_key]["file"]
+        raise EmoteError(f"no usable TensorRT plan for {graph_key} in {engine_dir} ({reason}): run `emote build {spec.folder}`")
+    onnx_path = spec.path
     print(f"emote: building the TensorRT plan of {graph_key} ({reason}); this runs once per GPU, TensorRT and bundle",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -234,19 +190,21 @@ def ensure_plan(trt, bundle, graph_key: str, engine_dir: Path, expected: EngineK
 def build_engines(bundle_path, precision: str = "fp32", engines: str | Path | None = None, *, opt_level: int = 3,
                   workspace_gb: float | None = None, force: bool = False, device: int = 0, progress=print) -> tuple[Path, list[BuildResult]]:
     """`emote build`: a plan for every graph of the bundle at ``precision`` (fp32 where it has no variant)."""
-    from ..runtime.manifest import Bundle
     from .cuda import device_info
 
     bundle = Bundle.open(bundle_path)
     sources = plan_sources(bundle, precision)  # checks the precision before any GPU work
     options = BuildOptions(opt_level, workspace_gb)
     trt = import_tensorrt()
+    from . import cuda
+
     gpu = device_info(device)
+    cuda.check(cuda.cudart().cudaSetDevice(device), f"cudaSetDevice({device})")  # TensorRT builds on the current device
     engine_dir = Path(engines) if engines else default_engine_dir(bundle.path, gpu.name, gpu.compute_capability, trt.__version__, bundle.hash)
     results = []
-    for _, key in sources:
-        expected = expected_key(bundle, key, gpu.name, gpu.compute_capability, trt.__version__, options)
-        _, result = ensure_plan(trt, bundle, key, engine_dir, expected, build=True, check_build=True, force=force)
+    for spec in sources:
+        expected = expected_key(spec, gpu.name, gpu.compute_capability, trt.__version__, options)
+        _, result = ensure_plan(trt, spec, engine_dir, expected, build=True, check_build=True, force=force)
         progress(result.line())
         results.append(result)
     (engine_dir / "build.json").write_text(json.dumps(

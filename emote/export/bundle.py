@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from .. import bundle as bundle_format
 from ..errors import EmoteError
-from ..models.emo import EMOModel
 from ..folders import staged_folder
-from ..runtime.manifest import BUNDLE, FORMAT, file_sha256, write_manifest
+from ..models.emo import EMOModel
 from .graphs import Graph, all_graphs
 
 OPSET = 18
@@ -130,7 +130,7 @@ def export_bundle(
     """
     out = Path(out)
     try:
-        with staged_folder(out, BUNDLE, force=force) as folder:
+        with staged_folder(out, bundle_format.BUNDLE, force=force) as folder:
             write_bundle(model, folder, weights, precisions, progress)
     except BaseException as e:
         if disk_full(e):
@@ -147,38 +147,20 @@ def write_bundle(model: EMOModel, folder: Path, weights: dict | None, precisions
     bar = tqdm(graphs, desc="export", unit="graph", disable=not progress)
     for g in bar:
         bar.set_postfix_str(g.name)
-        export_graph(g, folder / f"{g.name}.onnx")
-        entries[g.name] = {
-            "file": f"{g.name}.onnx",
-            "precision": getattr(g, "precision", "fp32"),
-            "inputs": [s.to_dict() for s in g.inputs()],
-            "outputs": output_specs(folder / f"{g.name}.onnx"),
-        }
-    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+        entries[g.name] = export_entry(g, folder)
     cfg = model.config
-    manifest = {
-        "format": FORMAT,
-        "emote_version": __version__,
-        "preset": cfg.name,
-        "model": cfg.to_dict(),
-        "opset": OPSET,
-        "weights": weights or {"source": "unknown"},
-        "sampler": {
-            "family": cfg.sampler,
-            "steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-            "guidance_steps": cfg.guidance_steps,
-            "prediction_type": cfg.prediction_type,
-            "spacing": cfg.timestep_spacing,
-            "zero_snr": cfg.zero_snr,
-            "beta_schedule": cfg.beta_schedule,
-            "set_alpha_to_one": cfg.set_alpha_to_one,
-        },
-        "graphs": entries,
-        "files": files,
-        "export_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_manifest(folder, manifest)
+    bundle_format.write_new(
+        folder, preset=cfg.name, family=cfg.family, model=cfg.to_dict(), weights=weights or {"source": "unknown"},
+        graphs=entries, emote_version=__version__, opset=OPSET, export_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def export_entry(graph: Graph, folder: Path) -> dict:
+    """``graph`` exported to ``folder/<name>.onnx``; its manifest entry."""
+    file = f"{graph.name}.onnx"
+    export_graph(graph, folder / file)
+    return bundle_format.graph_entry(getattr(graph, "precision", "fp32"), file, (s.to_dict() for s in graph.inputs()),
+                                     output_specs(folder / file))
 
 
 def disk_full(e: BaseException | None) -> bool:
@@ -205,18 +187,12 @@ def output_specs(path: Path) -> list[dict]:
 
 def ensure_bundle(folder: str | Path, preset_name: str) -> Path:
     """The preset's bundle in ``folder``, exported again only if the model, weights or emote changed."""
-    import json
-
     from ..models.checkpoint import resolve_model
 
     folder = Path(folder)
     model, weights = resolve_model(preset_name)
-    manifest = folder / BUNDLE.manifest
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        config = json.loads(json.dumps(model.config.to_dict()))  # as the manifest holds it: tuples are lists there
-        if m.get("weights") == weights and m.get("model") == config and m.get("emote_version") == __version__:
-            print(f"using the cached bundle {folder}")
-            return folder
+    if bundle_format.same_export(folder, model=model.config.to_dict(), weights=weights, emote_version=__version__):
+        print(f"using the cached bundle {folder}")
+        return folder
     print(f"exporting the {preset_name} model to {folder} (once; reused by later runs)")
     return export_bundle(model, folder, weights=weights, force=True)

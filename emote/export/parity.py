@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import precision as policy
+from ..bundle import Bundle
 from ..engines.base import Backend
+from ..errors import EmoteError
 from ..models.emo import EMOModel
-from ..runtime.manifest import Bundle
 from .graphs import Graph, all_graphs
 
 
@@ -105,8 +107,8 @@ def torch_outputs(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     """Inputs of every graph made from the example portrait and speech, chained as the pipeline would."""
-    from ..demo import example_inputs
     from ..runtime.clips import audio_window
+    from ..runtime.examples import example_inputs
     from ..runtime.sampler import make_sampler
     from .graphs import AudioEncoderGraph, ClipConditionGraph, ReferenceGraph, VAEEncoderGraph
 
@@ -168,21 +170,24 @@ def verify_bundle(
     inputs: tuple[str, ...] = ("random", "real"),
     graphs: list[str] | None = None,
 ) -> list[ParityRow]:
-    """Every graph of the bundle in ``backend`` against ``model`` in PyTorch; one row per output."""
-    from ..runtime.pipeline import graph_precision
+    """Every graph of the bundle in ``backend`` against ``model`` in PyTorch; one row per output.
 
+    Each graph runs as the precision policy picks its file for ``precision`` on ``backend``;
+    graphs without a low-precision variant are skipped below fp32 (they run in fp32).
+    """
     bundle = Bundle.open(bundle_path)
+    graph_prec = policy.graph_precision(backend.name, precision)  # OpenVINO's bf16/fp16: the fp32 graphs, hinted
+    if graph_prec != "fp32" and not bundle.has(policy.STEP, graph_prec):
+        raise EmoteError(f"{bundle.describe()} has no {graph_prec} graphs: make them with {policy.HOW[graph_prec]}")
     real = real_inputs(model) if "real" in inputs else {}
     rows: list[ParityRow] = []
-    checked = 0
-    graph_prec = graph_precision(backend.name, precision)  # OpenVINO's bf16/fp16: the fp32 graphs, hinted
     for g in all_graphs(model):  # the fp32 PyTorch graphs are the reference for every precision
         if graphs and g.name not in graphs:
             continue
-        if graph_prec != "fp32" and f"{g.name}.{graph_prec}" not in bundle.manifest["graphs"]:
-            continue  # graphs without a low-precision variant run in fp32
-        checked += 1
-        engine = backend.load(g.name, bundle.graph_path(g.name, graph_prec))
+        spec = policy.graph_for(bundle, g.name, backend.name, precision)
+        if graph_prec != "fp32" and spec.precision == "fp32":
+            continue  # graphs without a low-precision variant run in fp32: verified at fp32
+        engine = backend.load(spec)
         for kind in inputs:
             feeds = g.example(np.random.default_rng(7)) if kind == "random" else real[g.name]
             ref = torch_outputs(g, feeds)
@@ -190,9 +195,4 @@ def verify_bundle(
             rows += compare(g.name, ref, got, precision, kind)
         del engine
         backend.close()  # one graph in memory at a time: emo-sd15's four largest hold 17 GB together
-    if not checked:
-        from ..errors import EmoteError
-
-        how = "emote quantize --precision int8" if precision == "int8" else f"emote export --precision {precision}"
-        raise EmoteError(f"bundle {bundle.path} has no {precision} graphs: make them with {how}")
     return rows

@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import EmoteError
+from ..bundle import Bundle, file_sha256
 from ..folders import FolderKind, read_manifest, staged_folder
 from .config import ModelConfig
 from .emo import EMOModel, build_model
@@ -132,20 +133,18 @@ def resolve_model(preset_name: str, checkpoint: str | Path | None = None, seed: 
     model = load_checkpoint(checkpoint)
     if model.config.name != cfg.name:
         raise EmoteError(f"checkpoint {checkpoint} is for preset {model.config.name!r}, not {preset_name!r}")
-    from ..runtime.manifest import file_sha256
-
     info = {"source": source, "sha256": file_sha256(Path(checkpoint) / WEIGHTS)}
     if source == "checkpoint":
         info["path"] = str(checkpoint)
     return model, info
 
 
-def model_for_bundle(manifest: dict, checkpoint: str | Path | None = None) -> EMOModel:
+def model_for_bundle(bundle: Bundle, checkpoint: str | Path | None = None) -> EMOModel:
     """Rebuild the PyTorch model a bundle was exported from (for `emote verify`)."""
     from .config import ModelConfig
 
-    cfg = ModelConfig.from_dict(manifest["model"])
-    weights = manifest.get("weights", {"source": "random", "seed": 0})
+    cfg = ModelConfig.from_dict(bundle.model)
+    weights = bundle.weights
     if checkpoint is None and weights["source"] == "random":
         return build_model(cfg, seed=weights["seed"])
     if checkpoint is None:
@@ -153,8 +152,6 @@ def model_for_bundle(manifest: dict, checkpoint: str | Path | None = None) -> EM
         if checkpoint is None or not Path(checkpoint).exists():
             raise EmoteError(f"the bundle was exported from checkpoint {weights.get('path')}: pass --checkpoint PATH")
     model = load_checkpoint(checkpoint)
-    from ..runtime.manifest import file_sha256
-
     if "sha256" in weights and file_sha256(Path(checkpoint) / WEIGHTS) != weights["sha256"]:
         raise EmoteError(f"checkpoint {checkpoint} is not the one this bundle was exported from (sha256 differs)")
     return model.with_geometry(frames=cfg.frames, resolution=cfg.resolution)

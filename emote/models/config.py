@@ -1,8 +1,8 @@
 """Model configuration: frozen dataclasses, one preset per size of the one EMO architecture.
 
 A config is validated once, when built, and saved beside every artifact made
-from it (checkpoint, bundle manifest). It holds no torch: the runtime reads it
-from the manifest to know shapes, frame counts and sampler defaults.
+from it (checkpoint, bundle manifest). It holds no torch; the runtime never imports
+it: ``emote.bundle`` reads the part the runtime needs (geometry, sampler defaults).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SAMPLE_RATE = 16_000  # wav2vec2's input rate, Hz
+from ..bundle import SAMPLE_RATE
+
 VAE_SCALE_FACTOR = 8  # SD's AutoencoderKL: three 2x downsamplings
 VAE_SCALING = 0.18215  # SD's latent scaling constant (latents = mean * 0.18215)
 
@@ -151,6 +152,11 @@ class ModelConfig:
             raise ValueError(f"first_motion {self.first_motion!r}: one of 'zeros', 'reference'")
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise ValueError(f"beta_schedule {self.beta_schedule!r}: one of 'scaled_linear', 'linear'")
+
+    @property
+    def family(self) -> str:
+        """The runtime's model family (runtime/families/): what it binds beyond the common graphs."""
+        return "hallo" if self.uncond_branch == "hallo" else "emo"
 
     @property
     def latent_size(self) -> int:

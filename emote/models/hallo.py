@@ -122,7 +122,7 @@ def import_hallo(
     from diffusers import AutoencoderKL
     from transformers import Wav2Vec2Model
 
-    from ..runtime.manifest import file_sha256
+    from ..bundle import file_sha256
     from ..folders import check_target
     from .checkpoint import CHECKPOINT, check_state, save_checkpoint
     from .config import preset

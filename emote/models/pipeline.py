@@ -17,9 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..runtime.clips import ClipPlan, audio_window, clip_noise
+from ..runtime.sampler import FAMILIES
 from .emo import ClipCondition, EMOModel
-
-FAMILIES = ("ddim", "dpmpp_2m", "euler", "lcm")
 
 
 @dataclass(frozen=True)

@@ -3,22 +3,22 @@
 WAV, FLAC, OGG and MP3 through soundfile (libsndfile 1.1+ reads MP3), other
 containers (M4A, AAC, ...) through PyAV; any rate, resampled with soxr; channels
 averaged. Silence is valid input. Every failure is one EmoteError naming the file.
-Live sources (a TTS) push raw PCM chunks through ``StreamResampler``, which keeps
-soxr's state between chunks so that chunked and whole-file resampling agree.
+``AudioSource`` is the pipeline's view of audio arriving over time: a whole track, or
+the float32 16 kHz chunks of a live source (a TTS) read as the clips need them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
 
-SAMPLE_RATE = 16_000
 QUALITY = "HQ"
 
 
@@ -82,44 +82,37 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def audio_duration(samples: np.ndarray) -> float:
-    return len(samples) / SAMPLE_RATE
+class AudioSource:
+    """Samples arriving over time: a whole array, or an iterator of float32 16 kHz chunks."""
 
+    def __init__(self, audio: np.ndarray | Iterable[np.ndarray]):
+        if isinstance(audio, np.ndarray):
+            self.chunks: Iterator[np.ndarray] = iter(())
+            self.parts = [np.asarray(audio, np.float32).reshape(-1)]
+            self.ended = True
+        else:
+            self.chunks = iter(audio)
+            self.parts = []
+            self.ended = False
+        self.length = sum(len(p) for p in self.parts)
+        self._samples: np.ndarray | None = None
 
-def pcm_chunks(samples: np.ndarray, chunk_ms: float = 20.0) -> Iterator[np.ndarray]:
-    """Split 16 kHz samples into chunks of ``chunk_ms`` (a stand-in for a live source)."""
-    n = max(1, int(round(SAMPLE_RATE * chunk_ms / 1000)))
-    for i in range(0, len(samples), n):
-        yield samples[i : i + n]
+    def wait_for(self, n: int) -> bool:
+        """Read chunks until ``n`` samples have arrived or the stream ends; True if n are there."""
+        while self.length < n and not self.ended:
+            try:
+                chunk = np.asarray(next(self.chunks), np.float32).reshape(-1)
+            except StopIteration:
+                self.ended = True
+                break
+            self.parts.append(chunk)
+            self.length += len(chunk)
+            self._samples = None
+        return self.length >= n
 
-
-def to_float32_pcm(chunk: bytes | np.ndarray, channels: int = 1, dtype: str = "int16") -> np.ndarray:
-    """A raw PCM chunk (bytes in ``dtype`` or an array) -> float32 mono in [-1, 1] at its own rate."""
-    a = np.frombuffer(chunk, dtype=dtype) if isinstance(chunk, (bytes, bytearray, memoryview)) else np.asarray(chunk)
-    if np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32)
-    if channels > 1:
-        if a.size % channels:
-            raise EmoteError(f"PCM chunk of {a.size} samples is not a whole number of {channels}-channel frames")
-        a = a.reshape(-1, channels).mean(axis=1)
-    return a.reshape(-1)
-
-
-class StreamResampler:
-    """Chunked resampling to 16 kHz that equals whole-file resampling (soxr keeps its filter state)."""
-
-    def __init__(self, in_rate: int):
-        if in_rate <= 0:
-            raise EmoteError(f"sample rate must be positive, got {in_rate}")
-        self.in_rate = in_rate
-        self.stream = None if in_rate == SAMPLE_RATE else soxr.ResampleStream(in_rate, SAMPLE_RATE, 1, dtype="float32", quality=QUALITY)
-
-    def push(self, chunk: np.ndarray) -> np.ndarray:
-        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        return chunk if self.stream is None else self.stream.resample_chunk(chunk, last=False)
-
-    def flush(self) -> np.ndarray:
-        if self.stream is None:
-            return np.zeros(0, np.float32)
-        return self.stream.resample_chunk(np.zeros(0, np.float32), last=True)
+    @property
+    def samples(self) -> np.ndarray:
+        if self._samples is None:
+            self._samples = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+            self.parts = [self._samples]
+        return self._samples

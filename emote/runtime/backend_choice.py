@@ -1,71 +1,113 @@
-"""The runtime's default CPU backend and precision, chosen from measured figures, not by habit.
+"""Which backend, precision and options run: the one resolver the CLI, the Pipeline and the bench ask.
 
-``bench/precision.py`` runs every precision of both CPU backends in one interleaved
-run and picks the fastest end to end whose step output keeps SQNR >= 30 dB against
-fp32 and whose frames keep PSNR >= 30 dB (bench/RESULTS.md, "Precision and CPU
-backends"). On the project's CPU (AMD EPYC, AVX-512 BF16 and VNNI) that is OpenVINO
-with a bf16 inference precision on the fp32 graphs: on the demo model 1.6-2.0x OpenVINO
-fp32 and 2.0x ONNX Runtime fp32 per denoise_step, 2.4x end to end, step SQNR 49.0 dB
-(x_next) and 31.3 dB (x0), frames 45.9 dB PSNR against fp32. ONNX Runtime has no bf16
-path for these graphs, its int8 is slower than its fp32 and its fp16 graphs gain nothing;
-OpenVINO fp32 is 1.04-1.23x ONNX Runtime fp32 at 71 dB. So:
+``resolve(backend, precision, options)`` returns a ``Choice``. What is named is kept
+and checked (an unknown backend, an option the backend does not take, a precision it
+cannot run: one ``EmoteError`` each); what is not named is chosen:
 
-- OpenVINO installed and the device computes bf16 natively: ``openvino`` at ``bf16``;
-- OpenVINO installed, no native bf16 (an AVX2-only CPU, where OpenVINO would emulate
-  it): ``openvino`` at ``fp32`` (the 1.04-1.23x above);
-- no OpenVINO: ``onnxruntime`` at ``fp32``.
+- options given without a backend name theirs: the backends that take every option
+  given (``engines.OPTIONS``); the default backend if it is one of them, else the only
+  one; several and none the default is an error asking for a name;
+- no backend and no options: the default, chosen from measured figures (bench/RESULTS.md,
+  "Precision and CPU backends"): where OpenVINO is installed and its CPU device computes
+  bf16 natively (AVX-512 BF16 or AMX), OpenVINO at bf16 on the fp32 graphs (on the demo
+  model 1.5-2.0x OpenVINO fp32 per step at step SQNR 44 dB, frames 52 dB against fp32);
+  OpenVINO without native bf16 (AVX2-only CPUs): OpenVINO fp32 (1.3x ONNX Runtime fp32
+  end to end on an AVX2 Zen 3); without OpenVINO: ONNX Runtime fp32;
+- a precision named without a backend runs on OpenVINO where its CPU device computes it
+  (int8 from the Q/DQ graphs included), else on ONNX Runtime;
+- a backend named without a precision: bf16 for OpenVINO where its device computes it
+  natively, else fp32.
 
-Resolving the default imports OpenVINO (to ask the device what it computes) only
-when OpenVINO is installed and no backend was named. Knows nothing of diffusion.
+Asking OpenVINO what its device computes imports OpenVINO, only when it is installed
+and the answer is needed. Knows nothing of diffusion.
 """
 
 from __future__ import annotations
 
-FALLBACK = ("onnxruntime", "fp32")
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import precision as policy
+from ..engines import OPTIONS, backends_taking, check_options
+from ..engines.probe import has_module
+from ..errors import EmoteError
+
+MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
-def openvino_native_precisions(device: str = "CPU") -> list[str]:
-    """Precisions the OpenVINO device computes natively (fp32 always; bf16/fp16 where it has them)."""
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+    reason: str = "named"  # "named", or how the default was chosen
+
+    def open(self):
+        """The backend, made (imported only now)."""
+        from ..engines import open_backend
+
+        return open_backend(self.backend, self.precision, **self.options)
+
+
+def openvino_native(device: str = "CPU") -> list[str]:
+    """Precisions the OpenVINO device computes natively (as it reports them)."""
     from ..engines.openvino import devices
 
     return next((p for d, _, p in devices() if d == device.split(".")[0]), ["fp32"])
 
 
+def installed(backend: str) -> bool:
+    return has_module(MODULES[backend])
+
+
+def default_backend(precision: str | None = None) -> tuple[str, str, str]:
+    """(backend, precision, reason) when no backend is named: see the module docstring."""
+    if not installed("openvino"):
+        return "onnxruntime", precision or "fp32", "OpenVINO is not installed"
+    native = openvino_native()
+    if precision is None:
+        if "bf16" in native:
+            return "openvino", "bf16", "OpenVINO's CPU computes bf16 natively"
+        return "openvino", "fp32", "OpenVINO's CPU has no native bf16"
+    if precision in native and precision in policy.RUNS["openvino"]:
+        return "openvino", precision, f"OpenVINO's CPU computes {precision}"
+    return "onnxruntime", precision, f"OpenVINO's CPU does not compute {precision}"
+
+
 def default_precision(backend: str, device: str = "CPU") -> str:
-    """The precision a named backend runs at when none is asked for."""
-    if backend == "openvino":
-        return "bf16" if "bf16" in openvino_native_precisions(device) else "fp32"
+    """The precision a named backend runs at when none is named."""
+    if backend == "openvino" and "bf16" in openvino_native(device):
+        return "bf16"
     return "fp32"
 
 
-def default_backend(precision: str | None = None) -> tuple[str, str]:
-    """(backend, precision) of the runtime when no backend is named: see the module docstring.
-
-    A precision named without a backend runs on OpenVINO where its CPU device computes it
-    (int8 from the Q/DQ graphs included), else on ONNX Runtime (fp16: the bundle's fp16 graphs).
-    """
-    from ..engines.probe import has_module
-
-    if not has_module("openvino"):
-        return FALLBACK[0], precision or FALLBACK[1]
-    try:
-        native = openvino_native_precisions()
-    except Exception:  # noqa: BLE001 - an OpenVINO that cannot list its devices: the portable path, not a crash
-        return FALLBACK[0], precision or FALLBACK[1]
-    if precision is None:
-        return "openvino", "bf16" if "bf16" in native else "fp32"
-    return ("openvino" if precision in native else "onnxruntime"), precision
-
-
-def resolve(backend: str | None, precision: str | None, backend_options: dict | None = None) -> tuple[str, str]:
-    """The (backend, precision) to run: the named ones, the chosen default for what is not named.
-
-    Options given without a backend name are ONNX Runtime's (``providers``, ``buffer_device``:
-    what they were before the default was chosen), so they keep that backend.
-    """
-    if backend is None:
-        if not backend_options:
-            return default_backend(precision)
-        backend = "onnxruntime"
-    device = (backend_options or {}).get("device", "CPU")
-    return backend, precision or default_precision(backend, device)
+def resolve(backend: str | None = None, precision: str | None = None, options: dict[str, Any] | None = None) -> Choice:
+    """The backend, precision and options to run; see the module docstring."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    if backend is not None:
+        policy.check(backend, precision or "fp32")
+        check_options(backend, options)
+        if precision is None:
+            precision = default_precision(backend, options.get("device", "CPU")) if installed(backend) else "fp32"
+        policy.check(backend, precision)
+        return Choice(backend, precision, options)
+    if precision is not None:
+        policy.check("onnxruntime" if precision != "bf16" else "openvino", precision)  # a known precision
+    if not options:
+        backend, precision, reason = default_backend(precision)
+        return Choice(backend, precision, {}, f"default: {reason}")
+    fits = backends_taking(options)
+    if not fits:
+        takes = "; ".join(f"{b} takes {', '.join(OPTIONS[b])}" for b in policy.BACKENDS)
+        unknown = [k for k in options if not any(k in OPTIONS[b] for b in policy.BACKENDS)]
+        if unknown:
+            raise EmoteError(f"unknown backend option {', '.join(unknown)} ({takes})")
+        raise EmoteError(f"no one backend takes all of the options {', '.join(options)}: name one with --backend ({takes})")
+    default, _, reason = default_backend(precision)
+    if default in fits:
+        backend = default
+    elif len(fits) == 1:
+        backend, reason = fits[0], f"the options {', '.join(options)} are {fits[0]}'s"
+    else:
+        raise EmoteError(f"the options {', '.join(options)} fit {' and '.join(fits)}: name one with --backend")
+    return replace(resolve(backend, precision, options), reason=f"default: {reason}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from ..bundle import SAMPLE_RATE
 
 
 def frame_count(samples: int, fps: int) -> int:
@@ -28,37 +28,22 @@ def frame_count(samples: int, fps: int) -> int:
 
 
 @dataclass(frozen=True)
-class ClipPlan:
-    frames: int  # total video frames
+class ClipWindows:
+    """Which audio each clip sees: independent of the track's length (a live stream's is not known yet)."""
+
     clip_frames: int  # f
     motion_frames: int  # n
     fps: int
     left_context: int  # L, audio frames before a clip
     lookahead: int  # m, audio frames after a clip
 
-    def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ValueError("the audio is shorter than one video frame")
-
-    @classmethod
-    def for_samples(cls, samples: int, *, clip_frames: int, motion_frames: int, fps: int, left_context: int, lookahead: int) -> "ClipPlan":
-        return cls(frame_count(samples, fps), clip_frames, motion_frames, fps, left_context, lookahead)
-
     @property
     def samples_per_frame(self) -> int:
         return SAMPLE_RATE // self.fps
 
     @property
-    def clips(self) -> int:
-        return -(-self.frames // self.clip_frames)
-
-    @property
     def window_samples(self) -> int:
         return (self.left_context + self.clip_frames + self.lookahead) * self.samples_per_frame
-
-    def kept(self, clip: int) -> int:
-        """Frames of ``clip`` that are part of the video (the last clip is trimmed)."""
-        return min(self.clip_frames, self.frames - clip * self.clip_frames)
 
     def window_range(self, clip: int) -> tuple[int, int]:
         """Sample range [start, stop) of the clip's audio window (may reach outside the track)."""
@@ -69,8 +54,34 @@ class ClipPlan:
         """Samples that must have arrived before ``clip`` can start (its window's end)."""
         return self.window_range(clip)[1]
 
+    def plan(self, samples: int) -> "ClipPlan":
+        """The clips of a track of ``samples`` samples."""
+        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead,
+                        frames=frame_count(samples, self.fps))
 
-def audio_window(samples: np.ndarray, plan: ClipPlan, clip: int) -> np.ndarray:
+
+@dataclass(frozen=True)
+class ClipPlan(ClipWindows):
+    frames: int  # total video frames
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError("the audio is shorter than one video frame")
+
+    @classmethod
+    def for_samples(cls, samples: int, *, clip_frames: int, motion_frames: int, fps: int, left_context: int, lookahead: int) -> "ClipPlan":
+        return ClipWindows(clip_frames, motion_frames, fps, left_context, lookahead).plan(samples)
+
+    @property
+    def clips(self) -> int:
+        return -(-self.frames // self.clip_frames)
+
+    def kept(self, clip: int) -> int:
+        """Frames of ``clip`` that are part of the video (the last clip is trimmed)."""
+        return min(self.clip_frames, self.frames - clip * self.clip_frames)
+
+
+def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int) -> np.ndarray:
     """The clip's window of float32 samples, zero outside the track: shape (1, window_samples)."""
     start, stop = plan.window_range(clip)
     out = np.zeros(stop - start, dtype=np.float32)

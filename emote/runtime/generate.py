@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
 from .pipeline import Pipeline
 
@@ -41,19 +42,6 @@ class Summary:
         )
 
 
-def check_output_path(path: Path) -> None:
-    """Fail before any work if the output cannot be written."""
-    import os
-
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise EmoteError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir():
-        raise EmoteError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise EmoteError(f"cannot write {path}: directory {parent} is not writable")
-
-
 def retime(frames: np.ndarray, src_fps: int, dst_fps: float) -> np.ndarray:
     """Nearest-frame resampling of a clip's frames from the model's rate to the output rate."""
     if dst_fps == src_fps:
@@ -77,13 +65,12 @@ def generate_video(
     progress: bool = True,
 ) -> Summary:
     from .audio import read_audio, resample, to_mono
-    from .video import VideoWriter, write_npy, write_png_frames
+    from .video import VideoWriter, check_writable, write_npy, write_png_frames
 
     out = Path(out)
-    check_output_path(out)
-    for extra in (npy_path,):
-        if extra is not None:
-            check_output_path(Path(extra))
+    check_writable(out)
+    if npy_path is not None:
+        check_writable(npy_path)
     track, rate = read_audio(audio)  # muxed as the user gave it; the model hears 16 kHz mono
     samples = np.ascontiguousarray(resample(to_mono(track), rate))
     portrait = pipe.prepare(image, face_box)
@@ -118,4 +105,4 @@ def generate_video(
             write_png_frames(allf, png_dir)
         if npy_path:
             write_npy(allf, npy_path)
-    return Summary(n_frames, len(samples) / 16000, wall, first or wall)
+    return Summary(n_frames, len(samples) / SAMPLE_RATE, wall, first or wall)

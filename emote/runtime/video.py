@@ -8,30 +8,28 @@ the temporary one.
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
-from .audio import SAMPLE_RATE
+from ..folders import atomic_path, staged_dir
 
 AUDIO_RATE = 48_000  # AAC's usual rate; the 16 kHz track is resampled to it
 
 
-def _check_dir(path: Path) -> None:
+def check_writable(path: str | Path) -> None:
+    """Fail before any work if ``path`` cannot be written: a folder there, or a missing or read-only parent."""
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EmoteError(f"cannot write {path}: it is a directory")
     if not parent.is_dir():
         raise EmoteError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise EmoteError(f"cannot write {path}: directory {parent} is not writable")
-
-
-def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    return Path(tmp)
 
 
 class VideoWriter:
@@ -51,7 +49,7 @@ class VideoWriter:
         audio_rate: int = SAMPLE_RATE,
     ):
         self.path = Path(path)
-        _check_dir(self.path)
+        check_writable(self.path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.width, self.height = (size, size) if isinstance(size, int) else size
         if audio is not None:
@@ -67,7 +65,8 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         import av
 
-        self.tmp = _temp_beside(self.path)
+        self._atomic = atomic_path(self.path)  # renamed onto path when every frame is written
+        self.tmp = self._atomic.__enter__()
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         v = self.container.add_stream("libx264", rate=self.fps)
         v.width, v.height, v.pix_fmt = self.width, self.height, "yuv420p"
@@ -123,12 +122,10 @@ class VideoWriter:
                 if self.audio_stream is not None:
                     self._mux_audio()
             self.container.close()
-            if exc_type is None:
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__)  # the temporary file goes; the target stays as it was
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_png_frames(frames: np.ndarray, folder: str | Path) -> None:
@@ -136,36 +133,18 @@ def write_png_frames(frames: np.ndarray, folder: str | Path) -> None:
     from PIL import Image
 
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EmoteError(f"cannot write PNG frames to {folder}: the folder is not empty")
-    _check_dir(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    check_writable(folder.parent / f".{folder.name}")
+    with staged_dir(folder) as tmp:
         for i, f in enumerate(frames):
             Image.fromarray(f).save(tmp / f"frame_{i:06d}.png")
-        tmp.chmod(0o755)
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_npy(frames: np.ndarray, path: str | Path) -> None:
-    path = Path(path)
-    _check_dir(path)
-    tmp = _temp_beside(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, frames)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    check_writable(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, frames)
 
 
 def probe_video(path: str | Path) -> dict:
