@@ -1,31 +1,51 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both create .venv on first use (`make install`).
+# Both create .venv on first use (`make install`), with the versions pinned in constraints.txt.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
+EXTRAS  := export,test,bench,openvino
 
-.PHONY: install demo test test-fast weights gpu-check clean
+.PHONY: install demo test test-fast lint lock weights gpu-check clean
 
 install: $(STAMP)
 
 # torch is pinned to 2.13.0: that version installs the CPU build; any other pulls CUDA wheels.
-$(STAMP): pyproject.toml
+# constraints.txt pins every other package to the versions `make test` last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[export,test,bench,openvino]"
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/emote demo --out $(DEMO)
 
-test: install
-	$(BIN)/python -m pytest -q
+# The layers (import-linter contracts in pyproject.toml) and ruff first: seconds, before minutes of tests.
+lint: install
+	$(BIN)/ruff check emote tests bench training
+	$(BIN)/ruff format --check emote tests bench training
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Refresh constraints.txt: the newest versions pyproject.toml allows, resolved in a fresh venv;
+# then run `make test` before committing the new file.
+lock:
+	rm -rf build/lock-venv
+	$(PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet --upgrade pip
+	build/lock-venv/bin/pip install --quiet torch==2.13.0
+	build/lock-venv/bin/pip install --quiet -e ".[$(EXTRAS)]"
+	build/lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > constraints.txt
+	rm -rf build/lock-venv
+	@echo "wrote constraints.txt: run make test, then commit it"
 
 # Retrain the demo model from nothing (hours on 2 CPU cores; needs espeak-ng; resumes).
 weights: install
