@@ -58,7 +58,13 @@ def load_audio(path: str | Path) -> np.ndarray:
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """The file's own samples, float32 (n, channels), and its rate: the track muxed into the video."""
+    """The file's own samples, float32 (n, channels), and its rate: the track muxed into the video.
+
+    A file cut short of what its header promises (a partial copy or download) is an
+    error, not a shorter video: decoders read what is there without complaint.
+    """
+    from .truncation import check_container, flac_shortfall
+
     path = Path(path)
     if not path.exists():
         raise EmoteError(f"audio {path} not found")
@@ -66,13 +72,15 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise EmoteError(f"audio {path} is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise EmoteError(f"audio {path} is empty (0 bytes)")
+    check_container(path)
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         if "unknown format" in str(e).lower() or "format not recognised" in str(e).lower():
             data, rate = _read_pyav(path)
         else:
-            raise EmoteError(f"audio {path} is unreadable ({e}): truncated, corrupt or an unsupported sample format") from None
+            raise flac_shortfall(path) or EmoteError(
+                f"audio {path} is unreadable ({e}): truncated, corrupt or an unsupported sample format") from None
     except (RuntimeError, ValueError) as e:
         raise EmoteError(f"audio {path} is unreadable ({e})") from None
     if data.shape[0] == 0:

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import EmoteError
 
 MIN_SIDE = 32  # pixels: smaller images hold no usable face
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF"}
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -35,6 +36,25 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def truncated(path: Path, size: tuple[int, int] | None) -> EmoteError:
+    """PIL's "truncated" errors: the file ends early (a partial copy or download), said as such.
+
+    PIL's own LOAD_TRUNCATED_IMAGES stays off: it would fill the missing rows with grey.
+    """
+    where = f"before the {size[0]}x{size[1]} pixels its header promises" if size else "inside its header"
+    return EmoteError(f"image {path} is truncated: it ends {where}: a partial copy or download?")
+
+
+def unidentified(path: Path) -> EmoteError:
+    """A file PIL cannot identify; one that starts like an image format is that image cut short (or damaged)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = next((name for magic, name in SIGNATURES.items() if head.startswith(magic)), None)
+    if kind:
+        return EmoteError(f"image {path} is truncated or corrupt: it starts as a {kind} file but its header cannot be read")
+    return EmoteError(f"{path} is not an image (PNG, JPEG, WebP, BMP, TIFF...)")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, upright."""
     path = Path(path)
@@ -42,14 +62,18 @@ def load_image(path: str | Path) -> np.ndarray:
         raise EmoteError(f"image {path} not found")
     if path.is_dir():
         raise EmoteError(f"image {path} is a directory, not an image file")
+    size = None
     try:
         with Image.open(path) as img:
+            size = img.size
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
     except UnidentifiedImageError:
-        raise EmoteError(f"{path} is not an image (PNG, JPEG, WebP, BMP, TIFF...)") from None
+        raise unidentified(path) from None
     except (OSError, ValueError, SyntaxError) as e:
+        if "truncated" in str(e).lower():
+            raise truncated(path, size) from None
         raise EmoteError(f"image {path} is unreadable ({e}): truncated or corrupt?") from None
     h, w = rgb.shape[:2]
     if h == 0 or w == 0:
