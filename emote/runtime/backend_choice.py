@@ -42,18 +42,23 @@ def default_backend(precision: str | None = None) -> tuple[str, str]:
     """(backend, precision) of the runtime when no backend is named: see the module docstring.
 
     A precision named without a backend runs on OpenVINO where its CPU device computes it
-    (int8 from the Q/DQ graphs included), else on ONNX Runtime (fp16: the bundle's fp16 graphs).
+    (int8 from the Q/DQ graphs included, where the CPU has VNNI: ``int8_exact``), else on ONNX
+    Runtime (fp16: the bundle's fp16 graphs).
     """
-    from ..engines.probe import has_module
+    from ..engines.probe import cpu_flags, has_module
 
     if not has_module("openvino"):
         return FALLBACK[0], precision or FALLBACK[1]
+    from ..engines.openvino import int8_exact
+
     try:
         native = openvino_native_precisions()
     except Exception:  # noqa: BLE001 - an OpenVINO that cannot list its devices: the portable path, not a crash
         return FALLBACK[0], precision or FALLBACK[1]
     if precision is None:
         return "openvino", "bf16" if "bf16" in native else "fp32"
+    if precision == "int8" and not int8_exact(cpu_flags()):
+        return "onnxruntime", precision  # OpenVINO's int8 saturates without VNNI: it refuses to run there
     return ("openvino" if precision in native else "onnxruntime"), precision
 
 
