@@ -26,6 +26,7 @@ OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "openvino": {
         "device": str, "threads": int, "streams": int, "cache_dir": _PATH, "cache": bool, "inference_precision": str,
+        "allow_inexact_int8": bool,
     },
     "tensorrt": {
         "engines": _PATH, "build": bool, "cuda_graph": bool, "opt_level": int, "workspace_gb": _NUMBER, "device_id": int,

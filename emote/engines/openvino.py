@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import numpy as np
 from ..bundle import GraphSpec
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
+from .probe import VNNI_FLAGS, cpu_flags
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8: the float parts stay f32
@@ -105,6 +106,7 @@ class OpenVINOBackend(Backend):
         cache_dir: str | Path | None = None,
         cache: bool = True,
         inference_precision: str | None = None,
+        allow_inexact_int8: bool = False,
     ):
         ov = import_openvino()
         if precision not in PRECISIONS:
@@ -118,6 +120,8 @@ class OpenVINOBackend(Backend):
         if device.split(".")[0] not in {d.split(".")[0] for d in available}:
             raise EmoteError(f"OpenVINO device {device!r} not found (available: {', '.join(available)})")
         caps = capabilities(self.core, device)
+        if precision == "int8" and device.startswith("CPU") and not allow_inexact_int8 and not int8_exact(cpu_flags()):
+            raise EmoteError(INEXACT_INT8.format(cpu=self.core.get_property("CPU", "FULL_DEVICE_NAME")))
         for p in {precision, inference_precision or precision}:
             if CAPABILITY[p] not in caps:
                 raise EmoteError(f"OpenVINO {device} has no {p} ({self.core.get_property(device, 'FULL_DEVICE_NAME')}: "
@@ -167,6 +171,24 @@ class OpenVINOBackend(Backend):
         except RuntimeError as e:
             raise EmoteError(f"OpenVINO cannot compile {spec.path} for {self.device}: {str(e).splitlines()[0]}") from None
         return OpenVINOGraph(spec.name, compiled, names_in, names_out)
+
+
+INEXACT_INT8 = ("OpenVINO int8 is inexact on {cpu} (no VNNI: its int8 kernels saturate 16-bit sums, 10-15 dB lost "
+                "on the denoise step): use --backend onnxruntime --precision int8 "
+                "(or OpenVINOBackend(allow_inexact_int8=True) to run it anyway)")
+
+
+def int8_exact(flags: Collection[str]) -> bool:
+    """Whether OpenVINO's CPU int8 computes the Q/DQ graphs exactly on a CPU with these /proc/cpuinfo flags.
+
+    Not on x86 without VNNI: there a u8 x s8 product is ``vpmaddubsw``, which saturates the sum of
+    each pair of products to int16 (2 x 255 x 127 = 64770 > 32767), and OpenVINO shifts the signed
+    activations to u8 and runs the graph's full 8-bit weights through it (jit_avx2_I8, jit_gemm_i8):
+    on the tiny int8 bundle x0 falls to 20.8 dB against ONNX Runtime's 30.6 dB (bench/RESULTS.md,
+    "OpenVINO int8 on AVX2 without VNNI"). CPUs without x86 flags (ARM, no /proc/cpuinfo): not judged.
+    Where this is False, ``OpenVINOBackend(precision="int8")`` refuses unless ``allow_inexact_int8=True``.
+    """
+    return "sse4_1" not in flags or bool(VNNI_FLAGS & set(flags))
 
 
 def capabilities(core, device: str) -> list[str]:

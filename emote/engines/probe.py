@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+CPUINFO = Path("/proc/cpuinfo")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # int8 dot products summed straight into int32
 # /proc/cpuinfo flags that decide which kernels run: AVX2/FMA (every x86 kiosk CPU since 2013),
 # AVX-512, its bf16 and int8 dot products (VNNI), Intel's AVX-VNNI on AVX2 cores, AMX tiles.
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
@@ -35,7 +37,7 @@ class CpuClass:
     @property
     def vnni(self) -> bool:
         """int8 dot products with 32-bit sums (VNNI): without them u8 x s8 pairs are summed in 16 bits."""
-        return any(f in self.flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        return bool(VNNI_FLAGS & set(self.flags))
 
     @property
     def label(self) -> str:
@@ -49,15 +51,16 @@ class CpuClass:
 @functools.cache
 def cpu_class() -> CpuClass:
     """This machine's CPU class, from /proc/cpuinfo (Linux); elsewhere the platform's name and no flags."""
-    model, flags = platform.processor() or platform.machine(), set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break  # every core reports the same
+    model = platform.processor() or platform.machine()
+    try:
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == "model name":
+                model = value.strip()
+                break
+    except OSError:
+        pass  # not Linux: the platform's name
+    flags = cpu_flags()
     return CpuClass(model, tuple(f for f in CPU_FLAGS if f in flags))
 
 
@@ -93,3 +96,35 @@ def has_module(name: str) -> bool:
 def gpu_available() -> bool:
     """An NVIDIA GPU and the TensorRT Python package: what the GPU tests need."""
     return bool(nvidia_gpus()) and has_module("tensorrt")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``avx2``, ``avx512_vnni``, ``amx_int8``...); empty where unknown.
+
+    Read from the first ``flags`` line of /proc/cpuinfo (every core of one machine has the
+    same); another OS, or an ARM kernel that calls them ``Features``, gives an empty set.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (``avx2``, ``avx512_vnni``, ``amx_int8``...); empty where unknown.
+
+    Read from the first ``flags`` line of /proc/cpuinfo (every core of one machine has the
+    same); another OS, or an ARM kernel that calls them ``Features``, gives an empty set.
+    """
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()

@@ -14,7 +14,8 @@ cannot run: one ``EmoteError`` each); what is not named is chosen:
   OpenVINO without native bf16 (AVX2-only CPUs): OpenVINO fp32 (1.3x ONNX Runtime fp32
   end to end on an AVX2 Zen 3); without OpenVINO: ONNX Runtime fp32;
 - a precision named without a backend runs on OpenVINO where its CPU device computes it
-  (int8 from the Q/DQ graphs included), else on ONNX Runtime;
+  (int8 from the Q/DQ graphs included, where the CPU has VNNI: ``engines.openvino.int8_exact``),
+  else on ONNX Runtime;
 - a backend named without a precision: bf16 for OpenVINO where its device computes it
   natively, else fp32.
 
@@ -64,11 +65,16 @@ def default_backend(precision: str | None = None) -> tuple[str, str, str]:
     """(backend, precision, reason) when no backend is named: see the module docstring."""
     if not installed("openvino"):
         return "onnxruntime", precision or "fp32", "OpenVINO is not installed"
+    from ..engines.openvino import int8_exact
+    from ..engines.probe import cpu_flags
+
     native = openvino_native()
     if precision is None:
         if "bf16" in native:
             return "openvino", "bf16", "OpenVINO's CPU computes bf16 natively"
         return "openvino", "fp32", "OpenVINO's CPU has no native bf16"
+    if precision == "int8" and not int8_exact(cpu_flags()):
+        return "onnxruntime", precision, "OpenVINO's int8 is inexact on a CPU without VNNI"
     if precision in native and precision in policy.RUNS["openvino"]:
         return "openvino", precision, f"OpenVINO's CPU computes {precision}"
     return "onnxruntime", precision, f"OpenVINO's CPU does not compute {precision}"
