@@ -234,17 +234,7 @@ def _add_cpu_options(d) -> None:
     d.add_argument("--streams", type=int, help="OpenVINO streams (default 1: one request at a time, lowest latency)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="emote",
-        description="Emote Edge: run EMO-style talking-portrait diffusion models on edge GPUs and CPUs.",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    d = sub.add_parser("doctor", help="versions, CPU features, GPUs and the backends that will work here")
-    d.set_defaults(run=_doctor)
-
-    d = sub.add_parser("export", help="PyTorch model -> ONNX bundle (graphs + manifest.json)")
+def _args_export(d) -> None:
     d.add_argument("--preset", required=True, help="model preset: tiny, demo, emo-sd15, hallo, hallo-tiny")
     d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
     d.add_argument("--out", required=True, help="bundle folder to write")
@@ -256,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of random weights when there is no checkpoint")
     d.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(run=_export)
 
-    d = sub.add_parser("import-hallo", help="Hallo's released net.pth (+ its VAE and wav2vec2) -> a checkpoint of the hallo preset")
+
+def _args_import_hallo(d) -> None:
     d.add_argument("--net", required=True, help="Hallo's net.pth (pretrained_models/hallo/net.pth)")
     d.add_argument("--sd-vae", required=True, help="the sd-vae-ft-mse folder (diffusers AutoencoderKL)")
     d.add_argument("--wav2vec2", required=True, help="the wav2vec2-base-960h folder (transformers)")
@@ -268,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", default="hallo", help="hallo (default) or hallo-tiny (the CI-sized model of the same structure)")
     d.add_argument("--allow-unplaced", action="store_true", help="import even if some keys have no place in the model (they are listed)")
     d.add_argument("--force", action="store_true", help="replace an existing checkpoint folder")
-    d.set_defaults(run=_import_hallo)
 
-    d = sub.add_parser("verify", help="each graph of a bundle against PyTorch: max abs/rel error and SQNR per output")
+
+def _args_verify(d) -> None:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--checkpoint", help="the checkpoint the bundle was exported from (default: as recorded in the manifest)")
     d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"],
@@ -280,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
     d.add_argument("--graphs", help="only these graphs, comma-separated (default: all), e.g. reference_net,clip_condition")
     _add_cpu_options(d)
-    d.set_defaults(run=_verify)
 
-    d = sub.add_parser("calibrate", help="record every graph's inputs over real denoising trajectories (for int8)")
+
+def _args_calibrate(d) -> None:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--images", required=True, help="folder of portrait images (a handful is enough)")
     d.add_argument("--audio", required=True, help="folder of speech or song files")
@@ -292,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="replace an existing calibration folder")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(run=_calibrate)
 
-    d = sub.add_parser("quantize", help="int8 (Q/DQ, from calibration data) or fp16 step graphs beside the fp32 ones")
+
+def _args_quantize(d) -> None:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--precision", required=True, choices=["int8", "fp16"])
     d.add_argument("--calib", help="calibration folder from `emote calibrate` (int8)")
@@ -304,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-sensitivity", action="store_true", help="int8: skip the per-layer sweep (layers kept float by rule only)")
     d.add_argument("--checkpoint", help="fp16: the checkpoint the bundle was exported from (default: as recorded)")
     d.add_argument("--quiet", action="store_true")
-    d.set_defaults(run=_quantize)
 
-    d = sub.add_parser("build", help="TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)")
+
+def _args_build(d) -> None:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="graphs to build from: the bundle's fp16 / int8 (Q/DQ) graphs where it has them, fp32 otherwise")
@@ -315,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workspace", type=float, help="GB of scratch the builder may use per layer (default: TensorRT's)")
     d.add_argument("--device", type=int, default=0, help="CUDA device index")
     d.add_argument("--force", action="store_true", help="rebuild plans whose keys match")
-    d.set_defaults(run=_build)
 
-    d = sub.add_parser("generate", help="portrait + audio -> MP4 with the audio muxed in")
+
+def _args_generate(d) -> None:
     d.add_argument("--bundle", required=True, help="bundle folder (from `emote export`)")
     d.add_argument("--image", required=True, help="portrait image (any size; the face is found and cropped)")
     d.add_argument("--audio", required=True, help="speech or song: WAV, FLAC, OGG or MP3, any rate")
@@ -347,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--png", help="also write PNG frames to this folder")
     d.add_argument("--npy", help="also write all frames to this .npy file")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(run=_generate)
 
-    d = sub.add_parser("bench", help="latency per component and end to end, side by side with the PyTorch baseline")
+
+def _args_bench(d) -> None:
     d.add_argument("--bundle", help="bundle to benchmark")
     d.add_argument("--preset", help="export this preset's bundle (cached in the output folder) and benchmark it")
     d.add_argument("--variants", help="comma-separated variant names (default: all that apply)")
@@ -364,12 +354,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", help="OpenVINO device of the openvino variants: CPU, GPU, NPU")
     d.add_argument("-o", "--out", required=True, help="results folder: results.json, results.md, results.png")
     d.add_argument("--quiet", action="store_true")
-    d.set_defaults(run=_bench)
 
-    d = sub.add_parser("demo", help="the example portrait and speech through the embedded demo model, to a video")
+
+def _args_demo(d) -> None:
     d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
-    d.set_defaults(run=_demo)
+
+
+# name, what runs it, its help line, what adds its arguments
+COMMANDS = (
+    ("doctor", _doctor, "versions, CPU features, GPUs and the backends that will work here", None),
+    ("export", _export, "PyTorch model -> ONNX bundle (graphs + manifest.json)", _args_export),
+    ("import-hallo", _import_hallo, "Hallo's released net.pth (+ its VAE and wav2vec2) -> a checkpoint of the hallo preset", _args_import_hallo),
+    ("verify", _verify, "each graph of a bundle against PyTorch: max abs/rel error and SQNR per output", _args_verify),
+    ("calibrate", _calibrate, "record every graph's inputs over real denoising trajectories (for int8)", _args_calibrate),
+    ("quantize", _quantize, "int8 (Q/DQ, from calibration data) or fp16 step graphs beside the fp32 ones", _args_quantize),
+    ("build", _build, "TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)", _args_build),
+    ("generate", _generate, "portrait + audio -> MP4 with the audio muxed in", _args_generate),
+    ("bench", _bench, "latency per component and end to end, side by side with the PyTorch baseline", _args_bench),
+    ("demo", _demo, "the example portrait and speech through the embedded demo model, to a video", _args_demo),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emote",
+        description="Emote Edge: run EMO-style talking-portrait diffusion models on edge GPUs and CPUs.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, run, help_line, add_arguments in COMMANDS:
+        d = sub.add_parser(name, help=help_line)
+        if add_arguments is not None:
+            add_arguments(d)
+        d.set_defaults(run=run)
     return p
 
 
