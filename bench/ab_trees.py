@@ -23,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 PROGRAM = """
 import hashlib, json, sys, time
 import numpy as np

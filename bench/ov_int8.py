@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from emote.bundle import Bundle, GraphSpec  # noqa: E402
 from emote.calibration import quantize as q  # noqa: E402
 from emote.calibration.record import CalibrationSet  # noqa: E402
 from emote.export.parity import sqnr_db  # noqa: E402
-from emote.bundle import Bundle, GraphSpec  # noqa: E402
 
 
 def quantize(src: Path, dst: Path, feeds, exclude, *, ops=q.QUANT_OPS, signed=True, inputs_only=True) -> None:

@@ -66,10 +66,10 @@ def calibration_inputs(root: Path) -> tuple[Path, Path]:
 
 def tiny_int8_bundle(root: Path, model) -> tuple[Path, Path]:
     """(bundle, calibration folder): built as the fixtures build them, or reused when already there."""
+    from emote.bundle import Bundle
     from emote.calibration.quantize import quantize_bundle
     from emote.calibration.record import calibrate
     from emote.export.bundle import export_bundle
-    from emote.bundle import Bundle
 
     bundle, calib = root / "tiny", root / "calib"
     if bundle.is_dir() and all(Bundle.open(bundle).has(g, "int8") for g in STEP_GRAPHS):
@@ -274,11 +274,11 @@ def main() -> None:
     import onnxruntime as ort
     import openvino as ov
 
+    from emote.bundle import Bundle
     from emote.engines.onnxruntime import OnnxRuntimeBackend
     from emote.engines.openvino import OpenVINOBackend
     from emote.models.config import preset
     from emote.models.emo import build_model
-    from emote.bundle import Bundle
 
     flags = cpu_flags()
     name = ov.Core().get_property("CPU", "FULL_DEVICE_NAME")

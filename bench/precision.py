@@ -37,12 +37,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's emote and training packages
 
+from emote import precision as policy  # noqa: E402
 from emote.bench.run import benchmark, machine  # noqa: E402
 from emote.bench.variants import VariantSpec  # noqa: E402
-from emote.export.parity import sqnr_db  # noqa: E402
-from emote import precision as policy  # noqa: E402
 from emote.bundle import SAMPLE_RATE, Bundle  # noqa: E402
 from emote.engines import open_backend  # noqa: E402
+from emote.export.parity import sqnr_db  # noqa: E402
 
 STEP = "denoise_step"
 

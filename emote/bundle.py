@@ -78,7 +78,7 @@ class _Fields:
             raise EmoteError(f"bundle {self.path}: {MANIFEST} field {self._name(key)} is {value!r}, expected {names}")
         return value
 
-    def sub(self, key: str) -> "_Fields":
+    def sub(self, key: str) -> _Fields:
         return _Fields(self.get(key, dict), self._name(key), self.path)
 
 
@@ -92,7 +92,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def read(cls, f: _Fields) -> "TensorSpec":
+    def read(cls, f: _Fields) -> TensorSpec:
         shape = f.get("shape", list)
         if not all(isinstance(d, int) and d > 0 for d in shape):
             raise EmoteError(f"bundle {f.path}: {MANIFEST} field {f.where}.shape is {shape}: static positive sizes only")
@@ -127,7 +127,7 @@ class GraphSpec:
         return {t.name: (t.shape, t.dtype) for t in (*self.inputs, *self.outputs)}
 
     @classmethod
-    def standalone(cls, path: str | Path, name: str | None = None, precision: str = "fp32") -> "GraphSpec":
+    def standalone(cls, path: str | Path, name: str | None = None, precision: str = "fp32") -> GraphSpec:
         """An ONNX file outside any bundle (a benchmark's GEMM, a test's one-op graph): the
         engine reads its tensors from the file; nothing is cached, keyed or checked by hash."""
         path = Path(path)
@@ -187,7 +187,7 @@ class Bundle:
     export_seconds: float | None = None
 
     @classmethod
-    def open(cls, path: str | Path, check_hashes: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, check_hashes: bool = True) -> Bundle:
         path = Path(path)
         data = read_manifest(path, BUNDLE, READS)
         bundle = _parse(path, data)

@@ -57,7 +57,7 @@ def hinted(backend: str, precision: str) -> bool:
     return RUNS[backend][precision] == HINTED
 
 
-def graph_for(bundle: "Bundle", name: str, backend: str, precision: str) -> "GraphSpec":
+def graph_for(bundle: Bundle, name: str, backend: str, precision: str) -> GraphSpec:
     """The file of graph ``name`` that runs at ``precision`` on ``backend``: its variant, else fp32."""
     p = graph_precision(backend, precision)
     if p != "fp32" and not bundle.has(STEP, p):
@@ -65,18 +65,16 @@ def graph_for(bundle: "Bundle", name: str, backend: str, precision: str) -> "Gra
     return bundle.graph(name, p if bundle.has(name, p) else "fp32")
 
 
-def graphs_for(bundle: "Bundle", backend: str, precision: str, names=None) -> dict[str, "GraphSpec"]:
+def graphs_for(bundle: Bundle, backend: str, precision: str, names=None) -> dict[str, GraphSpec]:
     """Every graph (or those of ``names``) as it runs at ``precision`` on ``backend``."""
     return {n: graph_for(bundle, n, backend, precision) for n in (names or bundle.names)}
 
 
-def runnable(bundle: "Bundle", backend: str, native: tuple[str, ...] | list[str] | None = None) -> list[str]:
+def runnable(bundle: Bundle, backend: str, native: tuple[str, ...] | list[str] | None = None) -> list[str]:
     """The precisions ``backend`` can run of ``bundle``: graphs the bundle has; hinted ones where the
     device computes them natively (``native``: what the device reports; None: no hinted precision)."""
     out = []
     for p, how in RUNS[backend].items():
-        if how == GRAPHS and (p == "fp32" or bundle.has(STEP, p)):
-            out.append(p)
-        elif how == HINTED and native is not None and p in native:
+        if how == GRAPHS and (p == "fp32" or bundle.has(STEP, p)) or how == HINTED and native is not None and p in native:
             out.append(p)
     return out

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from emote.bundle import Bundle, file_sha256
 from emote.calibration.quantize import INT8_TARGET_DB, layers
 from emote.calibration.record import CalibrationSet
 from emote.cli import main
-from emote.bundle import Bundle, file_sha256
 from emote.errors import EmoteError
 
 STEP = ("denoise_step", "denoise_step_cond")

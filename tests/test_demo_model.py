@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from emote.bench.lipsync import score
-from emote.runtime.examples import example_inputs
 from emote.cli import main
 from emote.models.checkpoint import load_checkpoint, shipped_checkpoint
 from emote.models.config import preset
 from emote.runtime import Pipeline
+from emote.runtime.examples import example_inputs
 
 BUDGET = 25 * 2**20  # bytes of shipped weights the product may carry
 
@@ -76,9 +76,9 @@ def test_emote_demo_writes_the_video_and_scores_its_lip_sync(demo_out, capsys):
 
 def test_bench_scores_lip_sync_of_trained_weights_only(demo_bundle):
     """`emote bench`'s fidelity columns: lip sync for the shipped weights' frames, none for random weights."""
-    from emote.bench.run import lip_sync
     from dataclasses import replace
 
+    from emote.bench.run import lip_sync
     from emote.bundle import Bundle
 
     portrait, audio = example_inputs(128)

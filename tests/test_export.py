@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from emote.bundle import Bundle, file_sha256
 from emote.cli import main
 from emote.errors import EmoteError
 from emote.export.hoisting import misplaced_work
-from emote.bundle import Bundle, file_sha256
 
 GRAPHS = ["audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder"]
 

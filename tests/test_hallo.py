@@ -355,9 +355,8 @@ def test_import_errors_name_the_option(hallo_files, tmp_path, capsys):
 def test_round_trip_export_and_verify(hallo_bundle, capsys):
     import onnx
 
-    from emote.export.hoisting import misplaced_work
-
     from emote.bundle import Bundle
+    from emote.export.hoisting import misplaced_work
 
     bundle = Bundle.open(hallo_bundle)
     assert bundle.preset == "hallo-tiny" and bundle.family == "hallo" and bundle.sampler.beta_schedule == "linear"

@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import pytest
 
+from emote.bundle import Bundle, GraphSpec
 from emote.cli import main
+from emote.engines.cuda import installed as cuda_python_installed
 from emote.engines.engine_key import (
     BuildOptions,
     EngineKey,
@@ -26,11 +28,9 @@ from emote.engines.engine_key import (
     read_key,
     sha256_bytes,
 )
-from emote.engines.cuda import installed as cuda_python_installed
 from emote.engines.probe import has_module
 from emote.engines.steploop import Step, StepPlan
 from emote.engines.tensorrt import check_engine_io
-from emote.bundle import Bundle, GraphSpec
 from emote.engines.trt_build import declared_io, ensure_plan, expected_key, plan_sources
 from emote.errors import EmoteError
 from emote.runtime.face import Portrait

@@ -145,7 +145,7 @@ class Dataset:
     index: dict[str, np.ndarray]
 
     @classmethod
-    def open(cls, path: str | Path) -> "Dataset":
+    def open(cls, path: str | Path) -> Dataset:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
         r = meta["resolution"]

@@ -19,7 +19,6 @@ import soxr
 from PIL import Image
 
 from emote.bundle import SAMPLE_RATE
-
 from training.portrait import EXAMPLE, render_portrait
 
 ASSETS = Path(__file__).resolve().parent.parent / "emote" / "assets"

@@ -29,27 +29,7 @@ VARIANTS = (  # espeak-ng's voice variants (file names under voices/!v)
     "Andrea", "Annie", "Alicia", "belinda", "benjamin", "david", "Gene", "Hugo", "linda", "max", "Michael",
     "Mike", "paul", "robert", "steph", "anika", "grandma", "grandpa", "klatt", "klatt3", "shelby", "travis", "norbert",
 )
-WORDS = """
-the a one two three some every this that my your our their his her its we you they i he she it
-time year people way day man woman child world life hand part place case week company system program
-question work government number night point home water room mother area money story fact month lot
-right study book eye job word business issue side kind head house service friend father power hour game
-line end member law car city community name president team minute idea kid body information back
-parent face others level office door health person art war history party result change morning reason
-research girl guy moment air teacher force education foot boy age policy music market sense nation plan
-college interest death experience effect class control care field development role effort rate heart
-drug show leader light voice wife police mind price report decision son view relationship town road
-say get make go know take see come think look want give use find tell ask seem feel try leave call keep
-let begin help talk turn start show hear play run move like live believe hold bring happen write sit
-stand lose pay meet include continue set learn lead understand watch follow stop create speak read
-allow add spend grow open walk win offer remember love consider appear buy wait serve die send expect
-build stay fall cut reach kill remain suggest raise pass sell require decide return explain hope
-good new first last long great little own other old big high different small large next early young
-important few public bad same able free sure happy warm bright quiet simple strong clear deep open
-really very also just now then here there always never often today again still almost soon together
-and but or because if when while so after before about with from into over under through between
-hello yes no please thanks maybe okay sorry welcome goodbye morning evening tonight tomorrow yesterday
-""".split()
+WORDS = ["the", "a", "one", "two", "three", "some", "every", "this", "that", "my", "your", "our", "their", "his", "her", "its", "we", "you", "they", "i", "he", "she", "it", "time", "year", "people", "way", "day", "man", "woman", "child", "world", "life", "hand", "part", "place", "case", "week", "company", "system", "program", "question", "work", "government", "number", "night", "point", "home", "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house", "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body", "information", "back", "parent", "face", "others", "level", "office", "door", "health", "person", "art", "war", "history", "party", "result", "change", "morning", "reason", "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "foot", "boy", "age", "policy", "music", "market", "sense", "nation", "plan", "college", "interest", "death", "experience", "effect", "class", "control", "care", "field", "development", "role", "effort", "rate", "heart", "drug", "show", "leader", "light", "voice", "wife", "police", "mind", "price", "report", "decision", "son", "view", "relationship", "town", "road", "say", "get", "make", "go", "know", "take", "see", "come", "think", "look", "want", "give", "use", "find", "tell", "ask", "seem", "feel", "try", "leave", "call", "keep", "let", "begin", "help", "talk", "turn", "start", "show", "hear", "play", "run", "move", "like", "live", "believe", "hold", "bring", "happen", "write", "sit", "stand", "lose", "pay", "meet", "include", "continue", "set", "learn", "lead", "understand", "watch", "follow", "stop", "create", "speak", "read", "allow", "add", "spend", "grow", "open", "walk", "win", "offer", "remember", "love", "consider", "appear", "buy", "wait", "serve", "die", "send", "expect", "build", "stay", "fall", "cut", "reach", "kill", "remain", "suggest", "raise", "pass", "sell", "require", "decide", "return", "explain", "hope", "good", "new", "first", "last", "long", "great", "little", "own", "other", "old", "big", "high", "different", "small", "large", "next", "early", "young", "important", "few", "public", "bad", "same", "able", "free", "sure", "happy", "warm", "bright", "quiet", "simple", "strong", "clear", "deep", "open", "really", "very", "also", "just", "now", "then", "here", "there", "always", "never", "often", "today", "again", "still", "almost", "soon", "together", "and", "but", "or", "because", "if", "when", "while", "so", "after", "before", "about", "with", "from", "into", "over", "under", "through", "between", "hello", "yes", "no", "please", "thanks", "maybe", "okay", "sorry", "welcome", "goodbye", "morning", "evening", "tonight", "tomorrow", "yesterday"]
 SYLLABLES = ("la", "na", "da", "ma", "ta", "loo", "noo", "oh", "ah", "ee", "yeah", "hey", "la la", "do", "re", "mi", "fa", "so", "ti")
 
 

@@ -93,7 +93,7 @@ class Run:
     def __init__(self, work: Path, stage: str, spec: Stage):
         self.work, self.stage, self.spec = work, stage, spec
         self.path = work / f"{stage}.pt"
-        self.log = open(work / "loss.jsonl", "a")
+        self.log = open(work / "loss.jsonl", "a")  # noqa: SIM115 - a stage-long log, flushed at every step
         self.step = 0
         self.started = time.time()
 

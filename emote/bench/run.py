@@ -39,7 +39,7 @@ def rss_bytes() -> int:
 class PeakRSS:
     """Samples this process's resident memory every 5 ms while in the ``with`` block."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak, self._stop = rss_bytes(), threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -165,7 +165,7 @@ def benchmark(
             "lipsync": sync.get(s.name),
             "stages": stages,
         }
-    for name, r in results.items():
+    for r in results.values():
         r["speedup_vs_baseline"] = results[base]["seconds"]["p50"] / r["seconds"]["p50"]
     return {
         "machine": machine(),

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from ..errors import EmoteError
 from ..bundle import Bundle, graph_entry
+from ..errors import EmoteError
 from .record import CalibrationSet
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")

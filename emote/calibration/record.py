@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import SAMPLE_RATE, Bundle, file_sha256
 from ..errors import EmoteError
 from ..folders import FolderKind, read_manifest, staged_folder
-from ..bundle import SAMPLE_RATE, Bundle, file_sha256
 
 FORMAT = "emote-calibration/1"
 MANIFEST = "calibration.json"
@@ -217,7 +217,7 @@ class CalibrationSet:
         self._open: dict[str, np.lib.npyio.NpzFile] = {}
 
     @classmethod
-    def open(cls, folder: str | Path) -> "CalibrationSet":
+    def open(cls, folder: str | Path) -> CalibrationSet:
         folder = Path(folder)
         manifest = read_manifest(folder, CALIBRATION)
         for shard, info in manifest["shards"].items():
@@ -287,7 +287,7 @@ class CalibrationSet:
             f.close()
         self._open.clear()
 
-    def __enter__(self) -> "CalibrationSet":
+    def __enter__(self) -> CalibrationSet:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -95,7 +95,7 @@ class Backend(ABC):
     def close(self) -> None:
         """Free sessions and buffers. A CPU backend may load graphs again afterwards."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -137,14 +137,14 @@ class DeviceBuffer:
     Views share the owner's memory and free nothing; only the owner's ``close`` frees.
     """
 
-    def __init__(self, ptr: int, shape: tuple[int, ...], dtype, owner: "DeviceBuffer | None" = None, label: str = ""):
+    def __init__(self, ptr: int, shape: tuple[int, ...], dtype, owner: DeviceBuffer | None = None, label: str = ""):
         self.ptr, self.shape, self.dtype = int(ptr), tuple(int(s) for s in shape), np.dtype(dtype)
         self.owner, self.label = owner, label
         self.pinned: PinnedBuffer | None = None  # host staging, made on first host copy
         self.staged = None  # event recorded after the last copy through ``pinned``
 
     @classmethod
-    def allocate(cls, shape: tuple[int, ...], dtype, label: str = "") -> "DeviceBuffer":
+    def allocate(cls, shape: tuple[int, ...], dtype, label: str = "") -> DeviceBuffer:
         size = max(nbytes(shape, dtype), 1)  # cudaMalloc(0) returns no usable pointer
         ptr = check(cudart().cudaMalloc(size), f"cudaMalloc of {size} bytes for {label or 'a buffer'}")
         return cls(int(ptr), shape, dtype, label=label)
@@ -153,7 +153,7 @@ class DeviceBuffer:
     def nbytes(self) -> int:
         return nbytes(self.shape, self.dtype)
 
-    def __getitem__(self, index) -> "DeviceBuffer":
+    def __getitem__(self, index) -> DeviceBuffer:
         if not isinstance(index, slice) or index.step not in (None, 1):
             raise TypeError("device buffers slice along axis 0 with a contiguous slice only")
         start, stop, _ = index.indices(self.shape[0])
@@ -197,7 +197,7 @@ class Event:
         self.handle = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), f"cudaEventCreateWithFlags ({label})")
         self.label = label
 
-    def record(self, stream: "Stream") -> None:
+    def record(self, stream: Stream) -> None:
         check(cudart().cudaEventRecord(self.handle, stream.handle), f"cudaEventRecord ({self.label} on {stream.label})")
 
     def synchronize(self) -> None:

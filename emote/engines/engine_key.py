@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -72,7 +71,7 @@ class EngineKey:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "EngineKey":
+    def from_json(cls, text: str) -> EngineKey:
         d = json.loads(text)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
@@ -81,7 +80,7 @@ class EngineKey:
         d["build"] = BuildOptions(**d.get("build", {}))
         return cls(**d)
 
-    def mismatch(self, found: "EngineKey | None", *, check_build: bool = False) -> str | None:
+    def mismatch(self, found: EngineKey | None, *, check_build: bool = False) -> str | None:
         """Why a plan with key ``found`` must not be used where ``self`` is expected; None if it may."""
         if found is None:
             return "no plan yet"

@@ -122,7 +122,7 @@ def check_providers(spec: GraphSpec, asked: list[str], loaded: list[str]) -> Non
 class OrtBuffer:
     """An ``OrtValue`` on a device, with the shape and dtype the backend contract reads."""
 
-    def __init__(self, value: "ort.OrtValue", shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, value: ort.OrtValue, shape: tuple[int, ...], dtype: np.dtype):
         self.value, self.shape, self.dtype = value, tuple(shape), np.dtype(dtype)
 
     def __len__(self) -> int:

@@ -113,18 +113,3 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
         if sep and key.strip() == "flags":
             return frozenset(value.split())
     return frozenset()
-def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The CPU's feature flags as Linux names them (``avx2``, ``avx512_vnni``, ``amx_int8``...); empty where unknown.
-
-    Read from the first ``flags`` line of /proc/cpuinfo (every core of one machine has the
-    same); another OS, or an ARM kernel that calls them ``Features``, gives an empty set.
-    """
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()

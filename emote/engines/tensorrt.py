@@ -52,7 +52,7 @@ def check_engine_io(graph: str, engine_io: dict, declared: dict) -> None:
 
 
 class TrtGraph(Graph):
-    def __init__(self, backend: "TensorRTBackend", name: str, key: str, engine, declared: dict):
+    def __init__(self, backend: TensorRTBackend, name: str, key: str, engine, declared: dict):
         trt = backend.trt
         self.backend, self.name, self.key, self.engine = backend, name, key, engine
         io, modes = {}, {}
@@ -70,7 +70,7 @@ class TrtGraph(Graph):
         self.outputs = {n: io[n] for n in io if not modes[n]}
         self.scratch = int(engine.device_memory_size_v2)
 
-    def bind(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> "TrtCall":
+    def bind(self, inputs: dict[str, Buffer], outputs: dict[str, Buffer]) -> TrtCall:
         from .cuda import DeviceBuffer
 
         be, trt = self.backend, self.backend.trt
@@ -114,7 +114,7 @@ class TrtGraph(Graph):
 class TrtCall:
     """One bound execution context: ``call()`` enqueues it on the backend's current stream."""
 
-    def __init__(self, backend: "TensorRTBackend", graph: str, context, buffers: dict):
+    def __init__(self, backend: TensorRTBackend, graph: str, context, buffers: dict):
         self.backend, self.graph, self.context, self.buffers = backend, graph, context, buffers
         self.memory = None  # (stream label, pool generation) the context's scratch was set for
 
@@ -147,7 +147,7 @@ class CapturedLoop:
     buffer before every step's row copy).
     """
 
-    def __init__(self, backend: "TensorRTBackend", plan: StepPlan, capture: bool = True):
+    def __init__(self, backend: TensorRTBackend, plan: StepPlan, capture: bool = True):
         self.backend, self.plan, self.captured = backend, plan, capture
         self.rows = backend.alloc(plan.rows.shape, np.float32, label="sampler table")
         backend.from_host(self.rows, np.ascontiguousarray(plan.rows, np.float32))

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import EmoteError
 from ..bundle import Bundle, file_sha256
+from ..errors import EmoteError
 from ..folders import FolderKind, read_manifest, staged_folder
 from .config import ModelConfig
 from .emo import EMOModel, build_model
@@ -92,10 +92,10 @@ def load_checkpoint(path: str | Path, expect: ModelConfig | None = None, device:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(path / WEIGHTS, framework="pt", device=device) as f:
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
             check_state(expected, found, f"checkpoint {path}")
             # weights may be stored in float16 to ship small: the model computes in float32
-            state = {k: _as_float32(f.get_tensor(k)) for k in f.keys()}
+            state = {k: _as_float32(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError) as e:
         raise EmoteError(f"checkpoint {path} is corrupt: {e}") from None
     model.load_state_dict(state, assign=True)

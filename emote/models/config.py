@@ -182,7 +182,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         tuples = lambda sub, keys: {k: tuple(v) if k in keys else v for k, v in sub.items()}  # noqa: E731
         unet = UNetConfig(**tuples(d.pop("unet"), {"block_out_channels", "attention_levels"}))

@@ -97,7 +97,7 @@ class EMOModel(nn.Module):
             else None
         )
 
-    def with_geometry(self, frames: int | None = None, resolution: int | None = None) -> "EMOModel":
+    def with_geometry(self, frames: int | None = None, resolution: int | None = None) -> EMOModel:
         """Change the clip length or resolution (no weight depends on them); validated by the config."""
         import dataclasses
 
@@ -107,7 +107,7 @@ class EMOModel(nn.Module):
             self.audio_encoder.clip_frames = self.config.frames
         return self
 
-    def only(self, *components: str) -> "EMOModel":
+    def only(self, *components: str) -> EMOModel:
         """A view holding only the named components (same parameters, no copies).
 
         Export wraps one of these per graph so that a graph's exported program lifts

@@ -54,7 +54,7 @@ class ClipWindows:
         """Samples that must have arrived before ``clip`` can start (its window's end)."""
         return self.window_range(clip)[1]
 
-    def plan(self, samples: int) -> "ClipPlan":
+    def plan(self, samples: int) -> ClipPlan:
         """The clips of a track of ``samples`` samples."""
         return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead,
                         frames=frame_count(samples, self.fps))
@@ -69,7 +69,7 @@ class ClipPlan(ClipWindows):
             raise ValueError("the audio is shorter than one video frame")
 
     @classmethod
-    def for_samples(cls, samples: int, *, clip_frames: int, motion_frames: int, fps: int, left_context: int, lookahead: int) -> "ClipPlan":
+    def for_samples(cls, samples: int, *, clip_frames: int, motion_frames: int, fps: int, left_context: int, lookahead: int) -> ClipPlan:
         return ClipWindows(clip_frames, motion_frames, fps, left_context, lookahead).plan(samples)
 
     @property

@@ -318,7 +318,7 @@ class Pipeline:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *exc) -> None:

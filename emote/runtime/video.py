@@ -62,7 +62,7 @@ class VideoWriter:
         self.frames = 0
         self.container = None
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         import av
 
         self._atomic = atomic_path(self.path)  # renamed onto path when every frame is written
