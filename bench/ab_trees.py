@@ -81,20 +81,37 @@ def main() -> int:
     summary = {}
     for name, rs in runs.items():
         secs = statistics.median(x["seconds"] for x in rs)
-        summary[name] = {"tree": str(trees[name]), "runs": len(rs), "p50_seconds": secs, "fps": rs[0]["frames"] / secs,
-                         "first_frame_p50": statistics.median(x["first_frame"] for x in rs), "frames_sha256": sorted(hashes[name])}
+        summary[name] = {
+            "tree": str(trees[name]),
+            "runs": len(rs),
+            "p50_seconds": secs,
+            "fps": rs[0]["frames"] / secs,
+            "first_frame_p50": statistics.median(x["first_frame"] for x in rs),
+            "frames_sha256": sorted(hashes[name]),
+        }
     summary["B_speed_over_A"] = summary["A"]["p50_seconds"] / summary["B"]["p50_seconds"]
     summary["same_frames"] = hashes["A"] == hashes["B"] and len(hashes["A"]) == 1
     cpu = cpu_class().label
-    record = {"cpu": cpu, "backend": args.backend, "precision": args.precision, "audio_seconds": args.seconds,
-              "summary": summary, "command": " ".join(["python", *sys.argv]), "runs": runs}
+    record = {
+        "cpu": cpu,
+        "backend": args.backend,
+        "precision": args.precision,
+        "audio_seconds": args.seconds,
+        "summary": summary,
+        "command": " ".join(["python", *sys.argv]),
+        "runs": runs,
+    }
     (out / "ab.json").write_text(json.dumps(record, indent=1))
-    print(f"CPU: {cpu}; {args.backend} {args.precision}, DPM++ 4 steps, guidance on step 1, {args.seconds:g} s of audio, "
-          f"{args.rounds} rounds interleaved")
+    print(
+        f"CPU: {cpu}; {args.backend} {args.precision}, DPM++ 4 steps, guidance on step 1, {args.seconds:g} s of audio, "
+        f"{args.rounds} rounds interleaved"
+    )
     for name in ("A", "B"):
         s = summary[name]
-        print(f"{name} ({s['tree']}): p50 {s['p50_seconds']:.3f} s, {s['fps']:.1f} frames/s, first frame {s['first_frame_p50']:.3f} s "
-              f"over {s['runs']} videos")
+        print(
+            f"{name} ({s['tree']}): p50 {s['p50_seconds']:.3f} s, {s['fps']:.1f} frames/s, first frame {s['first_frame_p50']:.3f} s "
+            f"over {s['runs']} videos"
+        )
     print(f"B / A speed: {summary['B_speed_over_A']:.3f}x; identical frames: {summary['same_frames']}")
     return 0
 

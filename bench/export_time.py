@@ -44,8 +44,12 @@ def main() -> None:
     print(f"{'total':20s} {total:7.1f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"preset": args.preset, "machine": platform.processor() or platform.machine(),
-                                        "graphs": rows, "total_seconds": total}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {"preset": args.preset, "machine": platform.processor() or platform.machine(), "graphs": rows, "total_seconds": total},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -58,12 +58,20 @@ def main() -> int:
     portrait, audio = example_inputs(bundle.geometry.resolution)
     variants = {
         f"{mode}{'+graph' if graph else '-nograph'}": dict(graph=graph, overlap=(mode == "stream"))
-        for mode in ("profile", "stream") for graph in (True, False)
+        for mode in ("profile", "stream")
+        for graph in (True, False)
     }
     pipes = {
-        name: Pipeline(bundle, backend="tensorrt", precision=args.precision, sampler="dpmpp_2m", steps=args.steps,
-                       guidance_steps=1, overlap=v["overlap"],
-                       backend_options={"engines": args.engines, "cuda_graph": v["graph"]})
+        name: Pipeline(
+            bundle,
+            backend="tensorrt",
+            precision=args.precision,
+            sampler="dpmpp_2m",
+            steps=args.steps,
+            guidance_steps=1,
+            overlap=v["overlap"],
+            backend_options={"engines": args.engines, "cuda_graph": v["graph"]},
+        )
         for name, v in variants.items()
     }
     samples: dict[str, dict] = {n: {"clip": [], "first": [], "stages": {}} for n in pipes}
@@ -72,7 +80,7 @@ def main() -> int:
             run_once(pipe, portrait, audio)
         for r in range(args.repeat):
             names = list(pipes)
-            names = names[r % len(names):] + names[: r % len(names)]  # rotate: no variant always first
+            names = names[r % len(names) :] + names[: r % len(names)]  # rotate: no variant always first
             for name in names:
                 pipe = pipes[name]
                 pipe.timings.calls.clear()
@@ -103,8 +111,9 @@ def main() -> int:
     frames = bundle.geometry.frames
     print(f"\nframes per second (stream+graph, steady state): {frames / med(samples['stream+graph']['clip']):.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"bundle": str(args.bundle), "precision": args.precision, "steps": k,
-                                               "samples": samples}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"bundle": str(args.bundle), "precision": args.precision, "steps": k, "samples": samples}, indent=1)
+        )
     return 0
 
 

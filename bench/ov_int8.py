@@ -32,10 +32,19 @@ def quantize(src: Path, dst: Path, feeds, exclude, *, ops=q.QUANT_OPS, signed=Tr
     extra = {"ActivationSymmetric": signed, "WeightSymmetric": True, "MatMulConstBOnly": inputs_only}
     if inputs_only:
         extra.update(QuantizeBias=False, OpTypesToExcludeOutputQuantization=list(ops))
-    quantize_static(str(src), str(dst), q.Feeds(feeds), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(ops) if ops else None, per_channel=True,
-                    activation_type=QuantType.QInt8 if signed else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+    quantize_static(
+        str(src),
+        str(dst),
+        q.Feeds(feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(ops) if ops else None,
+        per_channel=True,
+        activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options=extra,
+    )
 
 
 def openvino_outputs(path: Path, feeds) -> dict[str, np.ndarray]:
@@ -63,7 +72,11 @@ def main() -> None:
         feeds = calib.feeds(args.graph)
         scorer = q.Scorer(src, calib.feeds(args.graph, limit=args.samples))
         ways = [
-            ("every op ONNX Runtime quantizes (its default op set), int8 symmetric, Q/DQ on outputs too", dict(ops=None, inputs_only=False), []),
+            (
+                "every op ONNX Runtime quantizes (its default op set), int8 symmetric, Q/DQ on outputs too",
+                dict(ops=None, inputs_only=False),
+                [],
+            ),
             ("Conv/MatMul/Gemm inputs, int8 symmetric, Concat-fed convs int8", {}, rules),
             ("Conv/MatMul/Gemm inputs, uint8 zero point 128, Concat-fed convs int8", dict(signed=False), rules),
             ("Conv/MatMul/Gemm inputs, int8 symmetric, Concat-fed convs float (emote quantize)", {}, list(kept)),

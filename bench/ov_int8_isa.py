@@ -43,6 +43,7 @@ INT16 = (-32768, 32767)
 
 # -- 1. the tests' tiny int8 bundle ---------------------------------------------------------------
 
+
 def calibration_inputs(root: Path) -> tuple[Path, Path]:
     """The ``calibration_inputs`` fixture: two procedural portraits, one noise image, two synthetic voices."""
     import soundfile as sf
@@ -85,12 +86,15 @@ def tiny_int8_bundle(root: Path, model) -> tuple[Path, Path]:
 
 # -- 2. parity against PyTorch ------------------------------------------------------------------
 
+
 def parity(bundle: Path, model, backends: dict[str, object]) -> dict[str, dict[tuple[str, str], float]]:
     """{backend label: {(graph, output): SQNR dB against PyTorch}} on the int8 graphs, real inputs."""
     from emote.export.parity import verify_bundle
 
-    return {label: {(r.graph, r.output): r.sqnr_db for r in verify_bundle(bundle, model, b, precision="int8", inputs=("real",))}
-            for label, b in backends.items()}
+    return {
+        label: {(r.graph, r.output): r.sqnr_db for r in verify_bundle(bundle, model, b, precision="int8", inputs=("real",))}
+        for label, b in backends.items()
+    }
 
 
 def table(results: dict[str, dict[tuple[str, str], float]]) -> list[str]:
@@ -102,6 +106,7 @@ def table(results: dict[str, dict[tuple[str, str], float]]) -> list[str]:
 
 
 # -- 3. what OpenVINO executes ------------------------------------------------------------------
+
 
 def runtime_kernels(path: Path) -> Counter:
     """(layer type, runtime precision, kernel) -> count, over OpenVINO's executed Convolution/FullyConnected/MatMul nodes."""
@@ -128,11 +133,17 @@ def ort_fused(path: Path) -> Counter:
         so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
-    return Counter({k: v for k, v in ops.items() if k not in ("QuantizeLinear", "DequantizeLinear") and
-                    any(t in k for t in ("Conv", "MatMul", "Gemm", "Integer"))})
+    return Counter(
+        {
+            k: v
+            for k, v in ops.items()
+            if k not in ("QuantizeLinear", "DequantizeLinear") and any(t in k for t in ("Conv", "MatMul", "Gemm", "Integer"))
+        }
+    )
 
 
 # -- 4. one-op graphs: the saturation itself ------------------------------------------------------
+
 
 def one_op_graph(path: Path, op: str, w: np.ndarray, x_shape: list[int]) -> None:
     """Q(x) -> DQ -> Conv 1x1 / MatMul with int8 weights ``w`` [cout, cin] per output channel; scales 1/127, zero points 0."""
@@ -145,14 +156,26 @@ def one_op_graph(path: Path, op: str, w: np.ndarray, x_shape: list[int]) -> None
         wq, axis, tail = w.reshape(cout, cin, 1, 1), 0, [helper.make_node("Conv", ["d", "wd"], ["y"], kernel_shape=[1, 1])]
     else:
         wq, axis, tail = np.ascontiguousarray(w.T), 1, [helper.make_node("MatMul", ["d", "wd"], ["y"])]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
-             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=axis), *tail]
-    inits = {"s": np.array(scale), "zp": np.array(0, np.int8), "w": wq,
-             "ws": np.full(cout, scale, np.float32), "wz": np.zeros(cout, np.int8)}
-    g = helper.make_graph(nodes, "one_op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=axis),
+        *tail,
+    ]
+    inits = {
+        "s": np.array(scale),
+        "zp": np.array(0, np.int8),
+        "w": wq,
+        "ws": np.full(cout, scale, np.float32),
+        "wz": np.zeros(cout, np.int8),
+    }
+    g = helper.make_graph(
+        nodes,
+        "one_op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
@@ -188,9 +211,13 @@ def one_op_rows(tmp: Path) -> list[str]:
     cases.append(("full-range weights, activations over the range", w, lambda: rng.uniform(-1, 1, (n, cin))))
     w7 = np.clip(np.round(w.astype(np.float64) / 2), -63, 63).astype(np.int8)
     cases.append(("the same weights at 7 bits (|w| <= 63), activations over the range", w7, lambda: rng.uniform(-1, 1, (n, cin))))
-    out = [("| case | op | OpenVINO kernel | pairs over int16 | OpenVINO max err | OpenVINO vs saturating model | "
-            "ORT (default opts) max err | ORT as written max err |"),
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        (
+            "| case | op | OpenVINO kernel | pairs over int16 | OpenVINO max err | OpenVINO vs saturating model | "
+            "ORT (default opts) max err | ORT as written max err |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for what, weights, draw in cases:
         x = draw().astype(np.float32)
         q = np.clip(np.round(x * 127), -127, 127).astype(np.int8)
@@ -205,21 +232,24 @@ def one_op_rows(tmp: Path) -> list[str]:
             path = tmp / f"{op}.onnx"
             one_op_graph(path, op, weights, shape)
             compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            kernel = next(f"{rt['runtimePrecision'].astype(str)} {rt['primitiveType'].astype(str)}"
-                          for node in compiled.get_runtime_model().get_ordered_ops()
-                          if (rt := node.get_rt_info())["layerType"].astype(str) in ("Convolution", "FullyConnected"))
+            kernel = next(
+                f"{rt['runtimePrecision'].astype(str)} {rt['primitiveType'].astype(str)}"
+                for node in compiled.get_runtime_model().get_ordered_ops()
+                if (rt := node.get_rt_info())["layerType"].astype(str) in ("Convolution", "FullyConnected")
+            )
             got = [compiled({"x": feed})[0]] + [
                 ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": feed})[0]
-                for so in (so_fused, so_exact)]
+                for so in (so_fused, so_exact)
+            ]
             ov_y, fused_y, exact_y = (y.reshape(cout, n).T if op == "Conv" else y for y in got)  # rows x outputs
             err = [f"{np.abs(y - exact).max():.3g}" for y in (ov_y, fused_y, exact_y)]
-            out.append(f"| {what} | {op} | {kernel} | {over:.1%} | {err[0]} | {np.abs(ov_y - sat).max():.2g} | "
-                       f"{err[1]} | {err[2]} |")
+            out.append(f"| {what} | {op} | {kernel} | {over:.1%} | {err[0]} | {np.abs(ov_y - sat).max():.2g} | {err[1]} | {err[2]} |")
         out.append(f"| (output range) | | | | max abs {np.abs(exact).max():.3g} | | | |")
     return out
 
 
 # -- 5. remedy: weights at 7 bits -----------------------------------------------------------------
+
 
 def seven_bit_weights(src: Path, dst: Path, ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm")) -> int:
     """Copy of a Q/DQ graph whose int8 weights read by ``ops`` are requantized to [-63, 63] (scale doubled); count changed.
@@ -299,9 +329,11 @@ def main() -> None:
         fused = ort_fused(b.graph(g, "int8").path)
         print("ONNX Runtime (default optimisations) runs it as: " + ", ".join(f"{k} {v}" for k, v in sorted(fused.items())))
         print()
-    backends = {"OpenVINO": OpenVINOBackend(precision="int8", cache=False, allow_inexact_int8=True),
-                "ONNX Runtime (default opts)": OnnxRuntimeBackend(),
-                "ONNX Runtime (as written)": OnnxRuntimeBackend(optimization="none")}
+    backends = {
+        "OpenVINO": OpenVINOBackend(precision="int8", cache=False, allow_inexact_int8=True),
+        "ONNX Runtime (default opts)": OnnxRuntimeBackend(),
+        "ONNX Runtime (as written)": OnnxRuntimeBackend(optimization="none"),
+    }
     print("int8 step graphs, SQNR dB against PyTorch on real inputs (verify_bundle):\n")
     print("\n".join(table(parity(bundle, model, backends))), "\n", flush=True)
     print("\n7-bit weights on every int8 layer (|w| <= 63: 2 x 255 x 63 = 32130 fits int16):\n")

@@ -129,31 +129,34 @@ def bench_steps(bundle: Bundle, calib: Path, args) -> dict:
     ref = outs["ort-fp32"]
     fidelity = {}
     for name in runners:
-        fidelity[name] = {
-            o: sqnr_db(np.stack([r[o] for r in ref]), np.stack([g[o] for g in outs[name]])) for o in ref[0]
-        }
+        fidelity[name] = {o: sqnr_db(np.stack([r[o] for r in ref]), np.stack([g[o] for g in outs[name]])) for o in ref[0]}
     for r in runners.values():
         r.outputs(feeds[len(feeds) // 2])  # a mid-trajectory sample stays bound for the timing
     times: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     for i in range(args.rounds):
-        for name in order[i % len(order):] + order[: i % len(order)]:
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             call = runners[name].call
             for _ in range(args.calls):
                 t0 = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - t0)
-        print(f"step round {i + 1}/{args.rounds}: " + ", ".join(f"{n} {np.median(times[n][-args.calls:]) * 1e3:.1f}" for n in order),
-              flush=True)
+        print(
+            f"step round {i + 1}/{args.rounds}: " + ", ".join(f"{n} {np.median(times[n][-args.calls :]) * 1e3:.1f}" for n in order),
+            flush=True,
+        )
     for r in runners.values():
         r.backend.close()
     rows = {}
     for name, be, p, opts in variants:
         fp32 = "ort-fp32" if be == "onnxruntime" else "ov-fp32"
         rows[name] = {
-            "backend": be, "precision": p, "options": opts,
+            "backend": be,
+            "precision": p,
+            "options": opts,
             "ms_min": float(np.min(times[name])) * 1e3,
-            "ms_p50": float(np.median(times[name])) * 1e3, "ms_p90": float(np.percentile(times[name], 90)) * 1e3,
+            "ms_p50": float(np.median(times[name])) * 1e3,
+            "ms_p90": float(np.percentile(times[name], 90)) * 1e3,
             "calls": len(times[name]),
             "speedup_vs_backend_fp32": float(np.median(times[fp32]) / np.median(times[name])),
             "speedup_vs_ort_fp32": float(np.median(times["ort-fp32"]) / np.median(times[name])),
@@ -169,8 +172,16 @@ def bench_end_to_end(bundle: Bundle, args) -> dict:
     for name, be, p, opts in step_variants(bundle):
         specs.append(VariantSpec(f"{name}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend=be, precision=p, backend_options=opts))
     portrait, audio = example_inputs(bundle.geometry.resolution)
-    return benchmark(bundle.path, specs, portrait, audio[: int(args.seconds * SAMPLE_RATE)], repeat=args.repeat, warmup=1,
-                     threads=args.threads, progress=lambda m: print(m, flush=True))
+    return benchmark(
+        bundle.path,
+        specs,
+        portrait,
+        audio[: int(args.seconds * SAMPLE_RATE)],
+        repeat=args.repeat,
+        warmup=1,
+        threads=args.threads,
+        progress=lambda m: print(m, flush=True),
+    )
 
 
 def choose(step: dict, e2e: dict, min_sqnr: float, min_psnr: float) -> tuple[str | None, list[str]]:
@@ -204,8 +215,10 @@ def markdown(record: dict) -> str:
     ]
     for name, r in step["variants"].items():
         p = r["precision"] + ("+" + r["options"]["inference_precision"] if r["options"].get("inference_precision") else "")
-        lines.append(f"| {name} | {r['backend']} | {p} | {r['ms_min']:.1f} | {r['ms_p50']:.1f} | {r['ms_p90']:.1f} | {r['speedup_vs_backend_fp32']:.2f}x | "
-                     f"{r['speedup_vs_ort_fp32']:.2f}x | {r['sqnr_db']['x_next']:.1f} | {r['sqnr_db']['x0']:.1f} |")
+        lines.append(
+            f"| {name} | {r['backend']} | {p} | {r['ms_min']:.1f} | {r['ms_p50']:.1f} | {r['ms_p90']:.1f} | {r['speedup_vs_backend_fp32']:.2f}x | "
+            f"{r['speedup_vs_ort_fp32']:.2f}x | {r['sqnr_db']['x_next']:.1f} | {r['sqnr_db']['x0']:.1f} |"
+        )
     cfg = e2e["config"]
     lines += [
         "",
@@ -218,10 +231,15 @@ def markdown(record: dict) -> str:
     for name, r in e2e["results"].items():
         st = r["stages"].get("denoise_step_cond") or r["stages"].get("denoise_step", {})
         psnr = r["psnr_vs_baseline_db"]
-        lines.append(f"| {name} | {r['seconds']['p50']:.2f} | {r['seconds']['p90']:.2f} | {r['fps']:.1f} | {r['real_time_factor']:.2f} | "
-                     f"{st.get('p50', float('nan')) * 1e3:.1f} | {'identical' if psnr == float('inf') else f'{psnr:.1f}'} |")
-    lines += ["", f"Choice (fastest end to end with step SQNR >= {record['config']['min_sqnr']:.0f} dB on every output and "
-              f"frame PSNR >= {record['config']['min_psnr']:.0f} dB against fp32): **{record['choice'] or 'none'}**."]
+        lines.append(
+            f"| {name} | {r['seconds']['p50']:.2f} | {r['seconds']['p90']:.2f} | {r['fps']:.1f} | {r['real_time_factor']:.2f} | "
+            f"{st.get('p50', float('nan')) * 1e3:.1f} | {'identical' if psnr == float('inf') else f'{psnr:.1f}'} |"
+        )
+    lines += [
+        "",
+        f"Choice (fastest end to end with step SQNR >= {record['config']['min_sqnr']:.0f} dB on every output and "
+        f"frame PSNR >= {record['config']['min_psnr']:.0f} dB against fp32): **{record['choice'] or 'none'}**.",
+    ]
     lines += [f"- not chosen: {r}" for r in record["not_chosen"]]
     return "\n".join(lines) + "\n"
 
@@ -233,8 +251,11 @@ def main() -> None:
     src.add_argument("--bundle", help="an existing bundle (fp16/int8 graphs are added in place where missing)")
     ap.add_argument("--calib", help="calibration folder (default: OUT/calib, recorded where missing)")
     ap.add_argument("--calib-samples", type=int, default=64, help="step calls to record when calibrating (default 64)")
-    ap.add_argument("--no-sensitivity", action="store_true",
-                    help="int8 with the float rules only (no per-layer sweep: hours on demo on 2 cores); fails if below 30 dB")
+    ap.add_argument(
+        "--no-sensitivity",
+        action="store_true",
+        help="int8 with the float rules only (no per-layer sweep: hours on demo on 2 cores); fails if below 30 dB",
+    )
     ap.add_argument("--samples", type=int, default=8, help="recorded step inputs the SQNR is measured on (default 8)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=5, help="step calls per variant per round")
@@ -255,8 +276,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
         "threads": args.threads,
-        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset,
-                   "weights": bundle.weights.get("source")},
+        "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset, "weights": bundle.weights.get("source")},
         "config": {k: getattr(args, k) for k in ("rounds", "calls", "samples", "seconds", "repeat", "min_sqnr", "min_psnr")},
         "step": step,
         "end_to_end": {k: e2e[k] for k in ("config", "results", "peak_gflops", "flops")},

@@ -310,9 +310,15 @@ def _parse(path: Path, data: dict) -> Bundle:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def graph_entry(precision: str, file: str, inputs: Iterable[TensorSpec | Mapping], outputs: Iterable[TensorSpec | Mapping],
-                quantization: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def graph_entry(
+    precision: str,
+    file: str,
+    inputs: Iterable[TensorSpec | Mapping],
+    outputs: Iterable[TensorSpec | Mapping],
+    quantization: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One graph's manifest entry, as every writer (export, fp16, int8) records it."""
+
     def specs(items):
         return [t.to_dict() if isinstance(t, TensorSpec) else dict(t) for t in items]
 
@@ -322,22 +328,35 @@ def graph_entry(precision: str, file: str, inputs: Iterable[TensorSpec | Mapping
     return entry
 
 
-def write_new(folder: Path, *, preset: str, family: str, model: Mapping[str, Any], weights: Mapping[str, Any],
-              graphs: Mapping[str, Mapping], emote_version: str, opset: int, export_seconds: float) -> None:
+def write_new(
+    folder: Path,
+    *,
+    preset: str,
+    family: str,
+    model: Mapping[str, Any],
+    weights: Mapping[str, Any],
+    graphs: Mapping[str, Mapping],
+    emote_version: str,
+    opset: int,
+    export_seconds: float,
+) -> None:
     """The manifest of a freshly exported bundle in ``folder``: every file there is hashed."""
     files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
-    _write(folder, {
-        "format": FORMAT,
-        "emote_version": emote_version,
-        "preset": preset,
-        "family": family,
-        "model": dict(model),
-        "opset": opset,
-        "weights": dict(weights),
-        "graphs": {k: dict(v) for k, v in graphs.items()},
-        "files": files,
-        "export_seconds": export_seconds,
-    })
+    _write(
+        folder,
+        {
+            "format": FORMAT,
+            "emote_version": emote_version,
+            "preset": preset,
+            "family": family,
+            "model": dict(model),
+            "opset": opset,
+            "weights": dict(weights),
+            "graphs": {k: dict(v) for k, v in graphs.items()},
+            "files": files,
+            "export_seconds": export_seconds,
+        },
+    )
 
 
 def add_graphs(bundle: Bundle, graphs: Mapping[str, Mapping], hashes: Mapping[str, str]) -> None:
@@ -372,5 +391,9 @@ def same_export(folder: Path, *, model: Mapping[str, Any], weights: Mapping[str,
     except EmoteError:
         return False
     as_stored = json.loads(json.dumps(dict(model)))  # tuples become lists in JSON
-    return (bundle.format == FORMAT and dict(bundle.weights) == dict(weights) and dict(bundle.model) == as_stored
-            and bundle.emote_version == emote_version)
+    return (
+        bundle.format == FORMAT
+        and dict(bundle.weights) == dict(weights)
+        and dict(bundle.model) == as_stored
+        and bundle.emote_version == emote_version
+    )

@@ -72,16 +72,31 @@ def _backend_flags(args) -> dict:
     """--providers/--threads/--device/--streams/--engines/--cuda-graph as backend options, by the same
     names; the resolver (runtime/backend_choice.py) checks them against the backend and picks one they fit."""
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if getattr(args, "providers", None) else None
-    flags = {"providers": providers, "threads": args.threads, "device": args.device, "streams": args.streams,
-             "engines": getattr(args, "engines", None), "cuda_graph": getattr(args, "cuda_graph", None)}
+    flags = {
+        "providers": providers,
+        "threads": args.threads,
+        "device": args.device,
+        "streams": args.streams,
+        "engines": getattr(args, "engines", None),
+        "cuda_graph": getattr(args, "cuda_graph", None),
+    }
     return {k: v for k, v in flags.items() if v is not None}
 
 
 def _calibrate(args) -> int:
     from .calibration.record import calibrate
 
-    out = calibrate(args.bundle, args.images, args.audio, args.out, samples=args.samples, steps=args.steps,
-                    seed=args.seed, force=args.force, progress=not args.quiet)
+    out = calibrate(
+        args.bundle,
+        args.images,
+        args.audio,
+        args.out,
+        samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        force=args.force,
+        progress=not args.quiet,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -99,8 +114,9 @@ def _quantize(args) -> int:
 
         if not args.calib:
             raise EmoteError("--precision int8 needs --calib CALIB_DIR (make it with `emote calibrate`)")
-        bundle = quantize_bundle(args.bundle, args.calib, graphs, target_db=args.target_db,
-                                 sensitivity=not args.no_sensitivity, progress=say)
+        bundle = quantize_bundle(
+            args.bundle, args.calib, graphs, target_db=args.target_db, sensitivity=not args.no_sensitivity, progress=say
+        )
     for g in graphs:
         spec = bundle.graph(g, args.precision)
         q = spec.quantization
@@ -114,14 +130,23 @@ def _build(args) -> int:
     from .engines.trt_build import build_engines
     from .runtime.pipeline import buffer_bytes
 
-    engine_dir, results = build_engines(args.bundle, args.precision, args.engines, opt_level=args.opt_level,
-                                        workspace_gb=args.workspace, force=args.force, device=args.device)
+    engine_dir, results = build_engines(
+        args.bundle,
+        args.precision,
+        args.engines,
+        opt_level=args.opt_level,
+        workspace_gb=args.workspace,
+        force=args.force,
+        device=args.device,
+    )
     plans = sum(r.plan_bytes for r in results)
     buffers = buffer_bytes(Bundle.open(args.bundle, check_hashes=False), "tensorrt", args.precision)
     built = sum(r.status == "built" for r in results)
     print(f"{built} built, {len(results) - built} up to date in {engine_dir}")
-    print(f"device memory: plans {plans / 2**20:.0f} MB + runtime buffers {buffers / 2**20:.0f} MB "
-          "+ one scratch block per stream (TensorRT reports it when loading)")
+    print(
+        f"device memory: plans {plans / 2**20:.0f} MB + runtime buffers {buffers / 2**20:.0f} MB "
+        "+ one scratch block per stream (TensorRT reports it when loading)"
+    )
     return 0
 
 
@@ -148,8 +173,14 @@ def _import_hallo(args) -> int:
     from .models.hallo import import_hallo
 
     report = import_hallo(
-        args.net, args.sd_vae, args.wav2vec2, args.out, motion_module=args.motion_module, preset_name=args.preset,
-        allow_unplaced=args.allow_unplaced, force=args.force,
+        args.net,
+        args.sd_vae,
+        args.wav2vec2,
+        args.out,
+        motion_module=args.motion_module,
+        preset_name=args.preset,
+        allow_unplaced=args.allow_unplaced,
+        force=args.force,
     )
     for line in report.lines():
         print(line)
@@ -175,8 +206,16 @@ def _generate(args) -> int:
         **_family_options(args),
     ) as pipe:
         summary = generate_video(
-            pipe, args.image, args.audio, args.out, seed=args.seed, face_box=face_box, fps=args.fps,
-            png_dir=args.png, npy_path=args.npy, progress=not args.quiet,
+            pipe,
+            args.image,
+            args.audio,
+            args.out,
+            seed=args.seed,
+            face_box=face_box,
+            fps=args.fps,
+            png_dir=args.png,
+            npy_path=args.npy,
+            progress=not args.quiet,
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
@@ -212,9 +251,16 @@ def _bench(args) -> int:
     portrait, audio = example_inputs(bundle.geometry.resolution)
     if args.seconds:
         audio = audio[: int(args.seconds * SAMPLE_RATE)]
-    record = benchmark(bundle.path, specs, portrait, audio, repeat=args.repeat or 3,
-                       warmup=1 if args.warmup is None else args.warmup, threads=args.threads,
-                       progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+    record = benchmark(
+        bundle.path,
+        specs,
+        portrait,
+        audio,
+        repeat=args.repeat or 3,
+        warmup=1 if args.warmup is None else args.warmup,
+        threads=args.threads,
+        progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
+    )
     record["command"] = "emote " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("emote") else None
     paths = write_reports(record, out)
     print(paths["markdown"].read_text())
@@ -238,8 +284,12 @@ def _args_export(d) -> None:
     d.add_argument("--preset", required=True, help="model preset: tiny, demo, emo-sd15, hallo, hallo-tiny")
     d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
     d.add_argument("--out", required=True, help="bundle folder to write")
-    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
-                   help="fp16 adds fp16 step graphs (norms, softmax, solver in fp32) beside the fp32 graphs")
+    d.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16"],
+        help="fp16 adds fp16 step graphs (norms, softmax, solver in fp32) beside the fp32 graphs",
+    )
     d.add_argument("--frames", type=int, help="frames per clip (default: the preset's)")
     d.add_argument("--height", type=int, help="image height in pixels (default: the preset's)")
     d.add_argument("--width", type=int, help="image width in pixels (default: the preset's)")
@@ -252,8 +302,11 @@ def _args_import_hallo(d) -> None:
     d.add_argument("--net", required=True, help="Hallo's net.pth (pretrained_models/hallo/net.pth)")
     d.add_argument("--sd-vae", required=True, help="the sd-vae-ft-mse folder (diffusers AutoencoderKL)")
     d.add_argument("--wav2vec2", required=True, help="the wav2vec2-base-960h folder (transformers)")
-    d.add_argument("--motion-module", help="AnimateDiff's mm_sd_v15_v2.ckpt: only needed if net.pth lacks the motion "
-                   "modules (Hallo's own net.pth holds them, fine-tuned)")
+    d.add_argument(
+        "--motion-module",
+        help="AnimateDiff's mm_sd_v15_v2.ckpt: only needed if net.pth lacks the motion "
+        "modules (Hallo's own net.pth holds them, fine-tuned)",
+    )
     d.add_argument("-o", "--out", required=True, help="checkpoint folder to write (model.safetensors + config.json)")
     d.add_argument("--preset", default="hallo", help="hallo (default) or hallo-tiny (the CI-sized model of the same structure)")
     d.add_argument("--allow-unplaced", action="store_true", help="import even if some keys have no place in the model (they are listed)")
@@ -263,10 +316,18 @@ def _args_import_hallo(d) -> None:
 def _args_verify(d) -> None:
     d.add_argument("bundle", help="bundle folder")
     d.add_argument("--checkpoint", help="the checkpoint the bundle was exported from (default: as recorded in the manifest)")
-    d.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "tensorrt"],
-                   help="default onnxruntime; tensorrt needs an NVIDIA GPU (it builds the plans it lacks)")
-    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
-                   help="fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that precision")
+    d.add_argument(
+        "--backend",
+        default="onnxruntime",
+        choices=["onnxruntime", "openvino", "tensorrt"],
+        help="default onnxruntime; tensorrt needs an NVIDIA GPU (it builds the plans it lacks)",
+    )
+    d.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16", "int8"],
+        help="fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that precision",
+    )
     d.add_argument("--inputs", default="random,real", help="random, real (example portrait and speech), or both")
     d.add_argument("--graphs", help="only these graphs, comma-separated (default: all), e.g. reference_net,clip_condition")
     _add_cpu_options(d)
@@ -289,8 +350,12 @@ def _args_quantize(d) -> None:
     d.add_argument("--precision", required=True, choices=["int8", "fp16"])
     d.add_argument("--calib", help="calibration folder from `emote calibrate` (int8)")
     d.add_argument("--graphs", default="denoise_step,denoise_step_cond", help="graphs to convert (default: the step graphs)")
-    d.add_argument("--target-db", type=float, default=30.0,
-                   help="int8: step-output SQNR to keep on calibration data; the most sensitive layers stay float until met")
+    d.add_argument(
+        "--target-db",
+        type=float,
+        default=30.0,
+        help="int8: step-output SQNR to keep on calibration data; the most sensitive layers stay float until met",
+    )
     d.add_argument("--no-sensitivity", action="store_true", help="int8: skip the per-layer sweep (layers kept float by rule only)")
     d.add_argument("--checkpoint", help="fp16: the checkpoint the bundle was exported from (default: as recorded)")
     d.add_argument("--quiet", action="store_true")
@@ -298,8 +363,12 @@ def _args_quantize(d) -> None:
 
 def _args_build(d) -> None:
     d.add_argument("bundle", help="bundle folder")
-    d.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="graphs to build from: the bundle's fp16 / int8 (Q/DQ) graphs where it has them, fp32 otherwise")
+    d.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8"],
+        help="graphs to build from: the bundle's fp16 / int8 (Q/DQ) graphs where it has them, fp32 otherwise",
+    )
     d.add_argument("--engines", help="folder for the plans (default: <bundle>/engines/<gpu>-cc<cc>-trt<version>-<bundle hash>)")
     d.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5 (default 3; 5 builds longest)")
     d.add_argument("--workspace", type=float, help="GB of scratch the builder may use per layer (default: TensorRT's)")
@@ -318,21 +387,33 @@ def _args_generate(d) -> None:
     d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
     d.add_argument("--seed", type=int, default=0, help="seed of the starting noise (same seed, same video; default 0)")
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
-    d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"],
-                   help="default: openvino at bf16 where OpenVINO is installed and the CPU computes bf16 (openvino fp32 "
-                   "where it does not), else onnxruntime fp32; chosen from the CPU figures in bench/RESULTS.md")
+    d.add_argument(
+        "--backend",
+        choices=["onnxruntime", "openvino", "tensorrt"],
+        help="default: openvino at bf16 where OpenVINO is installed and the CPU computes bf16 (openvino fp32 "
+        "where it does not), else onnxruntime fp32; chosen from the CPU figures in bench/RESULTS.md",
+    )
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")
     d.add_argument("--engines", help="TensorRT plans (--backend tensorrt) or TensorRT EP caches (--providers tensorrt)")
-    d.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the denoising loop as a CUDA graph (default: on for --backend tensorrt, off for ONNX Runtime)")
-    d.add_argument("--precision",  # not argparse choices: the bundle names the precisions it has
-                   help="fp32, fp16, bf16, int8. fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that "
-                   "precision (default: the backend's chosen one, see --backend; fp32 for onnxruntime and tensorrt)")
+    d.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the denoising loop as a CUDA graph (default: on for --backend tensorrt, off for ONNX Runtime)",
+    )
+    d.add_argument(
+        "--precision",  # not argparse choices: the bundle names the precisions it has
+        help="fp32, fp16, bf16, int8. fp16/int8: the bundle's fp16/int8 graphs; bf16 (and fp16 on OpenVINO): the fp32 graphs at that "
+        "precision (default: the backend's chosen one, see --backend; fp32 for onnxruntime and tensorrt)",
+    )
     _add_cpu_options(d)
     d.add_argument("--face-box", help="X,Y,W,H of the face in the image, when detection fails")
     d.add_argument("--face-embedding", help="Hallo bundles: the face embedding, a .npy of 512 floats (InsightFace's; see the README)")
-    d.add_argument("--face-model", help="Hallo bundles: an ONNX face-recognition model (e.g. InsightFace's glintr100.onnx) "
-                   "that makes the face embedding from the portrait; never downloaded")
+    d.add_argument(
+        "--face-model",
+        help="Hallo bundles: an ONNX face-recognition model (e.g. InsightFace's glintr100.onnx) "
+        "that makes the face embedding from the portrait; never downloaded",
+    )
     d.add_argument("--region-weights", help="Hallo bundles: POSE,FACE,LIP weights of the audio in each region (default 1,1,1)")
     d.add_argument("--png", help="also write PNG frames to this folder")
     d.add_argument("--npy", help="also write all frames to this .npy file")
@@ -365,7 +446,12 @@ def _args_demo(d) -> None:
 COMMANDS = (
     ("doctor", _doctor, "versions, CPU features, GPUs and the backends that will work here", None),
     ("export", _export, "PyTorch model -> ONNX bundle (graphs + manifest.json)", _args_export),
-    ("import-hallo", _import_hallo, "Hallo's released net.pth (+ its VAE and wav2vec2) -> a checkpoint of the hallo preset", _args_import_hallo),
+    (
+        "import-hallo",
+        _import_hallo,
+        "Hallo's released net.pth (+ its VAE and wav2vec2) -> a checkpoint of the hallo preset",
+        _args_import_hallo,
+    ),
     ("verify", _verify, "each graph of a bundle against PyTorch: max abs/rel error and SQNR per output", _args_verify),
     ("calibrate", _calibrate, "record every graph's inputs over real denoising trajectories (for int8)", _args_calibrate),
     ("quantize", _quantize, "int8 (Q/DQ, from calibration data) or fp16 step graphs beside the fp32 ones", _args_quantize),

@@ -46,8 +46,7 @@ def lip_sync_line(video: Path, resolution: int, fps: int) -> str:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     portrait, speech = example_inputs(resolution)
     s = score(frames, speech, portrait.image, portrait.mask, fps=fps)
-    return (f"lip sync: r = {s.correlation:.2f} between the mouth opening read from the video and the speech's loudness "
-            f"(1 = perfect); identity outside the mouth {s.identity:.2f}")
-
-
-
+    return (
+        f"lip sync: r = {s.correlation:.2f} between the mouth opening read from the video and the speech's loudness "
+        f"(1 = perfect); identity outside the mouth {s.identity:.2f}"
+    )

@@ -48,7 +48,9 @@ def report() -> list[tuple[str, str]]:
     if tensorrt_usable():
         backends.append("tensorrt")
     elif gpus:
-        rows.append(("to use tensorrt", "install TensorRT >= 10.3 and cuda-python: pip install 'emote-edge[gpu]' (Jetson: see docs/jetson.md)"))
+        rows.append(
+            ("to use tensorrt", "install TensorRT >= 10.3 and cuda-python: pip install 'emote-edge[gpu]' (Jetson: see docs/jetson.md)")
+        )
     rows.append(("backends that will work", ", ".join(backends) or "none"))
     from .runtime.backend_choice import default_backend
 

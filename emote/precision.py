@@ -30,7 +30,10 @@ RUNS: dict[str, dict[str, str]] = {
 }
 BACKENDS = tuple(RUNS)
 STEP = "denoise_step"  # the graph a low precision is for: it must exist at that precision
-HOW = {"fp16": "emote export --precision fp16 (or emote quantize --precision fp16)", "int8": "emote calibrate, then emote quantize --precision int8"}
+HOW = {
+    "fp16": "emote export --precision fp16 (or emote quantize --precision fp16)",
+    "int8": "emote calibrate, then emote quantize --precision int8",
+}
 
 
 def check(backend: str, precision: str) -> None:
@@ -41,8 +44,10 @@ def check(backend: str, precision: str) -> None:
         raise EmoteError(f"unknown precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if precision not in RUNS[backend]:
         others = [b for b in BACKENDS if precision in RUNS[b]]
-        raise EmoteError(f"{backend} cannot run {precision} (bundles hold no {precision} graphs; it runs "
-                         f"{', '.join(RUNS[backend])}): use --backend {' or '.join(others)} for {precision}")
+        raise EmoteError(
+            f"{backend} cannot run {precision} (bundles hold no {precision} graphs; it runs "
+            f"{', '.join(RUNS[backend])}): use --backend {' or '.join(others)} for {precision}"
+        )
 
 
 def graph_precision(backend: str, precision: str) -> str:

@@ -71,8 +71,10 @@ CASES = {
     "empty audio file": (["--audio", "{d}/empty.wav"], "is empty (0 bytes)"),
     "text file as audio": (["--audio", "{d}/notes.txt"], "is not an audio file"),
     "truncated audio": (["--audio", "{d}/cut.wav"], "unreadable"),
-    "partial WAV": (["--audio", "{d}/partial.wav"],
-                    "audio {d}/partial.wav is truncated: its header promises 2.00 s (88200 frames) but the file holds 0.02 s"),
+    "partial WAV": (
+        ["--audio", "{d}/partial.wav"],
+        "audio {d}/partial.wav is truncated: its header promises 2.00 s (88200 frames) but the file holds 0.02 s",
+    ),
     "partial FLAC": (["--audio", "{d}/partial.flac"], "audio {d}/partial.flac is truncated: its header promises 2.00 s (88200 frames)"),
     "unsupported sample format": (["--audio", "{d}/odd.wav"], "unreadable"),
     "audio without samples": (["--audio", "{d}/zero.wav"], "holds no samples"),
@@ -119,8 +121,22 @@ def test_silence_is_valid_input(inputs, tiny_bundle, tmp_path, capsys):
     """The control case of the harness above: a silent track is a valid input and makes a video."""
     sf.write(tmp_path / "silence.wav", np.zeros(8000, np.int16), 16000)
     out = tmp_path / "video.mp4"
-    rc = main(["generate", "--quiet", "--bundle", str(tiny_bundle), "--image", str(inputs / "noise.png"),
-               "--audio", str(tmp_path / "silence.wav"), "-o", str(out), "--face-box", "10,10,70,70"])
+    rc = main(
+        [
+            "generate",
+            "--quiet",
+            "--bundle",
+            str(tiny_bundle),
+            "--image",
+            str(inputs / "noise.png"),
+            "--audio",
+            str(tmp_path / "silence.wav"),
+            "-o",
+            str(out),
+            "--face-box",
+            "10,10,70,70",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert out.stat().st_size > 0 and "13 frames for 0.50 s of audio" in capsys.readouterr().out
 

@@ -52,16 +52,19 @@ def test_open_gives_typed_fields(tiny_bundle, tiny_config):
         b.graph("unet")
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["model"].pop("fps"), "manifest.json has no field model.fps"),
-    (lambda d: d["model"].update(frames="8"), "field model.frames is '8', expected int"),
-    (lambda d: d["model"]["audio"].update(window=None), "field model.audio.window is None, expected int"),
-    (lambda d: d["model"].update(fps=7), "field model.fps is 7: it must divide 16000"),
-    (lambda d: d["graphs"]["vae_decoder"]["outputs"][0].update(shape=[-1, 3]), "graphs.vae_decoder.outputs.shape is [-1, 3]"),
-    (lambda d: d["graphs"]["vae_decoder"].update(file="gone.onnx"), "graph vae_decoder names gone.onnx"),
-    (lambda d: d.update(family="musetalk"), "field family is 'musetalk'"),
-    (lambda d: d.update(format="emote-bundle/9"), "format 'emote-bundle/9'; this version of emote reads 'emote-bundle/2'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["model"].pop("fps"), "manifest.json has no field model.fps"),
+        (lambda d: d["model"].update(frames="8"), "field model.frames is '8', expected int"),
+        (lambda d: d["model"]["audio"].update(window=None), "field model.audio.window is None, expected int"),
+        (lambda d: d["model"].update(fps=7), "field model.fps is 7: it must divide 16000"),
+        (lambda d: d["graphs"]["vae_decoder"]["outputs"][0].update(shape=[-1, 3]), "graphs.vae_decoder.outputs.shape is [-1, 3]"),
+        (lambda d: d["graphs"]["vae_decoder"].update(file="gone.onnx"), "graph vae_decoder names gone.onnx"),
+        (lambda d: d.update(family="musetalk"), "field family is 'musetalk'"),
+        (lambda d: d.update(format="emote-bundle/9"), "format 'emote-bundle/9'; this version of emote reads 'emote-bundle/2'"),
+    ],
+)
 def test_a_bad_manifest_is_one_line_naming_the_field(copy, edit, message):
     rewrite(copy, edit)
     with pytest.raises(EmoteError) as e:
@@ -79,6 +82,7 @@ def test_a_hand_edited_manifest_fails_its_hash(copy):
 
 def test_a_format_1_bundle_opens_as_format_2_and_is_rewritten_when_graphs_are_added(copy, tiny_bundle):
     """emote-bundle/1 also held the sampler defaults in a "sampler" block and no family: read the same."""
+
     def to_v1(d):
         m = d["model"]
         d["format"] = "emote-bundle/1"
@@ -106,8 +110,10 @@ def test_manifest_json_is_read_and_written_by_the_bundle_module_only():
         tree = ast.parse(path.read_text())
         if any(isinstance(n, ast.Constant) and n.value == MANIFEST for n in ast.walk(tree)):
             offenders.append(str(path.relative_to(PACKAGE)))
-        if any(isinstance(n, ast.Attribute) and n.attr == "manifest" and isinstance(n.value, ast.Name) and n.value.id == "bundle"
-               for n in ast.walk(tree)):
+        if any(
+            isinstance(n, ast.Attribute) and n.attr == "manifest" and isinstance(n.value, ast.Name) and n.value.id == "bundle"
+            for n in ast.walk(tree)
+        ):
             offenders.append(f"{path.relative_to(PACKAGE)} (bundle.manifest)")
     assert offenders == []
 
@@ -140,16 +146,19 @@ def test_precision_policy_picks_the_graph_files(tiny_bundle):
 
 
 # -- the resolver: every mistake one EmoteError ------------------------------------------------------
-@pytest.mark.parametrize("kwargs, message", [
-    ({"backend": "cudnn"}, "unknown backend 'cudnn': one of onnxruntime, openvino, tensorrt"),
-    ({"backend": "onnxruntime", "backend_options": {"streams": 2}}, "onnxruntime has no option 'streams'"),
-    ({"backend_options": {"warp_speed": 9}}, "unknown backend option warp_speed"),
-    ({"backend_options": {"providers": ["cpu"], "streams": 2}}, "no one backend takes all of the options providers, streams"),
-    ({"backend_options": {"threads": "two"}, "backend": "onnxruntime"}, "option 'threads' is 'two': expected int"),
-    ({"backend": "onnxruntime", "precision": "bf16"}, "onnxruntime cannot run bf16"),
-    ({"precision": "int4"}, "unknown precision 'int4'"),
-    ({"backend": "onnxruntime", "precision": "int8"}, "has no int8 graphs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backend": "cudnn"}, "unknown backend 'cudnn': one of onnxruntime, openvino, tensorrt"),
+        ({"backend": "onnxruntime", "backend_options": {"streams": 2}}, "onnxruntime has no option 'streams'"),
+        ({"backend_options": {"warp_speed": 9}}, "unknown backend option warp_speed"),
+        ({"backend_options": {"providers": ["cpu"], "streams": 2}}, "no one backend takes all of the options providers, streams"),
+        ({"backend_options": {"threads": "two"}, "backend": "onnxruntime"}, "option 'threads' is 'two': expected int"),
+        ({"backend": "onnxruntime", "precision": "bf16"}, "onnxruntime cannot run bf16"),
+        ({"precision": "int4"}, "unknown precision 'int4'"),
+        ({"backend": "onnxruntime", "precision": "int8"}, "has no int8 graphs"),
+    ],
+)
 def test_pipeline_mistakes_are_one_line_errors(tiny_bundle, kwargs, message):
     with pytest.raises(EmoteError) as e:
         Pipeline(tiny_bundle, **kwargs)

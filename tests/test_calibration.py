@@ -54,8 +54,10 @@ def test_calibrate_cli_errors(tiny_bundle, calibration_inputs, tmp_path, capsys)
     images, audio = calibration_inputs
     assert main(["calibrate", str(tiny_bundle), "--images", str(tmp_path), "--audio", str(audio), "-o", str(tmp_path / "c")]) == 2
     assert "holds no image files" in capsys.readouterr().err
-    assert main(["calibrate", str(tiny_bundle), "--images", str(images), "--audio", str(audio), "-o", str(tmp_path / "c"),
-                 "--samples", "0"]) == 2
+    assert (
+        main(["calibrate", str(tiny_bundle), "--images", str(images), "--audio", str(audio), "-o", str(tmp_path / "c"), "--samples", "0"])
+        == 2
+    )
     assert "--samples 0" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
@@ -191,6 +193,7 @@ def test_quantize_fp16_is_the_export_path(tiny_bundle, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy, ignore=shutil.ignore_patterns("engines"))
     old = onnx.load(str(copy / "denoise_step_cond.fp16.onnx"))
+
     def entry(bundle):
         g = bundle.graph("denoise_step_cond", "fp16")
         return g.file, g.precision, g.inputs, g.outputs
@@ -201,8 +204,10 @@ def test_quantize_fp16_is_the_export_path(tiny_bundle, tmp_path):
     assert entry(after) == before
     new = onnx.load(str(copy / "denoise_step_cond.fp16.onnx"))
     assert Counter(n.op_type for n in new.graph.node) == Counter(n.op_type for n in old.graph.node)
-    feeds = {i.name: np.random.default_rng(0).standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-             for i in old.graph.input}
+    feeds = {
+        i.name: np.random.default_rng(0).standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in old.graph.input
+    }
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
     for a, b in zip(run(old), run(new), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -39,7 +39,10 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_config):
     assert "sampler" not in manifest  # the sampler defaults are the model config's, recorded once
     bundle = Bundle.open(tiny_bundle)
     assert (bundle.sampler.family, bundle.sampler.steps, bundle.sampler.spacing) == (
-        tiny_config.sampler, tiny_config.steps, tiny_config.timestep_spacing)
+        tiny_config.sampler,
+        tiny_config.steps,
+        tiny_config.timestep_spacing,
+    )
     assert bundle.geometry.frames == f and bundle.geometry.samples_per_frame == 640
 
 
@@ -224,7 +227,9 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
 @pytest.mark.parametrize("graph", ["denoise_step.fp16", "denoise_step_cond.fp16"])
 def test_fp16_step_graph_keeps_solver_norms_and_softmax_in_fp32(tiny_bundle, graph):
     model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_bundle / f"{graph}.onnx")))
-    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    }
     types.update({t.name: t.data_type for t in model.graph.initializer})
     producer = {o: n for n in model.graph.node for o in n.output}
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -16,7 +16,7 @@ SR = 16_000
 def vowel(seconds: float, f0: float = 140.0, level: float = 0.3) -> np.ndarray:
     """A voiced vowel: harmonics of f0 with formant-like weights around 700 and 1200 Hz."""
     t = np.arange(int(seconds * SR)) / SR
-    tone = sum(np.exp(-(((k * f0) - 900) / 500) ** 2) * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 30))
+    tone = sum(np.exp(-((((k * f0) - 900) / 500) ** 2)) * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 30))
     return (level * tone / np.abs(tone).max()).astype(np.float32)
 
 

@@ -157,8 +157,11 @@ def test_emo_sd15_on_meta_device():
     # VAE: SD's AutoencoderKL, built by diffusers itself
     with torch.device("meta"):
         sd_vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
         )
     assert counts["vae"] == sum(p.numel() for p in sd_vae.parameters()) == 83_653_863
 
@@ -187,7 +190,11 @@ def test_emo_sd15_on_meta_device():
 
     # face locator: conv_in 1->16, (c->c, c->2c stride 2) for 16, 32, 64, conv_out 128->320, 3x3 convs
     conv = lambda a, b: a * b * 9 + b  # noqa: E731
-    assert counts["face_locator"] == conv(1, 16) + sum(conv(a, a) + conv(a, b) for a, b in ((16, 32), (32, 64), (64, 128))) + conv(128, 320) == 514_608
+    assert (
+        counts["face_locator"]
+        == conv(1, 16) + sum(conv(a, a) + conv(a, b) for a, b in ((16, 32), (32, 64), (64, 128))) + conv(128, 320)
+        == 514_608
+    )
     # speed layers: 9 tanh buckets -> 768 -> 2 tokens x 768
     assert counts["speed_encoder"] == (9 * 768 + 768) + (768 * 1536 + 1536) == 1_188_864
     print("emo-sd15 parameters per component:", counts)

@@ -30,14 +30,17 @@ def openvino_computes(precision: str) -> bool:
     return precision in openvino_native()
 
 
-needs_bf16 = pytest.mark.skipif(not openvino_computes("bf16"), reason="OpenVINO's CPU device computes no bf16 here "
-                                "(no AVX-512 BF16 or AMX): the bf16 hint would be refused")
+needs_bf16 = pytest.mark.skipif(
+    not openvino_computes("bf16"),
+    reason="OpenVINO's CPU device computes no bf16 here (no AVX-512 BF16 or AMX): the bf16 hint would be refused",
+)
 
 
 @needs_bf16
 def test_bf16_hint_changes_precision_not_shapes(tiny_bundle, tiny_model):
-    rows = verify_bundle(tiny_bundle, tiny_model, OpenVINOBackend(precision="bf16"), precision="bf16",
-                         inputs=("random",), graphs=["denoise_step"])
+    rows = verify_bundle(
+        tiny_bundle, tiny_model, OpenVINOBackend(precision="bf16"), precision="bf16", inputs=("random",), graphs=["denoise_step"]
+    )
     sqnr = min(r.sqnr_db for r in rows)
     assert 15.0 < sqnr < 80.0  # bf16 arithmetic: clearly not fp32-exact, still the same function
 
@@ -57,8 +60,7 @@ HAS_VNNI = "this CPU has VNNI (emote.engines.openvino.int8_exact): OpenVINO's in
 def int8_gaps(bundle, model) -> list[tuple[str, float]]:
     from emote.engines.onnxruntime import OnnxRuntimeBackend
 
-    ov_rows = verify_bundle(bundle, model, OpenVINOBackend(precision="int8", allow_inexact_int8=True), precision="int8",
-                            inputs=("real",))
+    ov_rows = verify_bundle(bundle, model, OpenVINOBackend(precision="int8", allow_inexact_int8=True), precision="int8", inputs=("real",))
     ort_rows = verify_bundle(bundle, model, OnnxRuntimeBackend(), precision="int8", inputs=("real",))
     assert [(a.graph, a.output) for a in ov_rows] == [(b.graph, b.output) for b in ort_rows]
     return [(f"{a.line()}\n{b.line()}", b.sqnr_db - a.sqnr_db) for a, b in zip(ov_rows, ort_rows, strict=True)]
@@ -136,16 +138,32 @@ def test_int8_saturates_pairwise_sums_without_vnni(tmp_path):
     q = rng.integers(-127, 128, (n, cin)).astype(np.int8)
 
     def run(op: str, weights: np.ndarray) -> np.ndarray:
-        wq, tail = ((weights.reshape(cout, cin, 1, 1), helper.make_node("Conv", ["d", "wd"], ["y"], kernel_shape=[1, 1]))
-                    if op == "Conv" else (np.ascontiguousarray(weights.T), helper.make_node("MatMul", ["d", "wd"], ["y"])))
+        wq, tail = (
+            (weights.reshape(cout, cin, 1, 1), helper.make_node("Conv", ["d", "wd"], ["y"], kernel_shape=[1, 1]))
+            if op == "Conv"
+            else (np.ascontiguousarray(weights.T), helper.make_node("MatMul", ["d", "wd"], ["y"]))
+        )
         shape = [1, cin, 1, n] if op == "Conv" else [n, cin]
-        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
-                 helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0 if op == "Conv" else 1), tail]
-        inits = {"s": np.array(1.0, np.float32), "zp": np.array(0, np.int8), "w": wq,
-                 "ws": np.ones(cout, np.float32), "wz": np.zeros(cout, np.int8)}  # unit scales: y is the integer sum
-        g = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
+            helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0 if op == "Conv" else 1),
+            tail,
+        ]
+        inits = {
+            "s": np.array(1.0, np.float32),
+            "zp": np.array(0, np.int8),
+            "w": wq,
+            "ws": np.ones(cout, np.float32),
+            "wz": np.zeros(cout, np.int8),
+        }  # unit scales: y is the integer sum
+        g = helper.make_graph(
+            nodes,
+            op,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        )
         path = tmp_path / f"{op}.onnx"
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
         x = q.astype(np.float32)
@@ -180,15 +198,19 @@ def test_signed_qdq_after_concat_is_what_openvino_gets_wrong(tmp_path):
         w[np.arange(4), np.arange(4)] = 127  # identity 1x1 conv: the output is the dequantized input
         s = np.float32(1 / 127) if signed else np.float32(2 / 127)
         zp = np.array(0, np.int8) if signed else np.array(128, np.uint8)
-        nodes = [helper.make_node("Concat", ["a", "b"], ["x"], axis=1) if concat else helper.make_node("Identity", ["a"], ["x"]),
-                 helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
-                 helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
-                 helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
-                 helper.make_node("Conv", ["d", "wd"], ["y"], kernel_shape=[1, 1])]
+        nodes = [
+            helper.make_node("Concat", ["a", "b"], ["x"], axis=1) if concat else helper.make_node("Identity", ["a"], ["x"]),
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
+            helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+            helper.make_node("Conv", ["d", "wd"], ["y"], kernel_shape=[1, 1]),
+        ]
         c = 2 if concat else 4
         inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 4, 4]) for n in ("ab" if concat else "a")]
-        inits = [numpy_helper.from_array(v, k) for k, v in
-                 {"s": np.array(s), "zp": zp, "w": w, "ws": np.full(4, 1 / 127, np.float32), "wz": np.zeros(4, np.int8)}.items()]
+        inits = [
+            numpy_helper.from_array(v, k)
+            for k, v in {"s": np.array(s), "zp": zp, "w": w, "ws": np.full(4, 1 / 127, np.float32), "wz": np.zeros(4, np.int8)}.items()
+        ]
         g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
         path = tmp_path / f"{signed}-{concat}.onnx"
         onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))

@@ -107,8 +107,23 @@ def test_generate_writes_a_video_a_user_can_open(tiny_bundle, tmp_path, capsys):
     t = np.arange(int(1.3 * 44100)) / 44100
     sf.write(wav, np.stack([np.sin(2 * np.pi * 220 * t)] * 2, axis=1) * 0.3, 44100)
     out = tmp_path / "out.mp4"
-    rc = main(["generate", "--bundle", str(tiny_bundle), "--image", str(img), "--audio", str(wav), "-o", str(out),
-               "--face-box", "10,10,60,60", "--npy", str(tmp_path / "f.npy")])
+    rc = main(
+        [
+            "generate",
+            "--bundle",
+            str(tiny_bundle),
+            "--image",
+            str(img),
+            "--audio",
+            str(wav),
+            "-o",
+            str(out),
+            "--face-box",
+            "10,10,60,60",
+            "--npy",
+            str(tmp_path / "f.npy"),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr()
     # progress: steps of all clips (9 clips of 4 frames x 4 steps), the clip being denoised

@@ -79,10 +79,17 @@ def test_key_records_the_onnx_file_and_its_manifest_hash(bundle):
     assert EngineKey.from_json(k.to_json()) == k
 
 
-@pytest.mark.parametrize("field,value", [
-    ("gpu", "NVIDIA GeForce RTX 4090"), ("compute_capability", "8.9"), ("tensorrt", "10.8.0"),
-    ("bundle_hash", "ffffffffffffffff"), ("onnx_sha256", "0" * 64), ("graph", "denoise_step.int8"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("gpu", "NVIDIA GeForce RTX 4090"),
+        ("compute_capability", "8.9"),
+        ("tensorrt", "10.8.0"),
+        ("bundle_hash", "ffffffffffffffff"),
+        ("onnx_sha256", "0" * 64),
+        ("graph", "denoise_step.int8"),
+    ],
+)
 def test_a_key_that_differs_in_any_identity_field_is_refused_naming_it(bundle, field, value):
     want = key_for(bundle)
     found = EngineKey(**{**want.__dict__, field: value})
@@ -216,15 +223,28 @@ def test_step_plan_refuses_a_broken_chain_or_a_short_table():
 def test_provider_options_map_our_settings_to_ort_option_names(tmp_path):
     from emote.engines.onnxruntime import provider_options
 
-    opts = dict(provider_options(
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], device_id=1, fp16=True,
-        cuda_graph=True, cache_dir=tmp_path, workspace_gb=2, opt_level=5,
-    ))
+    opts = dict(
+        provider_options(
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            device_id=1,
+            fp16=True,
+            cuda_graph=True,
+            cache_dir=tmp_path,
+            workspace_gb=2,
+            opt_level=5,
+        )
+    )
     assert opts["TensorrtExecutionProvider"] == {
-        "device_id": "1", "trt_fp16_enable": "True", "trt_int8_enable": "False",
-        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path),
-        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(tmp_path),
-        "trt_cuda_graph_enable": "True", "trt_max_workspace_size": str(2 * 2**30), "trt_builder_optimization_level": "5",
+        "device_id": "1",
+        "trt_fp16_enable": "True",
+        "trt_int8_enable": "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(tmp_path),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(tmp_path),
+        "trt_cuda_graph_enable": "True",
+        "trt_max_workspace_size": str(2 * 2**30),
+        "trt_builder_optimization_level": "5",
     }
     assert opts["CUDAExecutionProvider"] == {"device_id": "1", "cudnn_conv_algo_search": "EXHAUSTIVE", "enable_cuda_graph": "1"}
     assert opts["CPUExecutionProvider"] == {}
@@ -272,8 +292,9 @@ def test_ort_graph_bindings_each_get_their_own_cuda_graph(bundle):
     assert calls[0].session is calls[1].session is per_id.session
 
     reopened = []
-    per_session = OrtGraph("vae_decoder", be._open(path), cuda_graph=True,
-                           reopen=lambda: reopened.append(be._open(path)) or reopened[-1])  # the TensorRT EP's way
+    per_session = OrtGraph(
+        "vae_decoder", be._open(path), cuda_graph=True, reopen=lambda: reopened.append(be._open(path)) or reopened[-1]
+    )  # the TensorRT EP's way
     calls = [per_session.bind(f, o) for f, o in zip(feeds, outs)]
     assert calls[0].session is per_session.session and reopened == [calls[1].session]
     assert all(c.keepalive[3] is None for c in calls)  # no ids: that EP would ignore them
@@ -338,6 +359,7 @@ def test_generate_rejects_gpu_options_that_do_not_fit_the_backend(bundle, capsys
 def test_an_empty_cuda_namespace_is_not_cuda_python(tmp_path):
     """A bare 'cuda' folder (left by an uninstall, or another NVIDIA package's namespace) must not read as
     cuda-python: the GPU checks would then fail on a missing module instead of skipping or saying what to install."""
+
     def installed_with(path) -> str:
         code = f"import sys; sys.path.insert(0, {str(path)!r}); from emote.engines.cuda import installed; print(installed())"
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

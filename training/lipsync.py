@@ -41,8 +41,15 @@ class MouthNet(nn.Module):
             return [nn.Conv2d(a, b, 3, stride, 1), nn.BatchNorm2d(b), nn.ReLU()]
 
         self.net = nn.Sequential(
-            *block(3, 16, 1), *block(16, 32, 2), *block(32, 32, 1), *block(32, 64, 2), *block(64, 64, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1), nn.Sigmoid(),
+            *block(3, 16, 1),
+            *block(16, 32, 2),
+            *block(32, 32, 1),
+            *block(32, 64, 2),
+            *block(64, 64, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 1),
+            nn.Sigmoid(),
         )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -73,10 +80,12 @@ def vae_frames(work: Path, data: Dataset, rng: np.random.Generator) -> tuple[np.
             return z["frames"], z["index"]
     model = trained_model(work, "vae")
     idx = np.sort(rng.choice(data.meta["total_frames"], VAE_FRAMES, replace=False))
-    frames = np.concatenate([
-        model.decode_latents(model.encode_image(pixels(data.frames[idx[i : i + 64]]))).numpy()
-        for i in tqdm(range(0, len(idx), 64), desc="VAE round trips", unit="batch")
-    ])
+    frames = np.concatenate(
+        [
+            model.decode_latents(model.encode_image(pixels(data.frames[idx[i : i + 64]]))).numpy()
+            for i in tqdm(range(0, len(idx), 64), desc="VAE round trips", unit="batch")
+        ]
+    )
     np.savez(cache, frames=frames, index=idx)
     return frames, idx
 
@@ -84,8 +93,12 @@ def vae_frames(work: Path, data: Dataset, rng: np.random.Generator) -> tuple[np.
 def evaluate(net: MouthNet, data: Dataset) -> dict:
     net.eval()
     with torch.no_grad():
-        pred = np.concatenate([net(torch.from_numpy(np.ascontiguousarray(data.frames[i : i + 256]))).numpy()
-                               for i in range(0, data.meta["total_frames"], 256)])
+        pred = np.concatenate(
+            [
+                net(torch.from_numpy(np.ascontiguousarray(data.frames[i : i + 256]))).numpy()
+                for i in range(0, data.meta["total_frames"], 256)
+            ]
+        )
     truth = data.index["mouth_open"]
     net.train()
     return {"pearson": round(pearson(pred, truth), 4), "mae": round(float(np.abs(pred - truth).mean()), 4), "frames": int(len(truth))}
@@ -97,9 +110,17 @@ def export(net: MouthNet, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mouth.onnx"
-        torch.onnx.export(net, (example,), str(out), input_names=["frames"], output_names=["opening"],
-                          dynamic_shapes={"frames": {0: torch.export.Dim("n", min=1, max=100000)}}, dynamo=True,
-                          external_data=False, opset_version=18)
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            input_names=["frames"],
+            output_names=["opening"],
+            dynamic_shapes={"frames": {0: torch.export.Dim("n", min=1, max=100000)}},
+            dynamo=True,
+            external_data=False,
+            opset_version=18,
+        )
         os.replace(out, path)
 
 

@@ -29,12 +29,27 @@ Colour = tuple[int, int, int]
 
 # light to dark, roughly along the Monk skin tone scale
 SKIN_TONES: tuple[Colour, ...] = (
-    (247, 226, 210), (240, 208, 184), (230, 188, 156), (214, 166, 128), (196, 142, 104),
-    (172, 118, 82), (146, 96, 64), (118, 76, 50), (92, 58, 40), (70, 45, 32),
+    (247, 226, 210),
+    (240, 208, 184),
+    (230, 188, 156),
+    (214, 166, 128),
+    (196, 142, 104),
+    (172, 118, 82),
+    (146, 96, 64),
+    (118, 76, 50),
+    (92, 58, 40),
+    (70, 45, 32),
 )
 HAIR_COLOURS: tuple[Colour, ...] = (
-    (18, 14, 12), (40, 28, 20), (70, 46, 28), (112, 74, 42), (160, 118, 70),
-    (214, 180, 120), (132, 58, 28), (150, 150, 150), (225, 222, 215),
+    (18, 14, 12),
+    (40, 28, 20),
+    (70, 46, 28),
+    (112, 74, 42),
+    (160, 118, 70),
+    (214, 180, 120),
+    (132, 58, 28),
+    (150, 150, 150),
+    (225, 222, 215),
 )
 EYE_COLOURS: tuple[Colour, ...] = ((58, 36, 22), (92, 60, 30), (54, 96, 140), (70, 110, 80), (110, 100, 60), (40, 30, 28))
 HAIR_STYLES = ("short", "long", "bald", "fringe", "afro")
@@ -140,14 +155,37 @@ def random_params(rng: np.random.Generator) -> PortraitParams:
         exposure=uniform(0.9, 1.1),
     )
 
+
 EXAMPLE = PortraitParams(
-    skin=(222, 176, 140), hair=(58, 38, 24), hair_style="short", brow_colour=(48, 32, 22),
-    eye_colour=(54, 96, 140), lip_colour=(184, 100, 88), shirt=(44, 62, 96), collar="crew",
-    background=((92, 128, 160), (176, 196, 210)), background_angle=2.2,
-    face_width=0.35, face_height=0.46, jaw=0.55, centre_x=0.5, centre_y=0.42,
-    eye_spacing=0.44, eye_size=1.0, eye_tilt=0.04, brow_thickness=1.05, brow_arch=1.0, brow_tilt=0.05,
-    nose_width=1.0, nose_length=1.0, lip_width=1.0, lip_thickness=1.0, glasses=None,
-    light=-0.5, light_strength=0.45, exposure=1.0,
+    skin=(222, 176, 140),
+    hair=(58, 38, 24),
+    hair_style="short",
+    brow_colour=(48, 32, 22),
+    eye_colour=(54, 96, 140),
+    lip_colour=(184, 100, 88),
+    shirt=(44, 62, 96),
+    collar="crew",
+    background=((92, 128, 160), (176, 196, 210)),
+    background_angle=2.2,
+    face_width=0.35,
+    face_height=0.46,
+    jaw=0.55,
+    centre_x=0.5,
+    centre_y=0.42,
+    eye_spacing=0.44,
+    eye_size=1.0,
+    eye_tilt=0.04,
+    brow_thickness=1.05,
+    brow_arch=1.0,
+    brow_tilt=0.05,
+    nose_width=1.0,
+    nose_length=1.0,
+    lip_width=1.0,
+    lip_thickness=1.0,
+    glasses=None,
+    light=-0.5,
+    light_strength=0.45,
+    exposure=1.0,
 )
 
 
@@ -181,10 +219,20 @@ def _geometry(p: PortraitParams, scale: float, yaw: float = 0.0, pitch: float = 
     dy = 0.045 * pitch * fh
     ey = cy + 0.005 * fh + dy
     return _Geo(
-        cx=cx, cy=cy, fw=fw, fh=fh, fx=fx, dy=dy, ey=ey,
-        ex=p.eye_spacing * fw / 2, er=0.095 * fw * p.eye_size,
-        by=ey - 0.095 * fh, ny=cy + (0.175 + 0.03 * (p.nose_length - 1)) * fh + dy,
-        my=cy + 0.295 * fh + dy, chin=cy + 0.5 * fh, hairline=cy - 0.29 * fh + 0.5 * dy,
+        cx=cx,
+        cy=cy,
+        fw=fw,
+        fh=fh,
+        fx=fx,
+        dy=dy,
+        ey=ey,
+        ex=p.eye_spacing * fw / 2,
+        er=0.095 * fw * p.eye_size,
+        by=ey - 0.095 * fh,
+        ny=cy + (0.175 + 0.03 * (p.nose_length - 1)) * fh + dy,
+        my=cy + 0.295 * fh + dy,
+        chin=cy + 0.5 * fh,
+        hairline=cy - 0.29 * fh + 0.5 * dy,
     )
 
 
@@ -372,7 +420,9 @@ def _draw_glasses(d: ImageDraw.ImageDraw, p: PortraitParams, g: _Geo) -> None:
     w = max(2, int(0.16 * g.er))
     for side in (-1, 1):
         x = g.fx + side * g.ex
-        d.rounded_rectangle([x - 1.45 * g.er, g.ey - 0.95 * g.er, x + 1.45 * g.er, g.ey + 0.95 * g.er], radius=0.6 * g.er, outline=p.glasses, width=w)
+        d.rounded_rectangle(
+            [x - 1.45 * g.er, g.ey - 0.95 * g.er, x + 1.45 * g.er, g.ey + 0.95 * g.er], radius=0.6 * g.er, outline=p.glasses, width=w
+        )
         arm = g.cx + side * 0.5 * g.fw
         d.line([(x + side * 1.45 * g.er, g.ey - 0.4 * g.er), (arm, g.ey - 0.5 * g.er)], fill=p.glasses, width=w)
     d.line([(g.fx - g.ex + 1.45 * g.er, g.ey - 0.35 * g.er), (g.fx + g.ex - 1.45 * g.er, g.ey - 0.35 * g.er)], fill=p.glasses, width=w)
@@ -420,13 +470,17 @@ def render_portrait(
     lam = np.clip((nx * L[0] + ny * L[1] + nz * L[2]) / np.sqrt(nx**2 + ny**2 + nz**2), 0, 1)
 
     # hair: behind the head (long, afro), then later on top
-    hair_shade = (0.55 + 0.55 * lam) * (1 + 0.25 * _gauss(Y, g.cy - 0.42 * g.fh, 0.05 * g.fh) * _gauss(X, g.cx - 0.12 * g.fw * p.light, 0.2 * g.fw))
+    hair_shade = (0.55 + 0.55 * lam) * (
+        1 + 0.25 * _gauss(Y, g.cy - 0.42 * g.fh, 0.05 * g.fh) * _gauss(X, g.cx - 0.12 * g.fw * p.light, 0.2 * g.fw)
+    )
     hair_layer = _layer(p.hair, hair_shade, S, ex) if p.hair_style != "bald" else None
     if p.hair_style in ("long", "afro"):
         back = Image.new("L", (S, S), 0)
         bd = ImageDraw.Draw(back)
         if p.hair_style == "long":
-            bd.rounded_rectangle([g.cx - 0.64 * g.fw, g.cy - 0.56 * g.fh, g.cx + 0.64 * g.fw, g.cy + 0.82 * g.fh], radius=0.5 * g.fw, fill=255)
+            bd.rounded_rectangle(
+                [g.cx - 0.64 * g.fw, g.cy - 0.56 * g.fh, g.cx + 0.64 * g.fw, g.cy + 0.82 * g.fh], radius=0.5 * g.fw, fill=255
+            )
         else:
             bd.ellipse([g.cx - 0.82 * g.fw, g.cy - 0.80 * g.fh, g.cx + 0.82 * g.fw, g.cy + 0.25 * g.fh], fill=255)
         img.paste(hair_layer, (0, 0), back)
@@ -443,7 +497,9 @@ def render_portrait(
     # neck: darker than the face, in the chin's shadow, with the neckline cut into the shirt
     skin = p.skin
     nu = np.clip((X - g.cx) / (0.24 * g.fw), -1, 1)
-    neck_shade = (0.62 + 0.22 * np.sqrt(1 - nu**2) + 0.12 * L[0] * nu) * (1 - 0.35 * np.exp(-np.clip(Y - g.chin + 0.05 * g.fh, 0, None) / (0.07 * g.fh)))
+    neck_shade = (0.62 + 0.22 * np.sqrt(1 - nu**2) + 0.12 * L[0] * nu) * (
+        1 - 0.35 * np.exp(-np.clip(Y - g.chin + 0.05 * g.fh, 0, None) / (0.07 * g.fh))
+    )
     neck = Image.new("L", (S, S), 0)
     nd = ImageDraw.Draw(neck)
     nwid = 0.2 * g.fw
@@ -457,7 +513,11 @@ def render_portrait(
     d = ImageDraw.Draw(img)
     edge = tuple(int(c * 0.6) for c in p.shirt)
     if p.collar == "v":
-        d.line([(g.cx - 1.3 * nwid, sb + 0.02 * g.fh), (g.cx, sb + 0.32 * g.fh), (g.cx + 1.3 * nwid, sb + 0.02 * g.fh)], fill=edge, width=max(2, int(0.012 * g.fw)))
+        d.line(
+            [(g.cx - 1.3 * nwid, sb + 0.02 * g.fh), (g.cx, sb + 0.32 * g.fh), (g.cx + 1.3 * nwid, sb + 0.02 * g.fh)],
+            fill=edge,
+            width=max(2, int(0.012 * g.fw)),
+        )
     else:
         d.arc([g.cx - 1.2 * nwid, sb - 0.1 * g.fh, g.cx + 1.2 * nwid, sb + 0.12 * g.fh], 0, 180, fill=edge, width=max(2, int(0.02 * g.fw)))
 
@@ -507,7 +567,13 @@ def render_portrait(
         strand = tuple(int(c * 0.75 * ex) for c in p.hair)
         for i in range(5):
             ox = (i - 2) * 0.1 * g.fw
-            d.arc([g.cx + ox - 0.3 * g.fw, g.cy - 0.5 * g.fh, g.cx + ox + 0.3 * g.fw, g.hairline + 0.12 * g.fh], 200, 290, fill=strand, width=max(1, int(0.008 * g.fw)))
+            d.arc(
+                [g.cx + ox - 0.3 * g.fw, g.cy - 0.5 * g.fh, g.cx + ox + 0.3 * g.fw, g.hairline + 0.12 * g.fh],
+                200,
+                290,
+                fill=strand,
+                width=max(1, int(0.008 * g.fw)),
+            )
 
     # features
     for side in (-1, 1):

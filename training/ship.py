@@ -34,8 +34,10 @@ def stage_facts(work: Path) -> dict:
             s["sessions"] += 1
             s["closed"] += s["clock"]
         s["clock"], s["steps"], s["last_loss"] = r["time"], r["step"], round(r["loss"], 5)
-    return {k: {"steps": v["steps"], "sessions": v["sessions"], "seconds": round(v["closed"] + v["clock"], 1),
-                "last_loss": v["last_loss"]} for k, v in facts.items()}
+    return {
+        k: {"steps": v["steps"], "sessions": v["sessions"], "seconds": round(v["closed"] + v["clock"], 1), "last_loss": v["last_loss"]}
+        for k, v in facts.items()
+    }
 
 
 def ship(model: EMOModel, work: Path, data_meta: dict | None = None) -> Path:

@@ -447,8 +447,15 @@ class LatentMouthReader(torch.nn.Module):
         self.rows, self.cols = slice(rows.start // 8, -(-rows.stop // 8)), slice(cols.start // 8, -(-cols.stop // 8))
         act = torch.nn.SiLU()
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(4, 32, 3, padding=1), act, torch.nn.Conv2d(32, 48, 3, 2, 1), act,
-            torch.nn.Conv2d(48, 64, 3, 2, 1), act, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 1),
+            torch.nn.Conv2d(4, 32, 3, padding=1),
+            act,
+            torch.nn.Conv2d(32, 48, 3, 2, 1),
+            act,
+            torch.nn.Conv2d(48, 64, 3, 2, 1),
+            act,
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, 1),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

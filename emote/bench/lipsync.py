@@ -147,8 +147,14 @@ def identity_similarity(frames: np.ndarray, reference: np.ndarray, face_mask: np
     return float(np.mean([pearson(f[keep].reshape(-1), ref) for f in frames]))
 
 
-def score(frames: np.ndarray, audio: np.ndarray, reference: np.ndarray, face_mask: np.ndarray,
-          estimator: MouthEstimator | None = None, fps: int = 25) -> LipSync:
+def score(
+    frames: np.ndarray,
+    audio: np.ndarray,
+    reference: np.ndarray,
+    face_mask: np.ndarray,
+    estimator: MouthEstimator | None = None,
+    fps: int = 25,
+) -> LipSync:
     """Lip sync (estimated vs audio-driven mouth opening) and identity of a generated video."""
     estimator = estimator or MouthEstimator()
     est = estimator(frames)

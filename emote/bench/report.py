@@ -27,8 +27,13 @@ def markdown(record: dict) -> str:
             f"{_f(r['psnr_vs_baseline_db'], '{:.1f}')} | {_f(sync.get('correlation'))} | {_f(sync.get('identity'))} | "
             f"{_f(r['peak_rss_mb'], '{:.0f}')} |"
         )
-    lines += ["", "Per component (runtime variants; milliseconds per call, p50 / p90 / p99; FLOP/s on the counted ops):", "",
-              "| variant | stage | calls | p50 ms | p90 ms | p99 ms | GFLOP | GFLOP/s | of peak |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Per component (runtime variants; milliseconds per call, p50 / p90 / p99; FLOP/s on the counted ops):",
+        "",
+        "| variant | stage | calls | p50 ms | p90 ms | p99 ms | GFLOP | GFLOP/s | of peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in record["results"].items():
         for stage, s in r["stages"].items():
             lines.append(

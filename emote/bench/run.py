@@ -27,8 +27,16 @@ from ..bundle import SAMPLE_RATE, Bundle
 from .flops import count_flops
 from .variants import Variant, VariantSpec
 
-STAGES = ("reference_net", "audio_encoder", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond",
-          "denoise_loop", "vae_decoder")  # denoise_loop: a clip's K steps together (one replay of a captured loop)
+STAGES = (
+    "reference_net",
+    "audio_encoder",
+    "vae_encoder",
+    "clip_condition",
+    "denoise_step",
+    "denoise_step_cond",
+    "denoise_loop",
+    "vae_decoder",
+)  # denoise_loop: a clip's K steps together (one replay of a captured loop)
 
 
 def rss_bytes() -> int:
@@ -116,7 +124,7 @@ def benchmark(
             r = v.run(portrait, audio, seed)
             frames.setdefault(v.spec.name, r.frames)
     for i in range(repeat):
-        order = variants[i % len(variants):] + variants[: i % len(variants)]  # rotate: no variant always first
+        order = variants[i % len(variants) :] + variants[: i % len(variants)]  # rotate: no variant always first
         for v in order:
             with PeakRSS() as mem:
                 r = v.run(portrait, audio, seed)

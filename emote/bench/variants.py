@@ -54,8 +54,9 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
         for prec in openvino_precisions(bundle):
             # int8 is measured even on CPUs without VNNI, where the runtime refuses it: the PSNR shows why
             opts = {"allow_inexact_int8": True} if prec == "int8" else {}
-            out.append(VariantSpec(f"ov-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", precision=prec,
-                                   backend_options=opts))
+            out.append(
+                VariantSpec(f"ov-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", precision=prec, backend_options=opts)
+            )
     return out
 
 
@@ -76,27 +77,46 @@ def gpu_variants(bundle) -> list[VariantSpec]:
     out = []
     for p in [p for p in ("int8", "fp16") if p in have][:1] + ["fp32"]:
         out.append(VariantSpec(f"trt-{p}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p))
-        out.append(VariantSpec(f"trt-{p}-dpm4-g1-nograph", "runtime", "dpmpp_2m", 4, 1, backend="tensorrt", precision=p,
-                               backend_options={"cuda_graph": False}))
+        out.append(
+            VariantSpec(
+                f"trt-{p}-dpm4-g1-nograph",
+                "runtime",
+                "dpmpp_2m",
+                4,
+                1,
+                backend="tensorrt",
+                precision=p,
+                backend_options={"cuda_graph": False},
+            )
+        )
     return out
 
 
-def select(specs: list[VariantSpec], *, backend: str | None = None, precision: str | None = None,
-           device: str | None = None, names: list[str] | None = None) -> list[VariantSpec]:
+def select(
+    specs: list[VariantSpec],
+    *,
+    backend: str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    names: list[str] | None = None,
+) -> list[VariantSpec]:
     """The variants of ``backend`` at ``precision`` (and the baseline), on OpenVINO ``device``; ``names`` in that order."""
     if device and backend != "openvino":
         raise EmoteError("--device is for --backend openvino")
     keep = specs
     if backend or precision:
-        keep = [s for s in specs if s.kind == "reference" or ((not backend or s.backend == backend)
-                                                               and (not precision or s.precision == precision))]
+        keep = [
+            s
+            for s in specs
+            if s.kind == "reference" or ((not backend or s.backend == backend) and (not precision or s.precision == precision))
+        ]
         if not any(s.kind == "runtime" for s in keep):
             have = ", ".join(f"{s.backend} {s.precision}" for s in specs if s.kind == "runtime")
-            raise EmoteError(f"no variant runs {backend or 'any backend'} at {precision or 'any precision'} "
-                             f"with this bundle (it has: {have})")
+            raise EmoteError(
+                f"no variant runs {backend or 'any backend'} at {precision or 'any precision'} with this bundle (it has: {have})"
+            )
     if device:
-        keep = [replace(s, backend_options={**s.backend_options, "device": device}) if s.backend == "openvino" else s
-                for s in keep]
+        keep = [replace(s, backend_options={**s.backend_options, "device": device}) if s.backend == "openvino" else s for s in keep]
     if names:
         known = {s.name: s for s in keep}
         unknown = [n for n in names if n not in known]
@@ -127,17 +147,23 @@ class Variant:
 
             torch.set_num_threads(threads)
             d = bundle.sampler
-            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps, d.prediction_type,
-                                  d.spacing, d.zero_snr)
+            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps, d.prediction_type, d.spacing, d.zero_snr)
             self.pipe = ReferencePipeline(model_factory(), sampler)
         else:
             from ..runtime.pipeline import Pipeline
 
             options = dict(spec.backend_options)
             options.setdefault("threads", threads)
-            self.pipe = Pipeline(bundle, backend=spec.backend, precision=spec.precision, sampler=spec.sampler,
-                                 steps=spec.steps, guidance_scale=guidance_scale, guidance_steps=spec.guidance_steps,
-                                 backend_options=options)
+            self.pipe = Pipeline(
+                bundle,
+                backend=spec.backend,
+                precision=spec.precision,
+                sampler=spec.sampler,
+                steps=spec.steps,
+                guidance_scale=guidance_scale,
+                guidance_steps=spec.guidance_steps,
+                backend_options=options,
+            )
 
     def run(self, portrait, audio: np.ndarray, seed: int) -> RunResult:
         if self.spec.kind == "reference":

@@ -19,7 +19,9 @@ from ..bundle import Bundle
 from .install import add_graphs, staged_files, staging
 
 
-def export_fp16(bundle: Bundle, checkpoint: str | Path | None = None, graphs=("denoise_step", "denoise_step_cond"), progress=None) -> Bundle:
+def export_fp16(
+    bundle: Bundle, checkpoint: str | Path | None = None, graphs=("denoise_step", "denoise_step_cond"), progress=None
+) -> Bundle:
     """Write ``<graph>.fp16.onnx`` for the step graphs of ``bundle`` and record them in its manifest."""
     from ..export.bundle import export_entry
     from ..export.graphs import DenoiseStepGraph

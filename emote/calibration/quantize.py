@@ -312,11 +312,15 @@ def quantize_int8(
             if judged(s) >= target_db:
                 break
             if not sensitivity:
-                raise EmoteError(f"{graph}: int8 with the float rules only reaches {judged(s):.1f} dB < {target_db} dB: "
-                                 "drop --no-sensitivity so that measured layers can stay float")
+                raise EmoteError(
+                    f"{graph}: int8 with the float rules only reaches {judged(s):.1f} dB < {target_db} dB: "
+                    "drop --no-sensitivity so that measured layers can stay float"
+                )
             if n >= len(order):
-                raise EmoteError(f"{graph}: int8 cannot reach {target_db} dB even with every layer in float; "
-                                 "calibrate on more or other data, or lower --target-db")
+                raise EmoteError(
+                    f"{graph}: int8 cannot reach {target_db} dB even with every layer in float; "
+                    "calibrate on more or other data, or lower --target-db"
+                )
             n = min(len(order), max(1, 2 * n))
         report.measured_float, report.sqnr_db = floats, s
         trial.replace(out)
@@ -360,8 +364,10 @@ def write_report(report: Report, folder: Path) -> list[Path]:
     return [js, md]
 
 
-SCHEME = ("Q/DQ (onnxruntime.quantization, QDQ): activations int8 symmetric per tensor, weights int8 symmetric "
-          "per output channel, zero points 0; inputs of Conv/MatMul/Gemm only; biases, outputs, norms, softmax float")
+SCHEME = (
+    "Q/DQ (onnxruntime.quantization, QDQ): activations int8 symmetric per tensor, weights int8 symmetric "
+    "per output channel, zero points 0; inputs of Conv/MatMul/Gemm only; biases, outputs, norms, softmax float"
+)
 
 
 def quantize_bundle(
@@ -384,18 +390,35 @@ def quantize_bundle(
     entries = {}
     with CalibrationSet.open(calib_path) as calib, staging(bundle) as folder:
         for g in graphs:
-            report = quantize_int8(bundle, calib, g, folder / f"{g}.int8.onnx", target_db=target_db,
-                                   eval_samples=eval_samples, sensitivity=sensitivity, progress=progress)
+            report = quantize_int8(
+                bundle,
+                calib,
+                g,
+                folder / f"{g}.int8.onnx",
+                target_db=target_db,
+                eval_samples=eval_samples,
+                sensitivity=sensitivity,
+                progress=progress,
+            )
             reports = write_report(report, folder / "reports") if sensitivity else []
             fp32 = bundle.graph(g)
-            entries[f"{g}.int8"] = graph_entry("int8", f"{g}.int8.onnx", fp32.inputs, fp32.outputs, quantization={
-                "scheme": SCHEME,
-                "calibration": {"samples": report.samples, "bundle_hash": calib.manifest["bundle_hash"],
-                                "timesteps": calib.manifest["sampler"]["timesteps"]},
-                "target_sqnr_db": target_db,
-                "sqnr_db": report.sqnr_db,
-                "float_by_rule": len(report.rule_float),
-                "float_by_measurement": report.measured_float,
-                "reports": [f"reports/{p.name}" for p in reports],
-            })
+            entries[f"{g}.int8"] = graph_entry(
+                "int8",
+                f"{g}.int8.onnx",
+                fp32.inputs,
+                fp32.outputs,
+                quantization={
+                    "scheme": SCHEME,
+                    "calibration": {
+                        "samples": report.samples,
+                        "bundle_hash": calib.manifest["bundle_hash"],
+                        "timesteps": calib.manifest["sampler"]["timesteps"],
+                    },
+                    "target_sqnr_db": target_db,
+                    "sqnr_db": report.sqnr_db,
+                    "float_by_rule": len(report.rule_float),
+                    "float_by_measurement": report.measured_float,
+                    "reports": [f"reports/{p.name}" for p in reports],
+                },
+            )
         return add_graphs(bundle, entries, staged_files(folder))

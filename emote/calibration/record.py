@@ -160,8 +160,10 @@ def calibrate(
         recorder = Recorder(tmp, shard_bytes=shard_bytes)
         # the fp32 graphs as written: calibration records what the int8 graphs must reproduce
         pipe = Pipeline(bundle, backend="onnxruntime", precision="fp32", steps=steps, guidance_steps=None, observe=recorder)
-        pairs = [Source(image_files[i % len(image_files)], audio_files[i % len(audio_files)])
-                 for i in range(max(len(image_files), len(audio_files)))]
+        pairs = [
+            Source(image_files[i % len(image_files)], audio_files[i % len(audio_files)])
+            for i in range(max(len(image_files), len(audio_files)))
+        ]
         per_run = max(1, math.ceil(samples / steps) // len(pairs))  # clips per run: every pair gets a turn
         run_samples = per_run * pipe.frames * (SAMPLE_RATE // pipe.fps)
         portraits, waves, uses, sources, centred = {}, {}, {}, [], set()

@@ -20,17 +20,37 @@ _NUMBER = (int, float)
 # name -> type(s); None is always accepted (the backend's default)
 OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "onnxruntime": {
-        "providers": (list, tuple), "threads": int, "optimization": str, "spinning": bool, "device_id": int,
-        "fp16": bool, "int8": bool, "cuda_graph": bool, "engines": _PATH, "workspace_gb": _NUMBER, "opt_level": int,
+        "providers": (list, tuple),
+        "threads": int,
+        "optimization": str,
+        "spinning": bool,
+        "device_id": int,
+        "fp16": bool,
+        "int8": bool,
+        "cuda_graph": bool,
+        "engines": _PATH,
+        "workspace_gb": _NUMBER,
+        "opt_level": int,
         "buffer_device": str,
     },
     "openvino": {
-        "device": str, "threads": int, "streams": int, "cache_dir": _PATH, "cache": bool, "inference_precision": str,
+        "device": str,
+        "threads": int,
+        "streams": int,
+        "cache_dir": _PATH,
+        "cache": bool,
+        "inference_precision": str,
         "allow_inexact_int8": bool,
     },
     "tensorrt": {
-        "engines": _PATH, "build": bool, "cuda_graph": bool, "opt_level": int, "workspace_gb": _NUMBER, "device_id": int,
-        "threads": int, "verbose": bool,
+        "engines": _PATH,
+        "build": bool,
+        "cuda_graph": bool,
+        "opt_level": int,
+        "workspace_gb": _NUMBER,
+        "device_id": int,
+        "threads": int,
+        "verbose": bool,
     },
 }
 

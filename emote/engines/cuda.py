@@ -123,8 +123,10 @@ def cuda_version(v: int) -> str:
 def versions() -> tuple[str, str]:
     """(driver CUDA version, runtime CUDA version) as 'major.minor'."""
     rt = cudart()
-    return (cuda_version(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")),
-            cuda_version(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")))
+    return (
+        cuda_version(check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+        cuda_version(check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
+    )
 
 
 def nbytes(shape: tuple[int, ...], dtype) -> int:
@@ -158,8 +160,13 @@ class DeviceBuffer:
             raise TypeError("device buffers slice along axis 0 with a contiguous slice only")
         start, stop, _ = index.indices(self.shape[0])
         row = nbytes(self.shape[1:], self.dtype)
-        return DeviceBuffer(self.ptr + start * row, (max(stop - start, 0), *self.shape[1:]), self.dtype,
-                            owner=self.owner or self, label=f"{self.label}[{start}:{stop}]")
+        return DeviceBuffer(
+            self.ptr + start * row,
+            (max(stop - start, 0), *self.shape[1:]),
+            self.dtype,
+            owner=self.owner or self,
+            label=f"{self.label}[{start}:{stop}]",
+        )
 
     def close(self) -> None:
         if self.pinned is not None:
@@ -233,8 +240,11 @@ class Stream:
 
     def copy(self, dst: int, src: int, size: int, kind: str, what: str) -> None:
         rt = cudart()
-        k = {"h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-             "d2d": rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice}[kind]
+        k = {
+            "h2d": rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            "d2h": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+            "d2d": rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+        }[kind]
         if size:
             check(rt.cudaMemcpyAsync(dst, src, size, k, self.handle), f"cudaMemcpyAsync {kind} of {what} ({size} bytes on {self.label})")
 
@@ -257,8 +267,10 @@ class CapturedGraph:
 
     def begin(self) -> None:
         rt = cudart()
-        check(rt.cudaStreamBeginCapture(self.stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-              f"cudaStreamBeginCapture ({self.label})")
+        check(
+            rt.cudaStreamBeginCapture(self.stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            f"cudaStreamBeginCapture ({self.label})",
+        )
 
     def end(self) -> None:
         rt = cudart()

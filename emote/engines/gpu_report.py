@@ -67,7 +67,11 @@ def cuda_status() -> tuple[bool, str, str]:
     except Exception as e:
         return False, f"cuda-python broken ({type(e).__name__}: {e})", ""
     kind = ", integrated (shares system memory)" if info.integrated else ""
-    return True, f"{info.name}, compute capability {info.compute_capability}, {info.total_bytes / 2**30:.1f} GiB{kind}", f"driver supports CUDA {driver}, cuda-python runtime {runtime}"
+    return (
+        True,
+        f"{info.name}, compute capability {info.compute_capability}, {info.total_bytes / 2**30:.1f} GiB{kind}",
+        f"driver supports CUDA {driver}, cuda-python runtime {runtime}",
+    )
 
 
 def gpu_rows() -> list[tuple[str, str]]:

@@ -95,8 +95,10 @@ def provider_options(
             opts = {"device_id": str(device_id), "trt_fp16_enable": str(fp16), "trt_int8_enable": str(int8)}
             if cache_dir is not None:
                 opts.update(
-                    trt_engine_cache_enable="True", trt_engine_cache_path=str(cache_dir),
-                    trt_timing_cache_enable="True", trt_timing_cache_path=str(cache_dir),
+                    trt_engine_cache_enable="True",
+                    trt_engine_cache_path=str(cache_dir),
+                    trt_timing_cache_enable="True",
+                    trt_timing_cache_path=str(cache_dir),
                 )
             if cuda_graph:
                 opts["trt_cuda_graph_enable"] = "True"
@@ -115,8 +117,10 @@ def check_providers(spec: GraphSpec, asked: list[str], loaded: list[str]) -> Non
     logs "Falling back to [CPUExecutionProvider]" and runs the graph on the CPU."""
     missing = [p for p in asked if p not in loaded]
     if missing:
-        raise EmoteError(f"ONNX Runtime did not load {', '.join(missing)} for {spec.file} (it runs on {', '.join(loaded)}): "
-                         "check the CUDA/cuDNN/TensorRT libraries and the driver (`emote doctor`)")
+        raise EmoteError(
+            f"ONNX Runtime did not load {', '.join(missing)} for {spec.file} (it runs on {', '.join(loaded)}): "
+            "check the CUDA/cuDNN/TensorRT libraries and the driver (`emote doctor`)"
+        )
 
 
 class OrtBuffer:
@@ -130,8 +134,9 @@ class OrtBuffer:
 
 
 class OrtGraph(Graph):
-    def __init__(self, name: str, session: ort.InferenceSession, cuda_graph: bool = False,
-                 reopen: Callable[[], ort.InferenceSession] | None = None):
+    def __init__(
+        self, name: str, session: ort.InferenceSession, cuda_graph: bool = False, reopen: Callable[[], ort.InferenceSession] | None = None
+    ):
         self.name, self.session = name, session
         # ORT captures a CUDA graph over the addresses bound at capture, so every binding of a graph
         # (the step graph has two, ping and pong) needs a graph of its own. The CUDA EP keeps one per

@@ -124,8 +124,10 @@ class OpenVINOBackend(Backend):
             raise EmoteError(INEXACT_INT8.format(cpu=self.core.get_property("CPU", "FULL_DEVICE_NAME")))
         for p in {precision, inference_precision or precision}:
             if CAPABILITY[p] not in caps:
-                raise EmoteError(f"OpenVINO {device} has no {p} ({self.core.get_property(device, 'FULL_DEVICE_NAME')}: "
-                                 f"{', '.join(c for c in caps if c in CAPABILITY.values())})")
+                raise EmoteError(
+                    f"OpenVINO {device} has no {p} ({self.core.get_property(device, 'FULL_DEVICE_NAME')}: "
+                    f"{', '.join(c for c in caps if c in CAPABILITY.values())})"
+                )
         self.device, self.precision = device, precision
         self.hint = HINTS[inference_precision or precision]
         self.threads, self.streams = threads or len(os.sched_getaffinity(0)), streams
@@ -155,8 +157,11 @@ class OpenVINOBackend(Backend):
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             if not self._said_uncached:
-                print(f"emote: note: cannot write OpenVINO's compiled-model cache {path} ({e.strerror}): "
-                      "compiling every time (pass cache_dir= to cache elsewhere)", file=sys.stderr)
+                print(
+                    f"emote: note: cannot write OpenVINO's compiled-model cache {path} ({e.strerror}): "
+                    "compiling every time (pass cache_dir= to cache elsewhere)",
+                    file=sys.stderr,
+                )
                 self._said_uncached = True
             return None
         return path
@@ -173,9 +178,11 @@ class OpenVINOBackend(Backend):
         return OpenVINOGraph(spec.name, compiled, names_in, names_out)
 
 
-INEXACT_INT8 = ("OpenVINO int8 is inexact on {cpu} (no VNNI: its int8 kernels saturate 16-bit sums, 10-15 dB lost "
-                "on the denoise step): use --backend onnxruntime --precision int8 "
-                "(or OpenVINOBackend(allow_inexact_int8=True) to run it anyway)")
+INEXACT_INT8 = (
+    "OpenVINO int8 is inexact on {cpu} (no VNNI: its int8 kernels saturate 16-bit sums, 10-15 dB lost "
+    "on the denoise step): use --backend onnxruntime --precision int8 "
+    "(or OpenVINOBackend(allow_inexact_int8=True) to run it anyway)"
+)
 
 
 def int8_exact(flags: Collection[str]) -> bool:

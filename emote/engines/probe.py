@@ -18,8 +18,7 @@ CPUINFO = Path("/proc/cpuinfo")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})  # int8 dot products summed straight into int32
 # /proc/cpuinfo flags that decide which kernels run: AVX2/FMA (every x86 kiosk CPU since 2013),
 # AVX-512, its bf16 and int8 dot products (VNNI), Intel's AVX-VNNI on AVX2 cores, AMX tiles.
-CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
-             "amx_tile", "amx_bf16", "amx_int8")
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
 @dataclass(frozen=True)

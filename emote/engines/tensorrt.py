@@ -40,8 +40,12 @@ def check_engine_io(graph: str, engine_io: dict, declared: dict) -> None:
     """The engine's tensors must be the bundle's, name for name, shape and dtype: the failing tensor is named."""
     missing, extra = set(declared) - set(engine_io), set(engine_io) - set(declared)
     if missing or extra:
-        parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + ([f"unexpected {', '.join(sorted(extra))}"] if extra else [])
-        raise EmoteError(f"{graph}: the TensorRT plan's tensors differ from the bundle's ({'; '.join(parts)}): rebuild with `emote build --force`")
+        parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + (
+            [f"unexpected {', '.join(sorted(extra))}"] if extra else []
+        )
+        raise EmoteError(
+            f"{graph}: the TensorRT plan's tensors differ from the bundle's ({'; '.join(parts)}): rebuild with `emote build --force`"
+        )
     for name, (shape, dtype) in declared.items():
         eshape, edtype = engine_io[name]
         if tuple(eshape) != tuple(shape) or np.dtype(edtype) != np.dtype(dtype):
@@ -61,8 +65,10 @@ class TrtGraph(Graph):
             try:
                 dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
             except TypeError:  # nptype knows no numpy type for bf16, fp8, int4, ...
-                raise EmoteError(f"{key}: tensor {n!r} of the TensorRT plan is {engine.get_tensor_dtype(n)}, which has no "
-                                 "numpy type: the bundle's graphs must keep their inputs and outputs fp32/fp16/int") from None
+                raise EmoteError(
+                    f"{key}: tensor {n!r} of the TensorRT plan is {engine.get_tensor_dtype(n)}, which has no "
+                    "numpy type: the bundle's graphs must keep their inputs and outputs fp32/fp16/int"
+                ) from None
             io[n] = (tuple(int(d) for d in engine.get_tensor_shape(n)), dtype)
             modes[n] = engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
         check_engine_io(key, io, declared)
@@ -205,8 +211,7 @@ class CapturedLoop:
             graph.close()
             # some engines hold operations that stream capture forbids: run them uncaptured
             self.failed = str(e)
-            print(f"emote: note: the denoising loop cannot be captured as a CUDA graph ({e}); running it uncaptured",
-                  file=sys.stderr)
+            print(f"emote: note: the denoising loop cannot be captured as a CUDA graph ({e}); running it uncaptured", file=sys.stderr)
             return
         self.graph, self.generation = graph, be.generation
 
@@ -290,7 +295,9 @@ class TensorRTBackend(Backend):
     def scratch_for(self, stream):
         """The scratch block of ``stream``, shared by every context that runs on it."""
         if stream.label not in self.pools:
-            self.pools[stream.label] = self.alloc((max(self.max_scratch, 1),), np.uint8, label=f"scratch of stream {stream.label}", zero=False)
+            self.pools[stream.label] = self.alloc(
+                (max(self.max_scratch, 1),), np.uint8, label=f"scratch of stream {stream.label}", zero=False
+            )
         return self.pools[stream.label]
 
     # -- buffers ----------------------------------------------------------------------------
@@ -347,7 +354,9 @@ class TensorRTBackend(Backend):
     def copy(self, dst, src, start: int = 0) -> None:
         view = src[start : start + dst.shape[0]]
         if view.shape != dst.shape or view.dtype != dst.dtype:
-            raise ValueError(f"cannot copy {view.label} {view.dtype.name}{list(view.shape)} into {dst.label} {dst.dtype.name}{list(dst.shape)}")
+            raise ValueError(
+                f"cannot copy {view.label} {view.dtype.name}{list(view.shape)} into {dst.label} {dst.dtype.name}{list(dst.shape)}"
+            )
         self.copy_raw(dst, view)
 
     # -- streams ----------------------------------------------------------------------------

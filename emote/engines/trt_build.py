@@ -93,11 +93,16 @@ def plan_sources(bundle: Bundle, precision: str) -> list[GraphSpec]:
     return list(policy.graphs_for(bundle, "tensorrt", precision).values())
 
 
-def expected_key(spec: GraphSpec, gpu: str, compute_capability: str, trt_version: str,
-                 build: BuildOptions | None = None) -> EngineKey:
+def expected_key(spec: GraphSpec, gpu: str, compute_capability: str, trt_version: str, build: BuildOptions | None = None) -> EngineKey:
     return EngineKey(
-        graph=spec.key, onnx=spec.file, onnx_sha256=spec.sha256, bundle_hash=spec.bundle_hash, gpu=gpu,
-        compute_capability=compute_capability, tensorrt=trt_version, build=build or BuildOptions(),
+        graph=spec.key,
+        onnx=spec.file,
+        onnx_sha256=spec.sha256,
+        bundle_hash=spec.bundle_hash,
+        gpu=gpu,
+        compute_capability=compute_capability,
+        tensorrt=trt_version,
+        build=build or BuildOptions(),
     )
 
 
@@ -163,8 +168,17 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, key: EngineKey, timing_cac
     return data
 
 
-def ensure_plan(trt, spec: GraphSpec, engine_dir: Path, expected: EngineKey, *, build: bool,
-                check_build: bool = False, force: bool = False, verbose: bool = False) -> tuple[bytes, BuildResult]:
+def ensure_plan(
+    trt,
+    spec: GraphSpec,
+    engine_dir: Path,
+    expected: EngineKey,
+    *,
+    build: bool,
+    check_build: bool = False,
+    force: bool = False,
+    verbose: bool = False,
+) -> tuple[bytes, BuildResult]:
     """The plan of ``spec``: loaded when its key matches, (re)built when it does not and ``build``."""
     graph_key = spec.key
     plan_path, key_path = plan_paths(engine_dir, graph_key)
@@ -180,15 +194,27 @@ def ensure_plan(trt, spec: GraphSpec, engine_dir: Path, expected: EngineKey, *, 
     if not build:
         raise EmoteError(f"no usable TensorRT plan for {graph_key} in {engine_dir} ({reason}): run `emote build {spec.folder}`")
     onnx_path = spec.path
-    print(f"emote: building the TensorRT plan of {graph_key} ({reason}); this runs once per GPU, TensorRT and bundle",
-          file=sys.stderr, flush=True)
+    print(
+        f"emote: building the TensorRT plan of {graph_key} ({reason}); this runs once per GPU, TensorRT and bundle",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
     data = build_plan(trt, onnx_path, plan_path, expected, engine_dir / TIMING_CACHE, verbose)
     return data, BuildResult(graph_key, plan_path, "built", time.perf_counter() - t0, reason, len(data))
 
 
-def build_engines(bundle_path, precision: str = "fp32", engines: str | Path | None = None, *, opt_level: int = 3,
-                  workspace_gb: float | None = None, force: bool = False, device: int = 0, progress=print) -> tuple[Path, list[BuildResult]]:
+def build_engines(
+    bundle_path,
+    precision: str = "fp32",
+    engines: str | Path | None = None,
+    *,
+    opt_level: int = 3,
+    workspace_gb: float | None = None,
+    force: bool = False,
+    device: int = 0,
+    progress=print,
+) -> tuple[Path, list[BuildResult]]:
     """`emote build`: a plan for every graph of the bundle at ``precision`` (fp32 where it has no variant)."""
     from .cuda import device_info
 
@@ -200,15 +226,27 @@ def build_engines(bundle_path, precision: str = "fp32", engines: str | Path | No
 
     gpu = device_info(device)
     cuda.check(cuda.cudart().cudaSetDevice(device), f"cudaSetDevice({device})")  # TensorRT builds on the current device
-    engine_dir = Path(engines) if engines else default_engine_dir(bundle.path, gpu.name, gpu.compute_capability, trt.__version__, bundle.hash)
+    engine_dir = (
+        Path(engines) if engines else default_engine_dir(bundle.path, gpu.name, gpu.compute_capability, trt.__version__, bundle.hash)
+    )
     results = []
     for spec in sources:
         expected = expected_key(spec, gpu.name, gpu.compute_capability, trt.__version__, options)
         _, result = ensure_plan(trt, spec, engine_dir, expected, build=True, check_build=True, force=force)
         progress(result.line())
         results.append(result)
-    (engine_dir / "build.json").write_text(json.dumps(
-        {"bundle": str(bundle.path), "bundle_hash": bundle.hash, "precision": precision, "gpu": gpu.name,
-         "compute_capability": gpu.compute_capability, "tensorrt": trt.__version__,
-         "graphs": {r.graph: r.plan.name for r in results}}, indent=1))
+    (engine_dir / "build.json").write_text(
+        json.dumps(
+            {
+                "bundle": str(bundle.path),
+                "bundle_hash": bundle.hash,
+                "precision": precision,
+                "gpu": gpu.name,
+                "compute_capability": gpu.compute_capability,
+                "tensorrt": trt.__version__,
+                "graphs": {r.graph: r.plan.name for r in results},
+            },
+            indent=1,
+        )
+    )
     return engine_dir, results

@@ -292,8 +292,7 @@ class DenoiseStepGraph(Graph):
         if hallo(self.cfg):
             ctx = [(get(f"uncond_ctx_k_{i}"), get(f"uncond_ctx_v_{i}")) for i in range(self.blocks)]
             audio = [
-                tuple((get(f"uncond_audio_k_{i}_{r}"), get(f"uncond_audio_v_{i}_{r}")) for r in range(3))
-                for i in range(self.audio_modules)
+                tuple((get(f"uncond_audio_k_{i}_{r}"), get(f"uncond_audio_v_{i}_{r}")) for r in range(3)) for i in range(self.audio_modules)
             ]
             return ctx, audio
         return [(get(f"uncond_k_{i}"), get(f"uncond_v_{i}")) for i in range(self.blocks)]
@@ -334,9 +333,7 @@ class DenoiseStepGraph(Graph):
         pairs = lambda prefix, n: [(named[f"{prefix}_k_{i}"], named[f"{prefix}_v_{i}"]) for i in range(n)]  # noqa: E731
         ref, video = pairs("ref", self.blocks), None
         if hallo(self.cfg):
-            audio = [
-                tuple((named[f"audio_k_{i}_{r}"], named[f"audio_v_{i}_{r}"]) for r in range(3)) for i in range(self.audio_modules)
-            ]
+            audio = [tuple((named[f"audio_k_{i}_{r}"], named[f"audio_v_{i}_{r}"]) for r in range(3)) for i in range(self.audio_modules)]
             states = lambda prefix: [tuple(named[f"{prefix}_{p}_{j}"] for p in "qkvh") for j in range(self.temporal)]  # noqa: E731
             clip = ClipCondition(audio, states("motion"), None, named["face"], states("uncond_motion") if self.guided else None)
             regions = [named[f"region_mask_{d}"] for d in range(len(region_sizes(self.cfg)))]

@@ -75,7 +75,9 @@ def psnr_db(ref: np.ndarray, got: np.ndarray, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
-def compare(graph: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str = "fp32", inputs: str = "random") -> list[ParityRow]:
+def compare(
+    graph: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], precision: str = "fp32", inputs: str = "random"
+) -> list[ParityRow]:
     tol = TOLERANCES[precision]
     rows = []
     for name, r in ref.items():
@@ -137,8 +139,14 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     table = make_sampler("ddim", 10, guidance_scale=cfg.guidance_scale)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(latents.shape[1:], dtype=np.float32)
-    step = {"x": np.broadcast_to(x, (f, *x.shape)).copy(), "row": table.rows[3], "x0_prev": np.repeat(latents[:1], f, 0),
-            "noise": np.zeros((f, *x.shape), np.float32), **cond, **video}
+    step = {
+        "x": np.broadcast_to(x, (f, *x.shape)).copy(),
+        "row": table.rows[3],
+        "x0_prev": np.repeat(latents[:1], f, 0),
+        "noise": np.zeros((f, *x.shape), np.float32),
+        **cond,
+        **video,
+    }
     feeds["denoise_step"] = step
     feeds["denoise_step_cond"] = step
     feeds["vae_decoder"] = {"latents": np.repeat(latents[:1], f, axis=0)}

@@ -65,13 +65,9 @@ def check_state(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int
     """Raise one EmoteError naming missing, unexpected and mis-shaped keys."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    misshaped = sorted(
-        f"{k} {list(found[k])} != {list(expected[k])}" for k in set(expected) & set(found) if found[k] != expected[k]
-    )
+    misshaped = sorted(f"{k} {list(found[k])} != {list(expected[k])}" for k in set(expected) & set(found) if found[k] != expected[k])
     problems = [
-        _summary(label, keys)
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-        if keys
+        _summary(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys
     ]
     if problems:
         raise EmoteError(f"{source} does not match the model: " + "; ".join(problems))

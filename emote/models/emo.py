@@ -92,9 +92,7 @@ class EMOModel(nn.Module):
         self.face_locator = FaceLocator(cfg.face_locator_in_channels, cfg.face_locator_channels, u.block_out_channels[0])
         self.speed_encoder = SpeedEncoder(cfg.speed_buckets, cfg.speed_tokens, u.speed_dim) if u.speed_dim else None
         self.face_projection = (
-            FaceProjection(cfg.face_embedding_dim, cfg.face_embedding_tokens, u.cross_attention_dim)
-            if cfg.face_embedding_dim
-            else None
+            FaceProjection(cfg.face_embedding_dim, cfg.face_embedding_tokens, u.cross_attention_dim) if cfg.face_embedding_dim else None
         )
 
     def with_geometry(self, frames: int | None = None, resolution: int | None = None) -> EMOModel:
@@ -235,9 +233,7 @@ class EMOModel(nn.Module):
         audio = clip.audio
         if guidance is not None:
             uncond = self.uncond_audio_kv() if uncond is None else uncond
-            audio = [
-                (branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)
-            ]
+            audio = [(branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)]
             x = torch.cat([x, x])
         cond = StepCondition(ctx=audio, ref=ref, motion=clip.motion, speed=clip.speed, face=clip.face, frames=f)
         out = self.backbone(x, t, cond)

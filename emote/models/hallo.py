@@ -197,8 +197,6 @@ def import_hallo(
 
     model = build_model(cfg, device="meta")
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True, strict=True)
-    model.config = dataclasses.replace(
-        cfg, extra={"imported_from": "hallo", "net": net.name, "net_sha256": file_sha256(net)}
-    )
+    model.config = dataclasses.replace(cfg, extra={"imported_from": "hallo", "net": net.name, "net_sha256": file_sha256(net)})
     save_checkpoint(model, out)  # written beside and renamed into place: replaces a checkpoint only when complete
     return report

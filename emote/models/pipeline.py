@@ -106,8 +106,10 @@ class ReferencePipeline:
         if self.model.config.uncond_branch != "audio":
             from ..errors import EmoteError
 
-            raise EmoteError(f"the PyTorch reference pipeline runs the EMO presets, not {self.model.config.name!r}: "
-                             "Hallo models run in the bundle runtime (emote generate)")
+            raise EmoteError(
+                f"the PyTorch reference pipeline runs the EMO presets, not {self.model.config.name!r}: "
+                "Hallo models run in the bundle runtime (emote generate)"
+            )
         m, cfg, spec = self.model, self.model.config, self.sampler
         plan = self.plan(len(audio))
         f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size

@@ -502,20 +502,17 @@ class AudioModule(nn.Module):
 class Block(nn.Module):
     """One level of the UNet: resnets, optional attentions, audio and motion modules, optional resampler."""
 
-    def __init__(self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample,
-                 audio_widths: list[int] | None = None):
+    def __init__(
+        self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample, audio_widths: list[int] | None = None
+    ):
         super().__init__()
         temb = cfg.block_out_channels[0] * 4
         g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList([ResnetBlock2D(c, cout, temb, g, eps) for c in cins])
         if attention:
-            self.attentions = nn.ModuleList(
-                [Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g) for _ in cins]
-            )
+            self.attentions = nn.ModuleList([Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g) for _ in cins])
         if attention and audio_widths:
-            self.audio_modules = nn.ModuleList(
-                [AudioModule(cout, w, cfg.num_heads, cfg.cross_attention_dim, g) for w in audio_widths]
-            )
+            self.audio_modules = nn.ModuleList([AudioModule(cout, w, cfg.num_heads, cfg.cross_attention_dim, g) for w in audio_widths])
         if temporal:
             concat = cfg.motion_frames_mode == "concat"
             self.motion_modules = nn.ModuleList(
@@ -538,9 +535,7 @@ class MidBlock(nn.Module):
             self.audio_modules = nn.ModuleList([AudioModule(c, c, cfg.num_heads, cfg.cross_attention_dim, g)])
         if temporal:
             concat = cfg.motion_frames_mode == "concat"
-            self.motion_modules = nn.ModuleList(
-                [MotionModule(c, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim, concat)]
-            )
+            self.motion_modules = nn.ModuleList([MotionModule(c, cfg.temporal_heads, g, cfg.temporal_max_len, cfg.speed_dim, concat)])
 
 
 MODES = ("plain", "reference", "backbone")
@@ -567,9 +562,7 @@ class UNet(nn.Module):
         for i, cout in enumerate(ch):
             last = i == levels - 1
             cins = [cin] + [cout] * (lpb - 1)
-            self.down_blocks.append(
-                Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down", audio and cins)
-            )
+            self.down_blocks.append(Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down", audio and cins))
             skips += [cout] * lpb + ([] if last else [cout])
             cin = cout
         self.mid_block = MidBlock(cfg, ch[-1], temporal, audio)
@@ -585,8 +578,7 @@ class UNet(nn.Module):
             level = levels - 1 - i
             widths = [rev[min(i + 1, levels - 1)]] * (lpb + 1)  # Hallo sizes an up block's audio modules by its input_channel
             self.up_blocks.append(
-                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None,
-                      audio and widths)
+                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None, audio and widths)
             )
         if mode != "reference":
             self.conv_norm_out = GroupNorm32(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)

@@ -80,7 +80,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
             data, rate = _read_pyav(path)
         else:
             raise flac_shortfall(path) or EmoteError(
-                f"audio {path} is unreadable ({e}): truncated, corrupt or an unsupported sample format") from None
+                f"audio {path} is unreadable ({e}): truncated, corrupt or an unsupported sample format"
+            ) from None
     except (RuntimeError, ValueError) as e:
         raise EmoteError(f"audio {path} is unreadable ({e})") from None
     if data.shape[0] == 0:

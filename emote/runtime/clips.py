@@ -56,8 +56,9 @@ class ClipWindows:
 
     def plan(self, samples: int) -> ClipPlan:
         """The clips of a track of ``samples`` samples."""
-        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead,
-                        frames=frame_count(samples, self.fps))
+        return ClipPlan(
+            self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, frames=frame_count(samples, self.fps)
+        )
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def generate_video(
     first = None
     n_frames = 0
     with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate) as video:
+
         def advance(clip: int, step: int) -> None:
             if step == 0:
                 bar.set_postfix_str(f"clip {clip + 1}/{plan.clips}", refresh=False)

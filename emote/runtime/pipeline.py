@@ -114,8 +114,9 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         g = self.bundle.geometry
         self.frames, self.motion, self.resolution, self.fps = g.frames, g.motion_frames, g.resolution, g.fps
-        self.windows = ClipWindows(clip_frames=g.frames, motion_frames=g.motion_frames, fps=g.fps,
-                                   left_context=g.left_context, lookahead=g.lookahead)
+        self.windows = ClipWindows(
+            clip_frames=g.frames, motion_frames=g.motion_frames, fps=g.fps, left_context=g.left_context, lookahead=g.lookahead
+        )
         self.family = family_for(self.bundle, **family_options)
         choice = resolve(backend, precision, backend_options)
         self.precision = choice.precision
@@ -174,10 +175,7 @@ class Pipeline:
         self.call_condition = bind("clip_condition")
         # step p reads x[p], x0[p] and writes x[1-p], x0[1-p]
         self.call_step = {
-            guided: [
-                bind(name, {"x": xs[p], "x0_prev": x0s[p]}, {"x_next": xs[1 - p], "x0": x0s[1 - p]})
-                for p in (0, 1)
-            ]
+            guided: [bind(name, {"x": xs[p], "x0_prev": x0s[p]}, {"x_next": xs[1 - p], "x0": x0s[1 - p]}) for p in (0, 1)]
             for guided, name in ((True, "denoise_step"), (False, "denoise_step_cond"))
         }
         self.call_decode = [bind("vae_decoder", {"latents": xs[p]}, {"frames": frames}) for p in (0, 1)]
@@ -269,8 +267,9 @@ class Pipeline:
             be.copy(self.motion_frames_buf, self.out_frames, start=f - n)
             return be.to_host_async(self.out_frames)
 
-    def stream(self, image, audio: str | Path | np.ndarray | Iterable[np.ndarray], *, seed: int = 0, face_box=None,
-               progress=None, **inputs) -> Iterator[np.ndarray]:
+    def stream(
+        self, image, audio: str | Path | np.ndarray | Iterable[np.ndarray], *, seed: int = 0, face_box=None, progress=None, **inputs
+    ) -> Iterator[np.ndarray]:
         """Yield each clip's frames (kept frames only) as soon as they are decoded.
 
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,

@@ -26,13 +26,14 @@ AIFC_PCM = {b"NONE", b"sowt", b"twos", b"raw ", b"fl32", b"FL32", b"fl64", b"FL6
 
 
 def truncated_frames(path: Path, promised: int, held: int, rate: float) -> EmoteError:
-    return EmoteError(f"audio {path} is truncated: its header promises {promised / rate:.2f} s ({promised} frames) "
-                      f"but the file holds {held / rate:.2f} s ({held} frames): a partial copy or download?")
+    return EmoteError(
+        f"audio {path} is truncated: its header promises {promised / rate:.2f} s ({promised} frames) "
+        f"but the file holds {held / rate:.2f} s ({held} frames): a partial copy or download?"
+    )
 
 
 def truncated_bytes(path: Path, what: str, declared: int, held: int) -> EmoteError:
-    return EmoteError(f"audio {path} is truncated: it ends {held} bytes into {what} of {declared} bytes: "
-                      "a partial copy or download?")
+    return EmoteError(f"audio {path} is truncated: it ends {held} bytes into {what} of {declared} bytes: a partial copy or download?")
 
 
 def check_container(path: Path) -> None:

@@ -25,8 +25,14 @@ class Hallo(Family):
     options = ("face_embedding", "face_model", "region_weights")
     inputs = ("face_embedding",)
 
-    def __init__(self, bundle, *, face_embedding=None, face_model: str | Path | None = None,
-                 region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+    def __init__(
+        self,
+        bundle,
+        *,
+        face_embedding=None,
+        face_model: str | Path | None = None,
+        region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ):
         super().__init__(bundle)
         dim = self.geometry.face_embedding_dim
         if face_embedding is not None and face_model is not None:
@@ -53,8 +59,10 @@ class Hallo(Family):
             face_embedding = self.face_embedder(portrait.image, portrait.mask)
             source = f"--face-model {self.face_embedder.path} output"
         if face_embedding is None:
-            raise EmoteError(f"{self.bundle.describe()} conditions on a face embedding ({dim} floats, InsightFace's for "
-                             "Hallo): pass --face-embedding FILE.npy or --face-model MODEL.onnx")
+            raise EmoteError(
+                f"{self.bundle.describe()} conditions on a face embedding ({dim} floats, InsightFace's for "
+                "Hallo): pass --face-embedding FILE.npy or --face-model MODEL.onnx"
+            )
         face_mask, levels = region_masks(portrait.mask, self.latent, self.depths)
         out = {f"region_mask_{d}": mask for d, mask in enumerate(levels)}
         out["region_scales"] = np.asarray(self.region_weights, np.float32)
