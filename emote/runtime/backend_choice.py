@@ -73,6 +73,10 @@ def default_backend(precision: str | None = None) -> tuple[str, str, str]:
         if "bf16" in native:
             return "openvino", "bf16", "OpenVINO's CPU computes bf16 natively"
         return "openvino", "fp32", "OpenVINO's CPU has no native bf16"
+    if precision == "bf16" and "bf16" not in native:  # no other backend runs bf16 (bundles hold no bf16 graphs)
+        raise EmoteError(
+            f"no backend here computes bf16: OpenVINO's CPU device computes {', '.join(native)} (bf16 needs AVX-512 BF16 or AMX)"
+        )
     if precision == "int8" and not int8_exact(cpu_flags()):
         return "onnxruntime", precision, "OpenVINO's int8 is inexact on a CPU without VNNI"
     if precision in native and precision in policy.RUNS["openvino"]:
