@@ -25,3 +25,7 @@ wait "$decoder"
 $py -m training.lipsync --data "$data/train" --heldout "$data/heldout" --work "$work"
 $py -m training.train --data "$data/train" --work "$work" --ship
 $py -m training.evaluate --heldout "$data/heldout" --samples 8 -o build/eval
+# the few-step student of the weights just shipped (emote/weights/demo-fast; resumes, or continues the committed state)
+$py -m training.distill --work build/distill --threads 1
+$py -m training.distill --work build/distill --ship
+$py -m training.distill --work build/distill --eval --samples 8
