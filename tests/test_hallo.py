@@ -51,14 +51,25 @@ def test_hallo_preset_uses_hallo_inference_defaults():
 
     ref = json.loads((REFERENCE / "hallo_configs.json").read_text())["inference"]
     cfg = preset("hallo")
-    assert (cfg.frames, cfg.motion_frames, cfg.fps) == (ref["data"]["n_sample_frames"], ref["data"]["n_motion_frames"], ref["data"]["export_video"]["fps"])
+    assert (cfg.frames, cfg.motion_frames, cfg.fps) == (
+        ref["data"]["n_sample_frames"],
+        ref["data"]["n_motion_frames"],
+        ref["data"]["export_video"]["fps"],
+    )
     assert cfg.resolution == ref["data"]["source_image"]["width"] == ref["data"]["source_image"]["height"]
     assert (cfg.sampler, cfg.steps, cfg.guidance_scale) == ("ddim", ref["inference_steps"], ref["cfg_scale"])
 
     sched = DDIMScheduler(**ref["noise_scheduler_kwargs"])  # exactly as scripts/inference.py builds it
     sched.set_timesteps(cfg.steps)
-    table = make_sampler(cfg.sampler, cfg.steps, prediction_type=cfg.prediction_type, spacing=cfg.timestep_spacing,
-                         zero_snr=cfg.zero_snr, beta_schedule=cfg.beta_schedule, set_alpha_to_one=cfg.set_alpha_to_one)
+    table = make_sampler(
+        cfg.sampler,
+        cfg.steps,
+        prediction_type=cfg.prediction_type,
+        spacing=cfg.timestep_spacing,
+        zero_snr=cfg.zero_snr,
+        beta_schedule=cfg.beta_schedule,
+        set_alpha_to_one=cfg.set_alpha_to_one,
+    )
     np.testing.assert_array_equal(table.timesteps, sched.timesteps.numpy())
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
@@ -89,9 +100,16 @@ def test_concat_motion_module_equals_animatediff_on_the_joined_frames():
             p.normal_(0, 0.2)
     tt = mm.temporal_transformer
     blk = tt.transformer_blocks[0]
-    oracle = BasicTransformerBlock(c, heads, c // heads, double_self_attention=True, positional_embeddings="sinusoidal",
-                                   num_positional_embeddings=16).eval()
-    names = {"attention_blocks.0.": "attn1.", "attention_blocks.1.": "attn2.", "norms.0.": "norm1.", "norms.1.": "norm2.", "ff_norm.": "norm3."}
+    oracle = BasicTransformerBlock(
+        c, heads, c // heads, double_self_attention=True, positional_embeddings="sinusoidal", num_positional_embeddings=16
+    ).eval()
+    names = {
+        "attention_blocks.0.": "attn1.",
+        "attention_blocks.1.": "attn2.",
+        "norms.0.": "norm1.",
+        "norms.1.": "norm2.",
+        "ff_norm.": "norm3.",
+    }
     state = {}
     for k, v in blk.state_dict().items():
         if k.endswith("pos_encoder.pe"):
@@ -199,7 +217,10 @@ def test_reference_net_contexts_follow_hallo_batch_layout(hallo_model):
     with torch.no_grad():
         c = m.face_projection(emb)
         u = m.face_projection(torch.zeros_like(emb))
-        layout = [["c" if torch.equal(t, c[0]) else "u" if torch.equal(t, u[0]) else "?" for t in m.hallo_reference_contexts(emb, b)] for b in (0, 1)]
+        layout = [
+            ["c" if torch.equal(t, c[0]) else "u" if torch.equal(t, u[0]) else "?" for t in m.hallo_reference_contexts(emb, b)]
+            for b in (0, 1)
+        ]
     assert layout == [["u", "c", "u"], ["c", "u", "c"]]
 
 
@@ -259,8 +280,20 @@ def hallo_files(tmp_path_factory):
 
 def import_args(files, out, *extra) -> list[str]:
     r = files["root"]
-    return ["import-hallo", "--net", str(r / "net.pth"), "--sd-vae", str(r / "sd-vae-ft-mse"),
-            "--wav2vec2", str(r / "wav2vec2-base-960h"), "--preset", "hallo-tiny", "-o", str(out), *extra]
+    return [
+        "import-hallo",
+        "--net",
+        str(r / "net.pth"),
+        "--sd-vae",
+        str(r / "sd-vae-ft-mse"),
+        "--wav2vec2",
+        str(r / "wav2vec2-base-960h"),
+        "--preset",
+        "hallo-tiny",
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -397,8 +430,9 @@ def test_runtime_equals_the_pytorch_stages(hallo_bundle, hallo_checkpoint):
         got = pipe.generate(portrait, audio, seed=7)
         table = pipe.sampler
 
-    plan = ClipPlan.for_samples(len(audio), clip_frames=f, motion_frames=n, fps=cfg.fps,
-                                left_context=cfg.audio.left_context, lookahead=cfg.audio.right_context)
+    plan = ClipPlan.for_samples(
+        len(audio), clip_frames=f, motion_frames=n, fps=cfg.fps, left_context=cfg.audio.left_context, lookahead=cfg.audio.right_context
+    )
     face_mask, levels = region_masks(mask, h, len(cfg.unet.block_out_channels))
     e = torch.from_numpy(emb)
     with torch.no_grad():
@@ -431,7 +465,9 @@ def tiny_face_model(path: Path, dim: int) -> Path:
         helper.make_node("Gemm", ["flat", "w"], ["683"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "face", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        nodes,
+        "face",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", dim])],
         [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())],
     )
@@ -452,19 +488,60 @@ def portrait_files(tmp_path_factory):
 
 
 def generate_args(bundle, files, out, *extra) -> list[str]:
-    return ["generate", "--bundle", str(bundle), "--image", str(files / "face.png"), "--audio", str(files / "speech.wav"),
-            "--face-box", "24,24,48,48", "-o", str(out), "--steps", "2", "--quiet", *extra]
+    return [
+        "generate",
+        "--bundle",
+        str(bundle),
+        "--image",
+        str(files / "face.png"),
+        "--audio",
+        str(files / "speech.wav"),
+        "--face-box",
+        "24,24,48,48",
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # the hallo-tiny bundle: its export takes minutes on 2 cores
 def test_generate_with_a_face_embedding_or_a_face_model(hallo_bundle, portrait_files, tmp_path):
     dim = preset("hallo-tiny").face_embedding_dim
     np.save(tmp_path / "face.npy", np.random.default_rng(1).standard_normal(dim).astype(np.float64))  # any float dtype
-    assert main(generate_args(hallo_bundle, portrait_files, tmp_path / "a.mp4", "--face-embedding", str(tmp_path / "face.npy"),
-                              "--npy", str(tmp_path / "a.npy"))) == 0
+    assert (
+        main(
+            generate_args(
+                hallo_bundle,
+                portrait_files,
+                tmp_path / "a.mp4",
+                "--face-embedding",
+                str(tmp_path / "face.npy"),
+                "--npy",
+                str(tmp_path / "a.npy"),
+            )
+        )
+        == 0
+    )
     model = tiny_face_model(tmp_path / "glintr100.onnx", dim)
-    assert main(generate_args(hallo_bundle, portrait_files, tmp_path / "b.mp4", "--face-model", str(model),
-                              "--region-weights", "1,1,0.5", "--npy", str(tmp_path / "b.npy"))) == 0
+    assert (
+        main(
+            generate_args(
+                hallo_bundle,
+                portrait_files,
+                tmp_path / "b.mp4",
+                "--face-model",
+                str(model),
+                "--region-weights",
+                "1,1,0.5",
+                "--npy",
+                str(tmp_path / "b.npy"),
+            )
+        )
+        == 0
+    )
     from emote.runtime.clips import frame_count
 
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")

@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -76,6 +75,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emote.bundle import SAMPLE_RATE
 from emote.models.checkpoint import SHIPPED, WEIGHTS, load_checkpoint, save_checkpoint, shipped_checkpoint
 from emote.models.emo import ClipCondition, EMOModel
 from emote.runtime.clips import ClipPlan, audio_window, clip_noise
@@ -112,8 +112,14 @@ def student_config(cfg, steps: int = 1):
 def table_of(cfg) -> SamplerTable:
     """The sampler of a config's defaults (the teacher's: DPM-Solver++ 4, guidance 2.5 on step 1)."""
     return make_sampler(
-        cfg.sampler, cfg.steps, prediction_type=cfg.prediction_type, spacing=cfg.timestep_spacing, zero_snr=cfg.zero_snr,
-        guidance_scale=cfg.guidance_scale, guidance_steps=cfg.guidance_steps, beta_schedule=cfg.beta_schedule,
+        cfg.sampler,
+        cfg.steps,
+        prediction_type=cfg.prediction_type,
+        spacing=cfg.timestep_spacing,
+        zero_snr=cfg.zero_snr,
+        guidance_scale=cfg.guidance_scale,
+        guidance_steps=cfg.guidance_steps,
+        beta_schedule=cfg.beta_schedule,
         set_alpha_to_one=cfg.set_alpha_to_one,
     )
 
@@ -166,7 +172,7 @@ def draw_inputs(model: EMOModel, seed: int, index: int, rng: np.random.Generator
         motion = model.encode_image(pixels(np.stack([frame(k)[0] for k in range(start - n, start)])))
     else:
         motion = torch.zeros(n, 4, h, h)
-    plan = ClipPlan(max(s.frames, f), f, n, cfg.fps, cfg.audio.left_context, cfg.audio.right_context)
+    plan = ClipPlan(f, n, cfg.fps, cfg.audio.left_context, cfg.audio.right_context, frames=max(s.frames, f))
     speed = np.zeros(f, np.float32) + cfg.speed_default
     if rng.random() >= DEFAULT_SPEED:
         part = s.speed[start : start + f]
@@ -282,20 +288,28 @@ class ClipEval:
 
 
 @torch.no_grad()
-def generate(model: EMOModel, table: SamplerTable, image: np.ndarray, mask: np.ndarray, audio: np.ndarray, seed: int = 0,
-             uncond=None) -> np.ndarray:
+def generate(
+    model: EMOModel, table: SamplerTable, image: np.ndarray, mask: np.ndarray, audio: np.ndarray, seed: int = 0, uncond=None
+) -> np.ndarray:
     """A whole video as the runtime makes it (clip plan, windows, noise, motion frames), in torch."""
     cfg = model.config
     f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size
-    plan = ClipPlan.for_samples(len(audio), clip_frames=f, motion_frames=n, fps=cfg.fps,
-                                left_context=cfg.audio.left_context, lookahead=cfg.audio.right_context)
+    plan = ClipPlan.for_samples(
+        len(audio), clip_frames=f, motion_frames=n, fps=cfg.fps, left_context=cfg.audio.left_context, lookahead=cfg.audio.right_context
+    )
     reference = model.encode_image(pixels(image[None]))
     motion = torch.zeros(n, 4, h, h)
     speed = torch.full((f,), cfg.speed_default)
     out = np.empty((plan.frames, cfg.resolution, cfg.resolution, 3), np.uint8)
     for c in range(plan.clips):
-        inputs = ClipInputs(reference, motion, torch.from_numpy(audio_window(audio, plan, c)), speed,
-                            torch.from_numpy(mask)[None, None], torch.from_numpy(clip_noise(seed, c, (f, 4, h, h))))
+        inputs = ClipInputs(
+            reference,
+            motion,
+            torch.from_numpy(audio_window(audio, plan, c)),
+            speed,
+            torch.from_numpy(mask)[None, None],
+            torch.from_numpy(clip_noise(seed, c, (f, 4, h, h))),
+        )
         x0 = sample(model, table, inputs.noise, *conditioned(model, features(model, inputs)), uncond)
         frames = model.decode_latents(x0).numpy()
         keep = plan.kept(c)
@@ -320,10 +334,10 @@ def evaluate_videos(teacher: EMOModel, student: EMOModel, samples: int, out: Pat
     while len(rows) < samples:
         s = make_sample(HELDOUT_SEED, i)
         i += 1
-        if len(s.audio) < MIN_SECONDS * 16000:
+        if len(s.audio) < MIN_SECONDS * SAMPLE_RATE:
             continue
         portrait = portrait_of(s.params, teacher.config.resolution)
-        row, videos = {"sample": i - 1, "seconds": round(len(s.audio) / 16000, 2)}, {}
+        row, videos = {"sample": i - 1, "seconds": round(len(s.audio) / SAMPLE_RATE, 2)}, {}
         for name, (model, table, uncond) in variants.items():
             videos[name] = generate(model, table, portrait.image, portrait.mask, s.audio, uncond=uncond)
             sc = score(videos[name], s.audio, portrait.image, portrait.mask, reader)
@@ -411,8 +425,13 @@ def train(work: Path, spec: Stage = SPEC, eval_every: int = EVAL_EVERY) -> None:
         ema_update(ema, params, spec.ema, run.step)
         run.step += 1
         values = [v for p in parts.values() for v in p]
-        run.record(loss=float(np.mean(values)), **{k: round(float(np.mean(v)), 6) for k, v in parts.items() if v},
-                   grad_norm=round(float(norm), 4), lr=lr, cpu=round(time.process_time(), 1))
+        run.record(
+            loss=float(np.mean(values)),
+            **{k: round(float(np.mean(v)), 6) for k, v in parts.items() if v},
+            grad_norm=round(float(norm), 4),
+            lr=lr,
+            cpu=round(time.process_time(), 1),
+        )
         run.progress(bar, {"backbone": student.backbone}, opt, ema, rng, loss=float(np.mean(values)))
         if evaluator is not None and (run.step % eval_every == 0 or run.step == spec.steps):
             evaluate()
@@ -434,7 +453,7 @@ def pack(work: Path) -> Path:
 
 
 def teacher_sha256() -> str:
-    from emote.runtime.manifest import file_sha256
+    from emote.bundle import file_sha256
 
     return file_sha256(shipped_checkpoint(TEACHER) / WEIGHTS)
 
@@ -453,7 +472,7 @@ def unpack(ema: dict[str, torch.Tensor]) -> int:
     from safetensors import safe_open
 
     with safe_open(PACKED, framework="pt") as f:
-        for k in f.keys():
+        for k in f.keys():  # noqa: SIM118 - safe_open is not iterable
             ema[k].copy_(f.get_tensor(k).float())
         return int(f.metadata()["step"])
 
@@ -492,10 +511,14 @@ def ship(work: Path, dest: Path = SHIPPED / FAST) -> Path:
         "preset": student.config.name,
         "parameters": student.component_parameters(),
         "weights_bytes": (dest / WEIGHTS).stat().st_size,
-        "distilled_from": {"weights": f"emote/weights/{TEACHER}", "sha256": teacher_sha256(),
-                           "sampler": {k: getattr(teacher.config, k) for k in ("sampler", "steps", "guidance_scale", "guidance_steps")}},
+        "distilled_from": {
+            "weights": f"emote/weights/{TEACHER}",
+            "sha256": teacher_sha256(),
+            "sampler": {k: getattr(teacher.config, k) for k in ("sampler", "steps", "guidance_scale", "guidance_steps")},
+        },
         "distill": {**stage_facts(work).get(STAGE, {}), "ema_step": step, "last_eval": evals[-1] if evals else None}
-        if (work / "loss.jsonl").exists() else {"ema_step": step},
+        if (work / "loss.jsonl").exists()
+        else {"ema_step": step},
         "teacher_stages": teacher_facts.get("stages"),
     }
     (dest / "training.json").write_text(json.dumps(facts, indent=1))

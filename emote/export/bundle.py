@@ -150,8 +150,15 @@ def write_bundle(model: EMOModel, folder: Path, weights: dict | None, precisions
         entries[g.name] = export_entry(g, folder)
     cfg = model.config
     bundle_format.write_new(
-        folder, preset=cfg.name, family=cfg.family, model=cfg.to_dict(), weights=weights or {"source": "unknown"},
-        graphs=entries, emote_version=__version__, opset=OPSET, export_seconds=round(time.perf_counter() - started, 1),
+        folder,
+        preset=cfg.name,
+        family=cfg.family,
+        model=cfg.to_dict(),
+        weights=weights or {"source": "unknown"},
+        graphs=entries,
+        emote_version=__version__,
+        opset=OPSET,
+        export_seconds=round(time.perf_counter() - started, 1),
     )
 
 
@@ -159,8 +166,9 @@ def export_entry(graph: Graph, folder: Path) -> dict:
     """``graph`` exported to ``folder/<name>.onnx``; its manifest entry."""
     file = f"{graph.name}.onnx"
     export_graph(graph, folder / file)
-    return bundle_format.graph_entry(getattr(graph, "precision", "fp32"), file, (s.to_dict() for s in graph.inputs()),
-                                     output_specs(folder / file))
+    return bundle_format.graph_entry(
+        getattr(graph, "precision", "fp32"), file, (s.to_dict() for s in graph.inputs()), output_specs(folder / file)
+    )
 
 
 def disk_full(e: BaseException | None) -> bool:
