@@ -85,7 +85,7 @@ CASES = {
     "output under a file": (["-o", "{d}/afile/out.mp4"], "does not exist"),
     "missing bundle": (["--bundle", "{d}/nobundle"], "is not a bundle"),
     "zero steps": (["--steps", "0"], "steps must be between 1 and 1000"),
-    "unknown precision": (["--precision", "int4"], "has no int4"),
+    "unknown precision": (["--precision", "int4"], "unknown precision 'int4': one of fp32, fp16, bf16, int8"),
 }
 
 
