@@ -46,7 +46,8 @@ class Hallo(Family):
             raise EmoteError(f"region weights {region_weights!r}: expected POSE,FACE,LIP, e.g. 1,1,1")
         self.face_embedding, self.region_weights = face_embedding, weights
         self.face_embedder = FaceEmbedder(face_model) if face_model is not None else None
-        self.depths = sum(1 for t in bundle.graph("reference_net").inputs if t.name.startswith("region_mask_"))
+        inputs = {t.name for name in bundle.names for t in bundle.graph(name).inputs}  # the masks feed the audio modules
+        self.depths = sum(1 for n in inputs if n.startswith("region_mask_"))
         self.latent = next(t.shape[-1] for t in bundle.graph("vae_encoder").outputs if t.name == "latents")
 
     def video_inputs(self, portrait, *, face_embedding: np.ndarray | None = None, **inputs: Any) -> dict[str, np.ndarray]:
