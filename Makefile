@@ -51,8 +51,10 @@ lock:
 weights: install
 	bash training/reproduce.sh
 
+# On a GPU machine. Offline, on an image with CUDA (and perhaps PyTorch):
+#   make gpu-check PYTHON=/usr/bin/python3 [WHEELHOUSE=dir-of-wheels]   (docs/gpu.md)
 gpu-check:
-	bash bench/gpu_check.sh
+	@PYTHON="$(PYTHON)" WHEELHOUSE="$(WHEELHOUSE)" bash bench/gpu_check.sh
 
 clean:
 	rm -rf build $(VENV)

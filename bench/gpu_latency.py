@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emote.bundle import Bundle  # noqa: E402
+from emote.engines.steploop import loop_state  # noqa: E402
 from emote.runtime.examples import example_inputs  # noqa: E402
 from emote.runtime.pipeline import Pipeline  # noqa: E402
 
@@ -89,6 +90,7 @@ def main() -> int:
                 samples[name]["first"].append(first)
                 for stage, times in pipe.timings.calls.items():
                     samples[name]["stages"].setdefault(stage, []).extend(times)
+        loops = {name: loop_state(pipe.loop) for name, pipe in pipes.items()}  # after the runs: a refused capture shows
     finally:
         for pipe in pipes.values():
             pipe.close()
@@ -98,7 +100,11 @@ def main() -> int:
 
     k = args.steps
     print(f"\n{args.bundle}  precision {args.precision}  dpm++2m {k} steps (guidance on step 1)  {args.repeat} rounds\n")
-    print(f"{'stage (profile runs, ms p50)':<30}{'graph':>10}{'no graph':>10}{'speedup':>9}")
+    for name, state in loops.items():
+        print(f"denoising loop of {name}: {state}")
+    if not all(loops[n] == "cuda graph" for n in loops if n.endswith("+graph")):
+        print("note: a '+graph' variant ran uncaptured: its 'graph' column is no CUDA graph")
+    print(f"\n{'stage (profile runs, ms p50)':<30}{'graph':>10}{'no graph':>10}{'speedup':>9}")
     for stage in STAGES:
         g, n = med(samples["profile+graph"]["stages"].get(stage, [])), med(samples["profile-nograph"]["stages"].get(stage, []))
         print(f"{stage:<30}{g * 1e3:>10.2f}{n * 1e3:>10.2f}{n / g:>8.2f}x")
@@ -112,7 +118,7 @@ def main() -> int:
     print(f"\nframes per second (stream+graph, steady state): {frames / med(samples['stream+graph']['clip']):.1f}")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"bundle": str(args.bundle), "precision": args.precision, "steps": k, "samples": samples}, indent=1)
+            json.dumps({"bundle": str(args.bundle), "precision": args.precision, "steps": k, "loops": loops, "samples": samples}, indent=1)
         )
     return 0
 

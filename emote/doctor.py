@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-from .engines.probe import cpu_class, has_module, module_version, nvidia_gpus
+from .engines.probe import cpu_class, cuda_driver, has_module, module_version, nvidia_gpus
 from .errors import EmoteError
 
 
@@ -26,10 +26,12 @@ def report() -> list[tuple[str, str]]:
         rows.append(("onnxruntime providers", ", ".join(ort.get_available_providers())))
     gpus = nvidia_gpus()
     rows.append(("nvidia gpus", ", ".join(gpus) if gpus else "none"))
-    from .engines.gpu_report import gpu_rows, jetson_release, tensorrt_usable
+    from .engines.gpu_report import extra_line, gpu_rows, jetson_release, tensorrt_usable
 
     rows += gpu_rows()
-    gpus = gpus or ([f"Jetson ({jetson_release()})"] if jetson_release() else [])  # Jetson has no nvidia-smi before JetPack 6
+    # a GPU is what the CUDA driver counts (Jetson has no nvidia-smi before JetPack 6; a container may
+    # have nvidia-smi and no device)
+    gpu = cuda_driver().devices > 0 or bool(jetson_release())
     if has_module("openvino"):
         try:
             from .engines.openvino import devices
@@ -41,16 +43,14 @@ def report() -> list[tuple[str, str]]:
     backends = ["onnxruntime-cpu"] if has_module("onnxruntime") else []
     if has_module("openvino"):
         backends.append("openvino")
-    if gpus and has_module("onnxruntime"):
+    if gpu and has_module("onnxruntime"):
         import onnxruntime as ort
 
         backends += [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in ort.get_available_providers()]
     if tensorrt_usable():
         backends.append("tensorrt")
-    elif gpus:
-        rows.append(
-            ("to use tensorrt", "install TensorRT >= 10.3 and cuda-python: pip install 'emote-edge[gpu]' (Jetson: see docs/jetson.md)")
-        )
+    elif gpu:
+        rows.append(("to use tensorrt", f"install TensorRT >= 10.3 and cuda-python, the extra {extra_line()}"))
     rows.append(("backends that will work", ", ".join(backends) or "none"))
     from .runtime.backend_choice import default_backend
 

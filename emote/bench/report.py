@@ -21,8 +21,10 @@ def markdown(record: dict) -> str:
     ]
     for name, r in record["results"].items():
         sync = r.get("lipsync") or {}  # scored for trained weights only
+        loop = r.get("denoise_loop")  # the TensorRT variants: whether the loop ran as one CUDA graph
+        what = r["description"] + (f"; loop: {loop}" if loop not in (None, "host loop") else "")
         lines.append(
-            f"| {name} | {r['description']} | {_f(r['seconds']['p50'])} | {_f(r['seconds']['p90'])} | {_f(r['fps'], '{:.1f}')} | "
+            f"| {name} | {what} | {_f(r['seconds']['p50'])} | {_f(r['seconds']['p90'])} | {_f(r['fps'], '{:.1f}')} | "
             f"{_f(r['real_time_factor'])} | {_f(r['first_frame']['p50'])} | {_f(r['speedup_vs_baseline'], '{:.1f}x')} | "
             f"{_f(r['psnr_vs_baseline_db'], '{:.1f}')} | {_f(sync.get('correlation'))} | {_f(sync.get('identity'))} | "
             f"{_f(r['peak_rss_mb'], '{:.0f}')} |"

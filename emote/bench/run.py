@@ -133,6 +133,7 @@ def benchmark(
                 {"seconds": r.seconds, "first_frame": r.first_frame, "peak_rss": mem.peak, "stages": r.stages, "round": i}
             )
             progress(f"round {i + 1}/{repeat}: {v.spec.name} {r.seconds:.2f} s")
+    loops = {v.spec.name: v.loop_state() for v in variants}  # after the runs: a capture refused on the first clip shows
     for v in variants:
         v.close()
 
@@ -172,6 +173,7 @@ def benchmark(
             "psnr_vs_baseline_db": psnr_db(frames[base], frames[s.name]) if frames[base].shape == frames[s.name].shape else None,
             "lipsync": sync.get(s.name),
             "stages": stages,
+            "denoise_loop": loops.get(s.name),
         }
     for r in results.values():
         r["speedup_vs_baseline"] = results[base]["seconds"]["p50"] / r["seconds"]["p50"]

@@ -184,6 +184,12 @@ class Variant:
         stages = {k: list(v) for k, v in self.pipe.timings.calls.items()}
         return RunResult(seconds, first, np.concatenate(clips), stages)
 
+    def loop_state(self) -> str | None:
+        """How the denoising loop ran ('cuda graph', 'uncaptured: <why>', 'host loop'); None for the reference."""
+        from ..engines.steploop import loop_state
+
+        return loop_state(self.pipe.loop) if self.spec.kind == "runtime" else None
+
     def close(self) -> None:
         if self.spec.kind == "runtime":
             self.pipe.close()

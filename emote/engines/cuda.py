@@ -16,13 +16,17 @@ package works without cuda-python. Knows CUDA and nothing of diffusion.
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import EmoteError
 
-INSTALL_HINT = "pip install 'emote-edge[gpu]' (on JetPack 6: pip install 'cuda-python>=12.6.1,<13')"
+INSTALL_HINT = (
+    "pip install 'emote-edge[gpu-cu12]' or 'emote-edge[gpu-cu13]', the one `emote doctor` names for the driver "
+    "(on JetPack 6: pip install 'cuda-python>=12.6.1,<13')"
+)
 # the modules cuda-python's runtime binding lives in: 12.6.1 moved it to cuda.bindings, 13.0 removed cuda.cudart
 RUNTIME_MODULES = ("cuda.bindings", "cuda.cudart")
 
@@ -57,6 +61,17 @@ def installed() -> bool:
     return any(has_module(m) for m in RUNTIME_MODULES)
 
 
+def device_count() -> int:
+    """How many GPUs the CUDA runtime sees; 0 without cuda-python, a driver or a device (never raises)."""
+    if not installed():
+        return 0
+    try:
+        err, count = cudart().cudaGetDeviceCount()
+    except Exception:  # noqa: BLE001 - a broken install counts no device; `emote doctor` says why
+        return 0
+    return int(count) if err == cudart().cudaError_t.cudaSuccess else 0
+
+
 def check(result, what: str):
     """Unwrap a cuda-python result tuple ``(err, *values)``; a non-success code raises, naming ``what``."""
     rt = cudart()
@@ -70,6 +85,18 @@ def check(result, what: str):
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+_THREAD = threading.local()  # the device this module last made current on each host thread
+
+
+def set_device(index: int) -> None:
+    """Make GPU ``index`` current on this host thread, as CUDA needs before any allocation, build,
+    context or launch meant for it (the current device is per thread). A thread that already has it
+    makes no call, so this is cheap on every call and makes no CUDA call inside a stream capture."""
+    if getattr(_THREAD, "device", None) != index:
+        check(cudart().cudaSetDevice(index), f"cudaSetDevice({index})")
+        _THREAD.device = index
 
 
 @dataclass(frozen=True)

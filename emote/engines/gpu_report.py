@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .probe import has_module, nvidia_gpus
+from .probe import cuda_driver, gpu_extra, has_module
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # present on Jetson (L4T); JetPack 6 is L4T R36
 
@@ -74,13 +74,23 @@ def cuda_status() -> tuple[bool, str, str]:
     )
 
 
+def extra_line() -> str:
+    """Which pip extra fits this machine's driver, as `emote doctor` says it."""
+    if jetson_release():
+        return "jetson: TensorRT comes with JetPack; pip install 'emote-edge[jetson]' in a venv over the system packages (docs/jetson.md)"
+    return gpu_extra(cuda_driver())[1]
+
+
 def gpu_rows() -> list[tuple[str, str]]:
     rows = []
     jetson = jetson_release()
     if jetson:
         rows.append(("jetson", f"L4T {jetson}"))
     drv = driver_version()
-    rows.append(("nvidia driver", drv or ("built into L4T" if jetson else "none (nvidia-smi not found)")))
+    rows.append(("nvidia driver", drv or ("built into L4T" if jetson else "unknown (no nvidia-smi)")))
+    d = cuda_driver()
+    rows.append(("cuda driver", f"supports CUDA {d.cuda}, {d.devices} device(s)" if d.devices else (d.error or "no device")))
+    rows.append(("gpu extra", extra_line()))
     cuda_ok, gpu, versions = cuda_status()
     rows.append(("cuda (cuda-python)", f"{gpu}; {versions}" if cuda_ok else gpu))
     trt_ok, trt = tensorrt_status()
@@ -89,4 +99,5 @@ def gpu_rows() -> list[tuple[str, str]]:
 
 
 def tensorrt_usable() -> bool:
-    return bool(nvidia_gpus() or jetson_release()) and tensorrt_status()[0] and cuda_status()[0]
+    """TensorRT imports and the CUDA runtime (cuda-python) sees a GPU: asked of CUDA, not of nvidia-smi."""
+    return tensorrt_status()[0] and cuda_status()[0]

@@ -9,7 +9,10 @@ the output arrays. Knows ONNX Runtime and nothing of diffusion.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,7 @@ def resolve_providers(names: list[str] | None) -> list[str]:
         if full not in available:
             raise EmoteError(
                 f"ONNX Runtime provider {n!r} is not available here (available: {', '.join(available)}); "
-                "for CUDA/TensorRT install the gpu extra: pip install 'emote-edge[gpu]'"
+                "for CUDA/TensorRT install the GPU extra `emote doctor` names (gpu-cu12 or gpu-cu13)"
             )
         out.append(full)
     if "CPUExecutionProvider" not in out:
@@ -112,15 +115,56 @@ def provider_options(
     return out
 
 
-def check_providers(spec: GraphSpec, asked: list[str], loaded: list[str]) -> None:
-    """A provider asked for that the session did not load is an error: ONNX Runtime itself only
-    logs "Falling back to [CPUExecutionProvider]" and runs the graph on the CPU."""
+def check_providers(spec: GraphSpec, asked: list[str], loaded: list[str], log: list[str] | tuple = ()) -> None:
+    """A provider asked for that the session did not load is an error naming it and ORT's reason: ONNX
+    Runtime itself only logs why (a CUDA or cuDNN library it could not open, a driver too old) and runs
+    the graph on the CPU, or the TensorRT provider's nodes on the CUDA provider without our options."""
     missing = [p for p in asked if p not in loaded]
     if missing:
         raise EmoteError(
-            f"ONNX Runtime did not load {', '.join(missing)} for {spec.file} (it runs on {', '.join(loaded)}): "
-            "check the CUDA/cuDNN/TensorRT libraries and the driver (`emote doctor`)"
+            f"ONNX Runtime did not load {missing[0]} for {spec.file} ({load_failure(missing[0], log)}); "
+            f"it would run on {', '.join(loaded)}: check the CUDA/cuDNN/TensorRT libraries and the driver (`emote doctor`)"
         )
+
+
+def load_failure(provider: str, log: list[str] | tuple) -> str:
+    """ORT's reason for not loading ``provider``, from what its logger wrote while the session was made:
+    the library error ('Failed to load library libonnxruntime_providers_cuda.so with error: libcudnn.so.9:
+    cannot open shared object file') before the generic 'Failed to create CUDAExecutionProvider'."""
+    short = provider.removesuffix("ExecutionProvider").lower()  # 'cuda', 'tensorrt'
+    about = [line.strip() for line in log if short in line.lower() or "failed to load library" in line.lower()]
+    if not about:
+        return "ONNX Runtime logged no reason"
+    for line in about:  # the cause: ORT's status text after 'FAIL : '
+        if "FAIL : " in line:
+            return line.rsplit("FAIL : ", 1)[1].strip()[:300]
+    line = about[0]
+    return (line.split("] ", 1)[1] if line.startswith("20") and "] " in line else line)[:300]
+
+
+@contextmanager
+def native_stderr(enabled: bool = True) -> Iterator[list[str]]:
+    """The lines native code (ONNX Runtime's C++ logger) writes to file descriptor 2 inside the block,
+    passed on to stderr afterwards unchanged, so a warning is read, not lost."""
+    lines: list[str] = []
+    if not enabled:
+        yield lines
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            lines.extend(text.splitlines())
+            if text:
+                sys.stderr.write(text)
+                sys.stderr.flush()
 
 
 class OrtBuffer:
@@ -288,11 +332,19 @@ class OnnxRuntimeBackend(Backend):
         return so
 
     def _open(self, spec: GraphSpec) -> ort.InferenceSession:
+        gpu = any(p in GPU_PROVIDERS for p in self.providers)
         try:
-            session = ort.InferenceSession(str(spec.path), self.session_options(), providers=self.providers_for(spec))
+            # enable_fallback=0: a provider that raises while the session is made (the TensorRT EP's
+            # engine build, say) is an error here, not ORT's retry on the CPU. A provider whose library
+            # does not load raises nothing: ORT logs why and leaves it out, which check_providers catches.
+            with native_stderr(enabled=gpu) as log:
+                session = ort.InferenceSession(
+                    str(spec.path), self.session_options(), providers=self.providers_for(spec), enable_fallback=0
+                )
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise EmoteError(f"ONNX Runtime cannot load {spec.path}: {str(e).splitlines()[0]}") from None
-        check_providers(spec, self.providers, session.get_providers())
+            on = f" with {', '.join(self.providers)}" if gpu else ""
+            raise EmoteError(f"ONNX Runtime cannot load {spec.path}{on}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        check_providers(spec, self.providers, session.get_providers(), log)
         self.sessions.append(session)
         return session
 

@@ -94,5 +94,17 @@ class HostLoop:
             else:
                 plan.steps[i].call()
 
+    def refuse(self, reason: str) -> None:
+        """Part of the loop contract (a capturing loop stops capturing): a host loop captures nothing."""
+
     def close(self) -> None:
         pass
+
+
+def loop_state(loop) -> str:
+    """How a loop runs, for the bench's record: 'cuda graph', 'uncaptured: <why>' or 'host loop'."""
+    if getattr(loop, "captured", False):
+        return "cuda graph"
+    if getattr(loop, "failed", None):
+        return f"uncaptured: {loop.failed}"
+    return "uncaptured (cuda_graph off)" if hasattr(loop, "capture") else "host loop"

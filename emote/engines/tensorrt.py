@@ -80,6 +80,7 @@ class TrtGraph(Graph):
         from .cuda import DeviceBuffer
 
         be, trt = self.backend, self.backend.trt
+        be.cuda.set_device(be.device_id)  # a context belongs to the device current when it is made
         # user-managed scratch: the backend shares one block per stream between all contexts
         context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if context is None:
@@ -128,6 +129,7 @@ class TrtCall:
         be = self.backend
         if self.context is None:
             raise EmoteError(f"{self.graph}: called after the TensorRT backend was closed")
+        be.cuda.set_device(be.device_id)  # another host thread may call: its current device is its own
         stream = be.current
         want = (stream.label, be.generation)
         if self.memory != want:
@@ -142,6 +144,11 @@ class TrtCall:
         self.buffers = {}
 
 
+def capture_note(reason: str) -> str:
+    """The one line said when the denoising loop runs uncaptured although capture was asked for."""
+    return f"emote: note: the denoising loop runs uncaptured, not as one CUDA graph: {reason}"
+
+
 class CapturedLoop:
     """The K step calls of a clip as one CUDA graph, captured on the first call and replayed after.
 
@@ -150,18 +157,31 @@ class CapturedLoop:
     the graph itself reads nothing from the host. With ``capture=False`` the same
     device copies and calls are enqueued one by one: the comparison that isolates
     what the graph saves (the host loop would also wait on its pinned staging
-    buffer before every step's row copy).
+    buffer before every step's row copy). Capture refused for any reason (``refuse``,
+    or an engine whose enqueue stream capture rejects) is said once, with the reason,
+    and ``captured`` then reads False.
     """
 
     def __init__(self, backend: TensorRTBackend, plan: StepPlan, capture: bool = True):
-        self.backend, self.plan, self.captured = backend, plan, capture
+        self.backend, self.plan, self.capture = backend, plan, capture
         self.rows = backend.alloc(plan.rows.shape, np.float32, label="sampler table")
         backend.from_host(self.rows, np.ascontiguousarray(plan.rows, np.float32))
         self.noise = backend.alloc((plan.k, *plan.noise.shape), np.float32, label="step noise") if plan.noise is not None else None
         self.graph = None
         self.generation = None
-        self.failed: str | None = None  # why capture is off for this loop (the engine cannot be captured)
+        self.failed: str | None = None  # why capture is off for this loop although it was asked for
         self.noise_set = False
+
+    @property
+    def captured(self) -> bool:
+        """Whether the loop runs (or will run) as one CUDA graph."""
+        return self.capture and self.failed is None
+
+    def refuse(self, reason: str) -> None:
+        """Run this loop uncaptured from now on, saying why once (nothing is said when capture is off anyway)."""
+        if self.captured:
+            self.failed = reason
+            print(capture_note(reason), file=sys.stderr)
 
     def set_noise(self, noise: np.ndarray) -> None:
         if self.noise is None:
@@ -186,9 +206,10 @@ class CapturedLoop:
         from .cuda import CapturedGraph, CudaError
 
         be = self.backend
+        be.cuda.set_device(be.device_id)  # before the capture: inside it, TrtCall then makes no CUDA call of its own
         if self.noise is not None and not self.noise_set:
             raise ValueError("set_noise() first: the sampler is stochastic")
-        if not self.captured or self.failed:
+        if not self.captured:
             self._enqueue(timed)
             return
         if self.graph is not None and self.generation == be.generation:
@@ -210,8 +231,7 @@ class CapturedLoop:
             graph.abort()
             graph.close()
             # some engines hold operations that stream capture forbids: run them uncaptured
-            self.failed = str(e)
-            print(f"emote: note: the denoising loop cannot be captured as a CUDA graph ({e}); running it uncaptured", file=sys.stderr)
+            self.refuse(f"stream capture failed ({e})")
             return
         self.graph, self.generation = graph, be.generation
 
@@ -247,8 +267,9 @@ class TensorRTBackend(Backend):
         from . import cuda
 
         self.cuda = cuda
+        self.device_id = device_id
         self.gpu = cuda.device_info(device_id)
-        cuda.check(cuda.cudart().cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
+        cuda.set_device(device_id)  # the streams and events below belong to the current device
         self.engines = Path(engines) if engines else None
         self.build, self.cuda_graph = build, cuda_graph
         self.options = BuildOptions(opt_level, workspace_gb)
@@ -257,6 +278,7 @@ class TensorRTBackend(Backend):
         self.main, self.side = cuda.Stream("main"), cuda.Stream("side")
         self.current = self.main
         self.fork, self.joined = cuda.Event("fork to side"), cuda.Event("side done")
+        self.zeroed = cuda.Event("buffers zeroed")
         self.buffers: list = []
         self.graphs: list[TrtGraph] = []
         self.calls: list[TrtCall] = []
@@ -275,6 +297,7 @@ class TensorRTBackend(Backend):
 
     def load(self, spec: GraphSpec) -> TrtGraph:
         name, key = spec.name, spec.key
+        self.cuda.set_device(self.device_id)  # a build or a plan on load goes to this backend's GPU, the one its keys name
         expected = expected_key(spec, self.gpu.name, self.gpu.compute_capability, self.trt.__version__, self.options)
         data, result = ensure_plan(self.trt, spec, self.engine_dir(spec), expected, build=self.build)
         self.build_results.append(result)
@@ -302,10 +325,15 @@ class TensorRTBackend(Backend):
 
     # -- buffers ----------------------------------------------------------------------------
     def alloc(self, shape, dtype, label: str = "", zero: bool = True):
+        self.cuda.set_device(self.device_id)
         buf = self.cuda.DeviceBuffer.allocate(tuple(shape), dtype, label=label or f"{np.dtype(dtype).name}{list(shape)}")
         self.buffers.append(buf)
         if zero:  # as on the CPU backends: a buffer nobody wrote reads as zeros, never as NaN garbage
             self.main.memset(buf.ptr, buf.nbytes, buf.label)
+            # the buffer's first write may come on the side stream (from_host inside side_stream):
+            # it must wait for the zeros, or the memset lands on top of it
+            self.zeroed.record(self.main)
+            self.side.wait(self.zeroed)
         return buf
 
     def free(self, bufs) -> None:
@@ -395,7 +423,7 @@ class TensorRTBackend(Backend):
         self.graphs.clear()
         self.free(self.buffers)
         self.pools.clear()
-        for obj in (self.fork, self.joined, self.side, self.main):
+        for obj in (self.fork, self.joined, self.zeroed, self.side, self.main):
             obj.close()
         self.main = self.side = None
         self.runtime = None

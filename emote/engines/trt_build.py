@@ -39,7 +39,8 @@ from .engine_key import (
 
 TRT_MIN = (10, 3)  # JetPack 6.1/6.2 ship TensorRT 10.3 (6.0 shipped 8.6); 10.1 added the *_v2 device-memory calls used here
 INSTALL_HINT = (
-    "install TensorRT >= 10.3 for your CUDA: pip install 'emote-edge[gpu]' on a workstation; "
+    "install TensorRT >= 10.3 for your CUDA: pip install 'emote-edge[gpu-cu12]' or '[gpu-cu13]' on a workstation "
+    "(`emote doctor` names the one for the driver); "
     "on Jetson it comes with JetPack 6.1 or later (apt install python3-libnvinfer, then a venv with --system-site-packages)"
 )
 
@@ -225,7 +226,7 @@ def build_engines(
     from . import cuda
 
     gpu = device_info(device)
-    cuda.check(cuda.cudart().cudaSetDevice(device), f"cudaSetDevice({device})")  # TensorRT builds on the current device
+    cuda.set_device(device)  # TensorRT builds on the current device; the key records that device's name
     engine_dir = (
         Path(engines) if engines else default_engine_dir(bundle.path, gpu.name, gpu.compute_capability, trt.__version__, bundle.hash)
     )

@@ -188,6 +188,10 @@ class Pipeline:
         )
         self.step_plan = StepPlan(steps, buf["row"], table.rows, buf["noise"] if table.is_stochastic else None)
         self.loop = be.loop(self.step_plan)
+        if self.observe is not None:
+            # observe copies every call's inputs to the host, a synchronous wait stream capture refuses
+            # (and a capture attempt would call it a second time for the first clip's steps)
+            self.loop.refuse("an observe callback reads every call's inputs on the host, which stream capture forbids")
 
     def _timed(self, stage: str, call) -> None:
         if not self._sync_stages:  # overlapping clips: waiting here to time a stage would undo the overlap
