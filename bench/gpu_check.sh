@@ -10,6 +10,7 @@
 #       that interpreter as it is, no venv; the project with `pip install --no-deps --no-build-isolation`
 #       (editable) where it is not importable, and, with WHEELHOUSE=DIR, what is missing from that
 #       folder of wheels (--no-index --no-deps); nothing is fetched
+#     then `emote doctor`, and bench/gpu_smoke.py (the CUDA layer alone) where cuda-python is there
 #  2. exports the tiny and demo bundles with fp16 step graphs (+ int8 Q/DQ step graphs through
 #     `emote calibrate` and `emote quantize`)
 #  3. checks that ONNX Runtime's CUDA and TensorRT providers load (no quiet fall back to the CPU)
@@ -128,6 +129,12 @@ export_ok=1; has torch diffusers transformers onnx onnxscript onnxslim || export
 trt_ok=1; { has tensorrt && has_cuda_python; } || trt_ok=0
 poly_ok=1; has polygraphy || poly_ok=0
 "${EMOTE[@]}" doctor
+say "the CUDA layer alone (bench/gpu_smoke.py: pinned copies, events, a captured graph, capture refusal)"
+if has_cuda_python; then
+    "$PY" bench/gpu_smoke.py || fail "gpu_smoke (the lines above say which check)"
+else
+    skip "gpu_smoke: cuda-python is not installed"
+fi
 if [ "$trt_ok" = 1 ]; then
     "$PY" -c "from emote.engines.gpu_report import tensorrt_usable; raise SystemExit(0 if tensorrt_usable() else 'TensorRT is not usable here: see emote doctor')" \
         || { fail "TensorRT is installed but not usable (emote doctor says why)"; trt_ok=0; }

@@ -325,3 +325,10 @@ def test_a_refused_capture_is_said_once_with_its_reason(monkeypatch, capsys):
     off = tensorrt.CapturedLoop(be, plan, capture=False)
     off.refuse("nothing to say: capture is off")
     assert capsys.readouterr().err == "" and loop_state(off) == "uncaptured (cuda_graph off)"
+
+
+@pytest.mark.skipif(cuda.installed(), reason="cuda-python is installed here")
+def test_gpu_smoke_without_cuda_python_says_so_in_one_line():
+    out = subprocess.run([sys.executable, str(ROOT / "bench/gpu_smoke.py")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr == "" and out.stdout.startswith("gpu_smoke: cuda-python is not installed")
+    assert out.stdout.count("\n") == 1
