@@ -3,7 +3,7 @@
 Layout of the 4 payload bytes, big-endian: 8 bits generator id (1 = emote-edge), 24 bits the
 minute of generation counted from 2026-01-01 00:00 UTC (2^24 minutes: 31.9 years). Four
 Reed-Solomon parity bytes over GF(256) (``reedsolo``) follow: 8 bytes = 64 coded bits, which
-correct 2 wrong bytes, or 4 bytes marked unreliable (erasures), or one of each and 2 erasures.
+correct any 2 wrong bytes.
 """
 
 from __future__ import annotations
@@ -68,21 +68,15 @@ def encode(payload: Payload) -> np.ndarray:
 def decode(soft: np.ndarray) -> tuple[Payload | None, int]:
     """Soft bits (positive = 1) -> (payload or None, bytes corrected).
 
-    Hard decisions first (up to 2 wrong bytes); when those do not decode, the 2 least reliable
-    bytes (smallest |soft| of their bits) are declared erasures, leaving one wrong byte to
-    correct. Never all 4 erasures: with no parity left, any word would "decode".
+    Hard decisions, up to 2 wrong bytes corrected. Erasure decoding (declaring the least reliable
+    bytes unknown) would correct more, but accepts words out of noise far more often: with 2
+    erasures 1 random word in 43 decodes, with hard decisions 1 in 2,400.
     """
     from reedsolo import ReedSolomonError
 
-    soft = np.asarray(soft, np.float64)
-    coded = np.packbits(soft > 0).tobytes()
-    reliability = np.abs(soft).reshape(-1, 8).min(axis=1)
-    rs = _codec()
-    attempts = [[]] + [sorted(np.argsort(reliability)[:k].tolist()) for k in (2,)]
-    for erase in attempts:
-        try:
-            message, _, errata = rs.decode(coded, erase_pos=erase or None)
-        except ReedSolomonError:
-            continue
-        return Payload.from_bytes(bytes(message)), len(errata)
-    return None, 0
+    coded = np.packbits(np.asarray(soft) > 0).tobytes()
+    try:
+        message, _, errata = _codec().decode(coded)
+    except ReedSolomonError:
+        return None, 0
+    return Payload.from_bytes(bytes(message)), len(errata)
