@@ -203,6 +203,7 @@ def _generate(args) -> int:
         guidance_scale=args.guidance,
         guidance_steps=args.guidance_steps if args.guidance_steps is not None else "default",
         backend_options=_backend_flags(args),
+        unmarked_research=args.unmarked_research,
         **_family_options(args),
     ) as pipe:
         summary = generate_video(
@@ -219,6 +220,24 @@ def _generate(args) -> int:
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
+
+
+def _detect(args) -> int:
+    import json
+
+    from .provenance.detect import detect_file
+    from .provenance.watermark import Key
+
+    key = Key(args.watermark_key) if args.watermark_key else Key.default()
+    reports = [detect_file(f, key) for f in args.files]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        for r in reports:
+            print("\n".join(r.lines()))
+    if any(not r.readable for r in reports):
+        return 2
+    return 0 if any(r.marked for r in reports) else 1
 
 
 def _bench(args) -> int:
@@ -271,7 +290,7 @@ def _bench(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(out=args.out, steps=args.steps)
+    return run_demo(out=args.out, steps=args.steps, unmarked_research=args.unmarked_research)
 
 
 def _add_cpu_options(d) -> None:
@@ -417,6 +436,11 @@ def _args_generate(d) -> None:
     d.add_argument("--region-weights", help="Hallo bundles: POSE,FACE,LIP weights of the audio in each region (default 1,1,1)")
     d.add_argument("--png", help="also write PNG frames to this folder")
     d.add_argument("--npy", help="also write all frames to this .npy file")
+    d.add_argument(
+        "--unmarked-research",
+        action="store_true",
+        help="research only: frames without the invisible watermark (the MP4's C2PA manifest still says generated)",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -440,6 +464,20 @@ def _args_bench(d) -> None:
 def _args_demo(d) -> None:
     d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
+    d.add_argument(
+        "--unmarked-research",
+        action="store_true",
+        help="research only: frames without the invisible watermark (the MP4's C2PA manifest still says generated)",
+    )
+
+
+def _args_detect(d) -> None:
+    d.add_argument("files", nargs="+", metavar="FILE", help="video files (any container and codec PyAV reads)")
+    d.add_argument(
+        "--watermark-key",
+        help="the key the videos were marked with (default: $EMOTE_WATERMARK_KEY, else emote's public key)",
+    )
+    d.add_argument("--json", action="store_true", help="one JSON list of reports on stdout")
 
 
 # name, what runs it, its help line, what adds its arguments
@@ -458,6 +496,12 @@ COMMANDS = (
     ("build", _build, "TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)", _args_build),
     ("generate", _generate, "portrait + audio -> MP4 with the audio muxed in", _args_generate),
     ("bench", _bench, "latency per component and end to end, side by side with the PyTorch baseline", _args_bench),
+    (
+        "detect",
+        _detect,
+        "C2PA manifest and watermark of video files: exit 0 when one is marked, 1 when none is, 2 when one is unreadable",
+        _args_detect,
+    ),
     ("demo", _demo, "the example portrait and speech through the embedded demo model, to a video", _args_demo),
 )
 

@@ -14,7 +14,7 @@ from .runtime.examples import PORTRAIT, SPEECH, example_inputs
 PRESET = "demo"
 
 
-def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
+def run_demo(out: str | Path = "build/demo", steps: int | None = None, unmarked_research: bool = False) -> int:
     from .export.bundle import ensure_bundle
     from .models.checkpoint import shipped_checkpoint
     from .runtime.generate import generate_video
@@ -26,7 +26,7 @@ def run_demo(out: str | Path = "build/demo", steps: int | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bundle = ensure_bundle(out / "bundle", PRESET)
     video = out / "demo.mp4"
-    with Pipeline(bundle, steps=steps) as pipe:
+    with Pipeline(bundle, steps=steps, unmarked_research=unmarked_research) as pipe:
         summary = generate_video(pipe, PORTRAIT, SPEECH, video)
     print(f"wrote {video}: {summary.line()}")
     print(lip_sync_line(video, pipe.resolution, pipe.fps))

@@ -28,7 +28,9 @@ def test_runtime_reproduces_reference_pipeline(tiny_bundle, tiny_model, tiny_inp
     image, mask, audio = tiny_inputs
     spec = SamplerSpec(family=family, steps=steps, guidance_scale=2.0)
     ref = ReferencePipeline(tiny_model, spec)(image, mask, audio, seed=3)
-    with Pipeline(tiny_bundle, backend="onnxruntime", sampler=family, steps=steps, guidance_scale=2.0, guidance_steps=None) as pipe:
+    with Pipeline(
+        tiny_bundle, backend="onnxruntime", sampler=family, steps=steps, guidance_scale=2.0, guidance_steps=None, unmarked_research=True
+    ) as pipe:
         got = pipe.generate(portrait, audio, seed=3)
     assert got.shape == ref.shape == (30, 64, 64, 3)  # 1.2 s at 25 fps
     assert psnr_db(ref, got) >= 40.0
@@ -38,7 +40,9 @@ def test_guidance_on_first_steps_only(tiny_bundle, tiny_model, tiny_inputs, port
     image, mask, audio = tiny_inputs
     spec = SamplerSpec(family="dpmpp_2m", steps=6, guidance_scale=2.5, guidance_steps=2)
     ref = ReferencePipeline(tiny_model, spec)(image, mask, audio[:8000], seed=1)
-    with Pipeline(tiny_bundle, backend="onnxruntime", sampler="dpmpp_2m", steps=6, guidance_scale=2.5, guidance_steps=2) as pipe:
+    with Pipeline(
+        tiny_bundle, backend="onnxruntime", sampler="dpmpp_2m", steps=6, guidance_scale=2.5, guidance_steps=2, unmarked_research=True
+    ) as pipe:
         assert pipe.sampler.guided.tolist() == [True, True, False, False, False, False]
         got = pipe.generate(portrait, audio[:8000], seed=1)
     assert psnr_db(ref, got) >= 40.0

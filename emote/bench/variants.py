@@ -163,6 +163,7 @@ class Variant:
                 guidance_scale=guidance_scale,
                 guidance_steps=spec.guidance_steps,
                 backend_options=options,
+                unmarked_research=True,  # fidelity against the unmarked PyTorch baseline; the mark's cost: bench/watermark.py
             )
 
     def run(self, portrait, audio: np.ndarray, seed: int) -> RunResult:

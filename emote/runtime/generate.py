@@ -98,6 +98,8 @@ def generate_video(
             n_frames += len(frames)
             if collected is not None:
                 collected.append(frames)
+        # the manifest names the watermark the frames carry (signed when the writer closes)
+        video.watermark = pipe.last_payload.to_bytes() if pipe.last_payload is not None else None
     wall = time.perf_counter() - start
     bar.close()
     if collected is not None:

@@ -80,6 +80,11 @@ class Pipeline:
 
     image: a path, an RGB array of any size, or a prepared ``Portrait``.
     audio: a path, float32 samples at 16 kHz, or an iterator of such chunks (a live stream).
+
+    Every frame handed out carries the invisible watermark (provenance/watermark.py), keyed by
+    ``watermark_key`` (default: ``$EMOTE_WATERMARK_KEY``, else the public key), its payload the
+    generator and the minute the video was started (``last_payload``). ``unmarked_research=True``
+    hands out frames without it: for research on the model or the mark only.
     """
 
     def __init__(
@@ -95,8 +100,14 @@ class Pipeline:
         backend_options: dict | None = None,
         overlap: bool = True,
         observe: Callable[[str, dict], None] | None = None,
+        watermark_key: str | None = None,
+        unmarked_research: bool = False,
         **family_options,
     ):
+        from ..provenance.watermark import Key
+
+        self.watermark_key = None if unmarked_research else (Key(watermark_key) if watermark_key else Key.default())
+        self.last_payload = None  # the payload of the video last streamed (None when unmarked)
         # backend, precision, backend_options: resolved by runtime/backend_choice.py (what is not
         # named is the default chosen from measured figures; options name their backend)
         # family_options: what the bundle's model family takes (runtime/families/), checked now,
@@ -285,6 +296,23 @@ class Pipeline:
 
             audio = load_audio(audio)
         source = AudioSource(audio)
+        mark = self._marker()
+        for frames in self._frames(portrait, source, seed, progress, inputs):
+            yield frames if mark is None else mark.mark(frames, portrait.mask)
+
+    def _marker(self):
+        """The watermark embedder of one video (its payload: now), or None when unmarked."""
+        if self.watermark_key is None:
+            self.last_payload = None
+            return None
+        from ..provenance.payload import Payload
+        from ..provenance.watermark import Embedder
+
+        self.last_payload = Payload.now()
+        return Embedder(self.watermark_key, self.last_payload)
+
+    def _frames(self, portrait, source: AudioSource, seed: int, progress, inputs: dict) -> Iterator[np.ndarray]:
+        """The unmarked frames of one video, clip by clip."""
         self._bind_video(portrait, inputs)
         plan: ClipPlan | None = None  # known once the whole audio is here
         pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream

@@ -37,6 +37,9 @@ class VideoWriter:
 
     ``audio``: float32 samples at ``audio_rate``, (n,) or (n, channels): the user's own track
     (its rate and stereo kept, not the model's 16 kHz mono), encoded as AAC at 48 kHz.
+    ``c2pa``: sign the finished file with a C2PA manifest saying it was made by a trained model
+    (provenance/manifest.py); ``watermark``: the payload bytes of the watermark its frames carry
+    (named in the manifest's soft binding), None when they carry none.
     """
 
     def __init__(
@@ -47,7 +50,10 @@ class VideoWriter:
         audio: np.ndarray | None = None,
         crf: int = 18,
         audio_rate: int = SAMPLE_RATE,
+        c2pa: bool = True,
+        watermark: bytes | None = None,
     ):
+        self.c2pa, self.watermark = c2pa, watermark
         self.path = Path(path)
         check_writable(self.path)
         self.fps = Fraction(fps).limit_denominator(1001)
@@ -122,10 +128,23 @@ class VideoWriter:
                 if self.audio_stream is not None:
                     self._mux_audio()
             self.container.close()
+            if exc_type is None and self.c2pa:
+                self._sign()
         except BaseException as e:
             self._atomic.__exit__(type(e), e, e.__traceback__)  # the temporary file goes; the target stays as it was
             raise
         self._atomic.__exit__(exc_type, exc, tb)
+
+    def _sign(self) -> None:
+        """The temporary file replaced by its signed copy (still under the temporary name)."""
+        from ..provenance.manifest import sign_mp4
+
+        signed = self.tmp.with_name(self.tmp.stem + ".signed.mp4")
+        try:
+            sign_mp4(self.tmp, signed, self.path.name, self.watermark)
+            os.replace(signed, self.tmp)
+        finally:
+            signed.unlink(missing_ok=True)
 
 
 def write_png_frames(frames: np.ndarray, folder: str | Path) -> None:

@@ -1,0 +1,82 @@
+"""The watermark's payload: 32 bits (who made the video, and when) under a Reed-Solomon code.
+
+Layout of the 4 payload bytes, big-endian: 8 bits generator id (1 = emote-edge), 24 bits the
+minute of generation counted from 2026-01-01 00:00 UTC (2^24 minutes: 31.9 years). Four
+Reed-Solomon parity bytes over GF(256) (``reedsolo``) follow: 8 bytes = 64 coded bits, which
+correct any 2 wrong bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+GENERATOR_EMOTE = 1
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+PAYLOAD_BYTES = 4
+PARITY_BYTES = 4
+CODED_BITS = 8 * (PAYLOAD_BYTES + PARITY_BYTES)  # 64
+
+
+@dataclass(frozen=True)
+class Payload:
+    generator: int  # 0-255; 1 = emote-edge
+    minute: int  # minutes since EPOCH, 0 .. 2^24 - 1
+
+    @classmethod
+    def now(cls, generator: int = GENERATOR_EMOTE) -> Payload:
+        minutes = int((dt.datetime.now(dt.timezone.utc) - EPOCH).total_seconds() // 60)
+        return cls(generator, min(max(minutes, 0), (1 << 24) - 1))
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.generator < 256 and 0 <= self.minute < (1 << 24)):
+            raise ValueError(f"payload out of range: generator {self.generator} (0-255), minute {self.minute} (0-16777215)")
+
+    @property
+    def time(self) -> dt.datetime:
+        return EPOCH + dt.timedelta(minutes=self.minute)
+
+    def to_bytes(self) -> bytes:
+        return bytes([self.generator]) + self.minute.to_bytes(3, "big")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Payload:
+        return cls(data[0], int.from_bytes(data[1:4], "big"))
+
+    def describe(self) -> dict:
+        return {
+            "generator": "emote-edge" if self.generator == GENERATOR_EMOTE else f"id {self.generator}",
+            "time": self.time.strftime("%Y-%m-%dT%H:%MZ"),
+        }
+
+
+def _codec():
+    from reedsolo import RSCodec
+
+    return RSCodec(PARITY_BYTES)
+
+
+def encode(payload: Payload) -> np.ndarray:
+    """The 64 coded bits as +-1 (float32), most significant bit of each byte first."""
+    coded = bytes(_codec().encode(payload.to_bytes()))
+    bits = np.unpackbits(np.frombuffer(coded, np.uint8))
+    return (bits.astype(np.float32) * 2 - 1).astype(np.float32)
+
+
+def decode(soft: np.ndarray) -> tuple[Payload | None, int]:
+    """Soft bits (positive = 1) -> (payload or None, bytes corrected).
+
+    Hard decisions, up to 2 wrong bytes corrected. Erasure decoding (declaring the least reliable
+    bytes unknown) would correct more, but accepts words out of noise far more often: with 2
+    erasures 1 random word in 43 decodes, with hard decisions 1 in 2,400.
+    """
+    from reedsolo import ReedSolomonError
+
+    coded = np.packbits(np.asarray(soft) > 0).tobytes()
+    try:
+        message, _, errata = _codec().decode(coded)
+    except ReedSolomonError:
+        return None, 0
+    return Payload.from_bytes(bytes(message)), len(errata)
