@@ -397,3 +397,10 @@ def same_export(folder: Path, *, model: Mapping[str, Any], weights: Mapping[str,
         and dict(bundle.model) == as_stored
         and bundle.emote_version == emote_version
     )
+
+
+def copy_manifest(bundle: Bundle, folder: Path) -> None:
+    """The bundle's manifest alone, into ``folder`` (written whole): a record of its geometry, sampler and
+    graph tensors without the graph files, which ``Bundle.open(folder, check_hashes=False)`` reads
+    (a Triton repository's loop model: its graphs are the repository's other models)."""
+    write_atomic(Path(folder) / MANIFEST, (bundle.path / MANIFEST).read_bytes())

@@ -150,6 +150,30 @@ def _build(args) -> int:
     return 0
 
 
+def _export_triton(args) -> int:
+    from .export.triton import export_triton
+
+    done = export_triton(
+        args.bundle,
+        args.out,
+        kind=args.kind,
+        instances=args.instances,
+        videos=args.videos,
+        precision=args.precision,
+        sampler=args.sampler,
+        steps=args.steps,
+        engines=args.engines,
+        force=args.force,
+    )
+    plans = sum(p == "tensorrt_plan" for p in done.models.values())
+    print(f"wrote {done.path}: {len(done.models) - 1} graph models ({plans} TensorRT plans) and the streaming loop model emote_video")
+    if done.plans_for is not None:
+        gpu, trt = done.plans_for
+        print(f"the plans run on {gpu} with TensorRT {trt} only: serve them with the Triton release built on that TensorRT")
+    print(f"serve it on a GPU machine: tritonserver --model-repository {done.path} (docs/triton.md)")
+    return 0
+
+
 def _family_options(args) -> dict:
     """--face-embedding / --face-model / --region-weights -> the family options of Pipeline (Hallo bundles;
     the bundle's family refuses what it does not take)."""
@@ -395,6 +419,28 @@ def _args_build(d) -> None:
     d.add_argument("--force", action="store_true", help="rebuild plans whose keys match")
 
 
+def _args_export_triton(d) -> None:
+    d.add_argument("bundle", help="bundle folder (from `emote export`)")
+    d.add_argument("out", help="the model repository folder to write (written whole, or not at all)")
+    d.add_argument(
+        "--kind", default="gpu", choices=["gpu", "cpu"], help="where Triton runs the graph models: KIND_GPU (default) or KIND_CPU"
+    )
+    d.add_argument("--instances", type=int, default=1, help="instances of each graph model (per GPU with --kind gpu; default 1)")
+    d.add_argument("--videos", type=int, default=1, help="instances of the loop model emote_video: videos generated at once (default 1)")
+    d.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8"],
+        help="the graphs the loop model calls: the bundle's fp16 / int8 variants (fp32 where a graph has none); every variant is exported",
+    )
+    d.add_argument("--sampler", choices=["ddim", "dpmpp_2m", "euler", "lcm"], help="the loop's sampler (default: the bundle's)")
+    d.add_argument("--steps", type=int, help="the loop's sampling steps (default: the bundle's)")
+    d.add_argument(
+        "--engines", help="an engine folder of `emote build`: its plans become tensorrt_plan models in place of their ONNX graphs"
+    )
+    d.add_argument("--force", action="store_true", help="replace an existing model repository (never a folder holding anything else)")
+
+
 def _args_generate(d) -> None:
     d.add_argument("--bundle", required=True, help="bundle folder (from `emote export`)")
     d.add_argument("--image", required=True, help="portrait image (any size; the face is found and cropped)")
@@ -494,6 +540,12 @@ COMMANDS = (
     ("calibrate", _calibrate, "record every graph's inputs over real denoising trajectories (for int8)", _args_calibrate),
     ("quantize", _quantize, "int8 (Q/DQ, from calibration data) or fp16 step graphs beside the fp32 ones", _args_quantize),
     ("build", _build, "TensorRT plans for a bundle on this GPU (fp16 / int8 graphs where the bundle has them)", _args_build),
+    (
+        "export-triton",
+        _export_triton,
+        "a Triton Inference Server model repository from a bundle: one model per graph and a streaming loop model",
+        _args_export_triton,
+    ),
     ("generate", _generate, "portrait + audio -> MP4 with the audio muxed in", _args_generate),
     ("bench", _bench, "latency per component and end to end, side by side with the PyTorch baseline", _args_bench),
     (

@@ -65,6 +65,28 @@ def buffer_bytes(bundle: Bundle, backend: str, precision: str) -> int:
     return total
 
 
+def sampler_table(
+    bundle: Bundle, family: str | None = None, steps: int | None = None, guidance_scale: float | None = None, guidance_steps="default"
+) -> SamplerTable:
+    """The sampler table of ``bundle``: what is not named is the bundle's default (``guidance_steps``
+    "default": the bundle's; None: guide every step)."""
+    d = bundle.sampler
+    try:
+        return make_sampler(
+            family or d.family,
+            d.steps if steps is None else steps,
+            prediction_type=d.prediction_type,
+            spacing=d.spacing,
+            zero_snr=d.zero_snr,
+            beta_schedule=d.beta_schedule,
+            set_alpha_to_one=d.set_alpha_to_one,
+            guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_steps=d.guidance_steps if guidance_steps == "default" else guidance_steps,
+        )
+    except ValueError as e:
+        raise EmoteError(str(e)) from None
+
+
 @dataclass
 class Timings:
     """Seconds per stage call, appended as the pipeline runs (read by `emote bench`)."""
@@ -139,21 +161,7 @@ class Pipeline:
         self._allocate()
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
-        d = self.bundle.sampler
-        try:
-            return make_sampler(
-                family or d.family,
-                d.steps if steps is None else steps,
-                prediction_type=d.prediction_type,
-                spacing=d.spacing,
-                zero_snr=d.zero_snr,
-                beta_schedule=d.beta_schedule,
-                set_alpha_to_one=d.set_alpha_to_one,
-                guidance_scale=d.guidance_scale if guidance_scale is None else guidance_scale,
-                guidance_steps=d.guidance_steps if guidance_steps == "default" else guidance_steps,
-            )
-        except ValueError as e:
-            raise EmoteError(str(e)) from None
+        return sampler_table(self.bundle, family, steps, guidance_scale, guidance_steps)
 
     # -- buffers and bindings, made once ---------------------------------------------------
     def _allocate(self) -> None:
