@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from emote.models.config import preset
@@ -282,3 +283,104 @@ def test_whisper_clip_tokens_equal_echomimic_windows_on_the_same_states():
     # token 5 * frame + state (here 3 states): state fastest
     np.testing.assert_array_equal(tokens[0, 1], states[index[0, 0], 1])
     np.testing.assert_array_equal(tokens[0, 3], states[index[0, 1], 0])
+
+
+# -- 2. a synthetic release through `emote import-echomimic` ------------------------------------
+def write_release(model, folder: Path, acc: bool = False) -> None:
+    """EchoMimic's pretrained_weights/ layout with ``model``'s tensors: its four .pth files (attn2's
+    output unscaled by the x3 ratio, as EchoMimic stores it), sd-vae-ft-mse and an OpenAI whisper tiny.pt."""
+    from emote.models.echomimic import AUDIO_RATIO, openai_from_whisper
+
+    files = split_state({k: v for k, v in model.state_dict().items()})
+    state = model.state_dict()
+    folder.mkdir(parents=True)
+    for name in ("reference_unet", "denoising_unet", "motion_module", "face_locator"):
+        prefix = {"reference_unet": "reference_net.", "face_locator": "face_locator."}.get(name, "backbone.")
+        tensors = {k: state[prefix + k].clone() for k in files[f"{name}.pth"]}
+        if name == "denoising_unet":
+            tensors = {k: v / AUDIO_RATIO if ".attn2.to_out.0." in k else v for k, v in tensors.items()}
+        suffix = "_acc" if acc and name in ("denoising_unet", "motion_module") else ""
+        torch.save(tensors, folder / f"{name}{suffix}.pth")
+    model.vae.save_pretrained(folder / "sd-vae-ft-mse")
+    whisper = {openai_from_whisper(k): v.clone() for k, v in model.audio_encoder.whisper.state_dict().items()}
+    whisper["decoder.token_embedding.weight"] = torch.zeros(8, model.config.audio.hidden_size)
+    a = model.config.audio
+    dims = {"n_mels": a.num_mel_bins, "n_audio_ctx": a.max_source_positions, "n_audio_state": a.hidden_size,
+            "n_audio_head": a.num_attention_heads, "n_audio_layer": a.num_hidden_layers}  # fmt: skip
+    (folder / "audio_processor").mkdir()
+    torch.save({"dims": dims, "model_state_dict": whisper}, folder / "audio_processor" / "whisper_tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def echomimic_release(tmp_path_factory):
+    model = build_model(preset("echomimic-tiny"), seed=7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("face_locator.conv_out"):
+                p.normal_(0, 0.05)  # the released locator is trained: not the zero init
+    folder = tmp_path_factory.mktemp("echomimic") / "pretrained_weights"
+    write_release(model, folder)
+    return model, folder
+
+
+def test_import_echomimic_places_every_tensor_and_folds_the_audio_ratio(echomimic_release, tmp_path, capsys):
+    from emote.cli import main
+    from emote.models.checkpoint import load_checkpoint
+
+    model, folder = echomimic_release
+    out = tmp_path / "ckpt"
+    assert main(["import-echomimic", "--weights", str(folder), "--preset", "echomimic-tiny", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "audio_feature_ratio 3.0 folded into" in printed and "decoder tensors are not used" in printed
+    loaded = load_checkpoint(out)
+    assert loaded.config.name == "echomimic-tiny" and loaded.config.extra["imported_from"] == "echomimic"
+    theirs = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, theirs[k], rtol=1e-6, atol=1e-7, msg=k)  # attn2.to_out x 3 / 3 x 3
+
+
+def run_import(folder: Path, out: Path, capsys) -> tuple[int, str]:
+    from emote.cli import main
+
+    rc = main(["import-echomimic", "--weights", str(folder), "--preset", "echomimic-tiny", "-o", str(out)])
+    return rc, capsys.readouterr().err
+
+
+def test_import_echomimic_bad_inputs_one_line_nothing_written(echomimic_release, tmp_path, capsys):
+    import shutil
+
+    from emote.models.hallo import hallo_from_ours
+
+    model, folder = echomimic_release
+    cases = {}
+    # a file that is not a checkpoint
+    bad = tmp_path / "not_a_checkpoint"
+    shutil.copytree(folder, bad)
+    (bad / "face_locator.pth").write_text("this is not a checkpoint\n")
+    cases["not a checkpoint"] = (bad, "face_locator.pth is not a readable checkpoint")
+    # a checkpoint of another model: Hallo's net.pth key layout
+    hallo = tmp_path / "hallo"
+    shutil.copytree(folder, hallo)
+    net = {hallo_from_ours(k): v for k, v in build_model(preset("hallo-tiny"), device="meta").state_dict().items() if hallo_from_ours(k)}
+    torch.save({k: torch.zeros(v.shape) for k, v in list(net.items())[:40]}, hallo / "denoising_unet.pth")
+    cases["Hallo's keys"] = (hallo, "holds Hallo's net.pth keys")
+    # one tensor of the wrong shape
+    shaped = tmp_path / "misshaped"
+    shutil.copytree(folder, shaped)
+    ref = torch.load(shaped / "reference_unet.pth", weights_only=True)
+    ref["conv_in.weight"] = torch.zeros(3, 4, 3, 3)
+    torch.save(ref, shaped / "reference_unet.pth")
+    cases["mis-shaped"] = (shaped, "1 mis-shaped (reference_net.conv_in.weight [3, 4, 3, 3] != [8, 4, 3, 3])")
+    # a key missing from denoising_unet.pth: EchoMimic's strict=False would keep the base UNet's
+    missing = tmp_path / "missing"
+    shutil.copytree(folder, missing)
+    den = torch.load(missing / "denoising_unet.pth", weights_only=True)
+    del den["conv_in.bias"]
+    torch.save(den, missing / "denoising_unet.pth")
+    cases["missing"] = (missing, "1 missing (backbone.conv_in.bias)")
+    for what, (src, message) in cases.items():
+        out = tmp_path / f"out-{what}"
+        rc, err = run_import(src, out, capsys)
+        assert rc == 2 and message in err, (what, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, what
+        assert not out.exists() and not list(tmp_path.glob(f"out-{what}*")), what  # nothing written, no temp folder left
