@@ -212,6 +212,26 @@ def _import_hallo(args) -> int:
     return 0
 
 
+def _import_echomimic(args) -> int:
+    from .models.echomimic import import_echomimic
+
+    report = import_echomimic(
+        args.weights,
+        args.out,
+        acc=args.acc,
+        sd_vae=args.sd_vae,
+        whisper=args.whisper,
+        base_unet=args.base_unet,
+        preset_name=args.preset,
+        force=args.force,
+    )
+    for line in report.lines():
+        print(line)
+    name = args.preset or ("echomimic-acc" if args.acc else "echomimic")
+    print(f"wrote {args.out} (preset {name}): emote export --preset {name} --checkpoint {args.out} --out BUNDLE")
+    return 0
+
+
 def _generate(args) -> int:
     from .runtime.face import parse_face_box
     from .runtime.generate import generate_video
@@ -324,7 +344,9 @@ def _add_cpu_options(d) -> None:
 
 
 def _args_export(d) -> None:
-    d.add_argument("--preset", required=True, help="model preset: tiny, demo, emo-sd15, hallo, hallo-tiny")
+    d.add_argument(
+        "--preset", required=True, help="model preset: tiny, demo, emo-sd15, hallo, hallo-tiny, echomimic, echomimic-acc, echomimic-tiny"
+    )
     d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
     d.add_argument("--out", required=True, help="bundle folder to write")
     d.add_argument(
@@ -353,6 +375,28 @@ def _args_import_hallo(d) -> None:
     d.add_argument("-o", "--out", required=True, help="checkpoint folder to write (model.safetensors + config.json)")
     d.add_argument("--preset", default="hallo", help="hallo (default) or hallo-tiny (the CI-sized model of the same structure)")
     d.add_argument("--allow-unplaced", action="store_true", help="import even if some keys have no place in the model (they are listed)")
+    d.add_argument("--force", action="store_true", help="replace an existing checkpoint folder")
+
+
+def _args_import_echomimic(d) -> None:
+    d.add_argument(
+        "--weights",
+        required=True,
+        help="EchoMimic's pretrained_weights/ folder: reference_unet.pth, denoising_unet.pth, motion_module.pth, face_locator.pth",
+    )
+    d.add_argument(
+        "--acc", action="store_true", help="the distilled weights (denoising_unet_acc.pth, motion_module_acc.pth): preset echomimic-acc"
+    )
+    d.add_argument("-o", "--out", required=True, help="checkpoint folder to write (model.safetensors + config.json)")
+    d.add_argument("--sd-vae", help="the sd-vae-ft-mse folder (diffusers AutoencoderKL; default: WEIGHTS/sd-vae-ft-mse)")
+    d.add_argument(
+        "--whisper", help="whisper-tiny: OpenAI's tiny.pt or a transformers folder (default: WEIGHTS/audio_processor/whisper_tiny.pt)"
+    )
+    d.add_argument(
+        "--base-unet",
+        help="a diffusers UNet folder to fill keys denoising_unet.pth lacks (each one is listed; without it a missing key is an error)",
+    )
+    d.add_argument("--preset", help="echomimic (default), echomimic-acc (default with --acc) or echomimic-tiny (CI-sized, same structure)")
     d.add_argument("--force", action="store_true", help="replace an existing checkpoint folder")
 
 
@@ -535,6 +579,12 @@ COMMANDS = (
         _import_hallo,
         "Hallo's released net.pth (+ its VAE and wav2vec2) -> a checkpoint of the hallo preset",
         _args_import_hallo,
+    ),
+    (
+        "import-echomimic",
+        _import_echomimic,
+        "EchoMimic v1's released .pth files (+ its VAE and whisper-tiny) -> a checkpoint of an echomimic preset",
+        _args_import_echomimic,
     ),
     ("verify", _verify, "each graph of a bundle against PyTorch: max abs/rel error and SQNR per output", _args_verify),
     ("calibrate", _calibrate, "record every graph's inputs over real denoising trajectories (for int8)", _args_calibrate),

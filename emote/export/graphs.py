@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models.config import ModelConfig
+from ..models.config import WHISPER_FRAME_WINDOW, ModelConfig
 from ..models.emo import ClipCondition, EMOModel, VideoCondition
 from ..runtime.sampler import ROW
 
@@ -103,6 +103,9 @@ class Graph(nn.Module):
                 out[s.name] = rng.integers(0, 256, s.shape, dtype=np.uint8)
             elif s.name == "row":
                 out[s.name] = example_row(rng)
+            elif s.name == "audio_index":  # rows of the window's whisper states (50 per second of samples)
+                states = self.cfg.audio_window_samples * 50 // 16000
+                out[s.name] = np.sort(rng.integers(0, states, s.shape, dtype=np.int64), axis=None).reshape(s.shape)
             elif s.name in ("face_mask", "speed") or s.name.startswith("region_"):
                 out[s.name] = rng.random(s.shape, dtype=np.float32)
             else:
@@ -123,13 +126,16 @@ class AudioEncoderGraph(Graph):
     name = "audio_encoder"
 
     def inputs(self):
-        return [TensorSpec("audio", (1, self.cfg.audio_window_samples), "float32")]
+        specs = [TensorSpec("audio", (1, self.cfg.audio_window_samples), "float32")]
+        if self.cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window (runtime-made)
+            specs.append(TensorSpec("audio_index", (self.cfg.frames, WHISPER_FRAME_WINDOW), "int64"))
+        return specs
 
     def output_names(self):
         return ["audio_tokens"]
 
-    def forward(self, audio: Tensor) -> Tensor:
-        return self.model.encode_audio(audio)
+    def forward(self, audio: Tensor, audio_index: Tensor | None = None) -> Tensor:
+        return self.model.encode_audio(audio, audio_index)
 
 
 class ReferenceGraph(Graph):
@@ -195,15 +201,15 @@ class VAEDecoderGraph(Graph):
         return self.model.decode_latents(latents)
 
 
-def clip_output_names(blocks: int, temporal: int, speed: bool, audio_modules: int = 0) -> list[str]:
-    """Names of clip_condition's outputs; ``audio_modules`` > 0: Hallo's."""
+def clip_output_names(blocks: int, temporal: int, speed: bool, audio_modules: int = 0, motion: bool = True) -> list[str]:
+    """Names of clip_condition's outputs; ``audio_modules`` > 0: Hallo's; ``motion=False``: no motion frames (EchoMimic)."""
     if audio_modules:
         names = [f"audio_{kv}_{i}_{r}" for i in range(audio_modules) for r in range(3) for kv in "kv"]
         for prefix in ("motion", "uncond_motion"):
             names += [f"{prefix}_{p}_{j}" for j in range(temporal) for p in "qkvh"]
         return names + ["face"]
     names = [f"audio_{kv}_{i}" for i in range(blocks) for kv in "kv"]
-    names += [f"motion_{kv}_{j}" for j in range(temporal) for kv in "kv"]
+    names += [f"motion_{kv}_{j}" for j in range(temporal if motion else 0) for kv in "kv"]
     if speed:
         names += [f"speed_{kv}_{j}" for j in range(temporal) for kv in "kv"]
     return names + ["face"]
@@ -218,11 +224,11 @@ class ClipConditionGraph(Graph):
 
     def inputs(self):
         c, f, h = self.cfg, self.cfg.frames, self.cfg.latent_size
-        specs = [
-            TensorSpec("audio_tokens", (f, c.audio.tokens, c.unet.cross_attention_dim), "float32"),
-            TensorSpec("motion_latents", (c.motion_frames, 4, h, h), "float32"),
-            TensorSpec("face_mask", (1, 1, c.resolution, c.resolution), "float32"),  # repeated to the locator's channels inside
-        ]
+        specs = [TensorSpec("audio_tokens", (f, c.audio.tokens, c.unet.cross_attention_dim), "float32")]
+        if c.motion_frames:  # EchoMimic has none
+            specs.append(TensorSpec("motion_latents", (c.motion_frames, 4, h, h), "float32"))
+        # the face mask is repeated to the locator's channels inside
+        specs.append(TensorSpec("face_mask", (1, 1, c.resolution, c.resolution), "float32"))
         if c.unet.speed_dim:
             specs.append(TensorSpec("speed", (f,), "float32"))
         if hallo(c):
@@ -230,16 +236,20 @@ class ClipConditionGraph(Graph):
         return specs
 
     def output_names(self):
-        return clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules)
+        return clip_output_names(
+            self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules, bool(self.cfg.motion_frames)
+        )
 
-    def forward(self, audio_tokens, motion_latents, face_mask, *rest) -> tuple[Tensor, ...]:
-        named = dict(zip([s.name for s in self.inputs()[3:]], rest, strict=True))
-        cc = self.model.clip_condition(audio_tokens, motion_latents, face_mask, named.get("speed"), named.get("face_embedding"))
+    def forward(self, audio_tokens, *rest) -> tuple[Tensor, ...]:
+        named = dict(zip([s.name for s in self.inputs()[1:]], rest, strict=True))
+        h = self.cfg.latent_size
+        motion_latents = named.get("motion_latents", audio_tokens.new_zeros(0, 4, h, h))
+        cc = self.model.clip_condition(audio_tokens, motion_latents, named["face_mask"], named.get("speed"), named.get("face_embedding"))
         if hallo(self.cfg):
             out = [t for triple in cc.audio for pair in triple for t in pair]
             out += [t for state in cc.motion + cc.uncond_motion for t in state]
             return tuple(out) + (cc.face,)
-        out = [t for pair in cc.audio for t in pair] + [t for pair in cc.motion for t in pair]
+        out = [t for pair in cc.audio for t in pair] + [t for pair in cc.motion or () for t in pair]
         if cc.speed is not None:
             out += [t for pair in cc.speed for t in pair]
         return tuple(out) + (cc.face,)
@@ -314,7 +324,9 @@ class DenoiseStepGraph(Graph):
         names = [f"ref_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
         if hallo(self.cfg):
             names += [f"embed_{kv}_{i}" for i in range(self.blocks) for kv in "kv"]
-        clip = clip_output_names(self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules)
+        clip = clip_output_names(
+            self.blocks, self.temporal, bool(self.cfg.unet.speed_dim), self.audio_modules, bool(self.cfg.motion_frames)
+        )
         return names + [n for n in clip if self.guided or not n.startswith("uncond_")]
 
     def kv_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -340,7 +352,8 @@ class DenoiseStepGraph(Graph):
             video = VideoCondition(pairs("embed", self.blocks), regions, named["region_scales"])
         else:
             speed = pairs("speed", self.temporal) if self.cfg.unet.speed_dim else None
-            clip = ClipCondition(pairs("audio", self.blocks), pairs("motion", self.temporal), speed, named["face"])
+            motion = pairs("motion", self.temporal) if self.cfg.motion_frames else None
+            clip = ClipCondition(pairs("audio", self.blocks), motion, speed, named["face"])
         t = row[0:1]
         if self.guided:
             out = self.model.model_output(x_in, t, ref, clip, row[7], self.uncond(x_in.dtype), video)
@@ -379,7 +392,7 @@ def all_graphs(model: EMOModel, precisions: tuple[str, ...] = ("fp32",)) -> list
     return extra + [
         AudioEncoderGraph(model),
         ReferenceGraph(model),
-        VAEEncoderGraph(model),
+        *([VAEEncoderGraph(model)] if model.config.motion_frames else []),  # EchoMimic: no motion frames
         ClipConditionGraph(model),
         DenoiseStepGraph(model, guided=True),
         DenoiseStepGraph(model, guided=False),

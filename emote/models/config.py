@@ -16,6 +16,9 @@ from ..bundle import SAMPLE_RATE
 
 VAE_SCALE_FACTOR = 8  # SD's AutoencoderKL: three 2x downsamplings
 VAE_SCALING = 0.18215  # SD's latent scaling constant (latents = mean * 0.18215)
+WHISPER_RATE = 50  # whisper's encoder states per second: 16 kHz / hop 160 = 100 mel frames, conv2 stride 2
+WHISPER_FRAME_WINDOW = 10  # EchoMimic: whisper frames centre-4 .. centre+5 per video frame
+WHISPER_LOOKAHEAD = 3  # video frames past a clip its last window needs at 25 fps: centre+5 < 2 (i+3)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class UNetConfig:
     motion_frames_mode: str = "kv"  # motion frames join the temporal layers as "kv" (EMO: keys/values of the
     # first attention) or "concat" (Hallo: ReferenceNet attn1 tokens prepended along frames, through both attentions)
     motion_in_plain_blocks: bool = True  # Hallo: False, its motion modules in blocks without attention never run
+    reference_cross_attention: bool = True  # EchoMimic: False, its ReferenceNet's blocks have no attn2/norm2
 
     def __post_init__(self) -> None:
         if len(self.attention_levels) != len(self.block_out_channels):
@@ -81,8 +85,14 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """wav2vec2 (transformers Wav2Vec2Config fields) and the per-frame projection to tokens."""
+    """The audio encoder: wav2vec2 (transformers Wav2Vec2Config fields) and the per-frame projection
+    to tokens, or whisper's encoder (``encoder="whisper"``, EchoMimic: WhisperConfig fields, no projection).
 
+    whisper: ``hidden_size`` is d_model, ``intermediate_size`` the ffn width; the tokens of a frame
+    are its ``WHISPER_FRAME_WINDOW`` whisper frames x (blocks + 1) states, straight into attn2.
+    """
+
+    encoder: str = "wav2vec2"  # "wav2vec2" (EMO, Hallo) or "whisper" (EchoMimic)
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -95,9 +105,19 @@ class AudioConfig:
     tokens: int = 32  # audio tokens per video frame (Hallo's context_tokens)
     proj_hidden: int = 512  # Hallo's intermediate_dim
     left_context: int = 8  # frames of audio before a clip fed to wav2vec2 (0.32 s at 25 fps)
+    num_mel_bins: int = 80  # whisper only: log-mel bins
+    max_source_positions: int = 1500  # whisper only: positional table (30 s at 50 Hz)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("wav2vec2", "whisper"):
+            raise ValueError(f"audio encoder {self.encoder!r}: one of 'wav2vec2', 'whisper'")
+        if self.encoder == "whisper" and self.tokens != WHISPER_FRAME_WINDOW * (self.num_hidden_layers + 1):
+            raise ValueError(f"whisper tokens per frame are {WHISPER_FRAME_WINDOW} frames x (layers + 1) states")
 
     @property
     def right_context(self) -> int:
+        if self.encoder == "whisper":
+            return WHISPER_LOOKAHEAD  # the last frame's window reaches centre+5 whisper frames
         return self.window  # the look-ahead a clip waits for: its last frame's right neighbours
 
 
@@ -121,7 +141,8 @@ class ModelConfig:
     face_embedding_dim: int = 0  # Hallo: 512 (InsightFace's face embedding), projected to attn2 context tokens
     face_embedding_tokens: int = 4  # Hallo's clip_extra_context_tokens
     uncond_branch: str = "audio"  # guidance's unconditional branch: "audio" (EMO: zero audio) or "hallo"
-    # (Hallo's: zero audio, zero face embedding, no reference attention, no face-locator features)
+    # (Hallo's: zero audio, zero face embedding, no reference attention, no face-locator features) or
+    # "echomimic" (zero audio, no reference attention, no face-locator features)
     first_motion: str = "zeros"  # the first clip's motion frames: "zeros" (EMO) or the "reference" image (Hallo)
     # sampler defaults (the runtime's fast default and the published baseline)
     sampler: str = "dpmpp_2m"
@@ -146,8 +167,12 @@ class ModelConfig:
             raise ValueError("speed layers need speed_buckets >= 1")
         if bool(self.face_embedding_dim) != (self.unet.context == "face"):
             raise ValueError("a face embedding (face_embedding_dim > 0) goes with unet.context='face', and only with it")
-        if self.uncond_branch not in ("audio", "hallo") or (self.uncond_branch == "hallo") != (self.unet.context == "face"):
-            raise ValueError(f"uncond_branch {self.uncond_branch!r}: 'audio' for EMO models, 'hallo' for context='face'")
+        if self.uncond_branch not in ("audio", "hallo", "echomimic") or (self.uncond_branch == "hallo") != (self.unet.context == "face"):
+            raise ValueError(f"uncond_branch {self.uncond_branch!r}: 'audio' or 'echomimic' for EMO models, 'hallo' for context='face'")
+        if (self.uncond_branch == "echomimic") != (self.audio.encoder == "whisper"):
+            raise ValueError("the echomimic family (uncond_branch='echomimic') goes with the whisper audio encoder, and only with it")
+        if self.audio.encoder == "whisper" and self.audio.hidden_size != self.unet.cross_attention_dim:
+            raise ValueError("whisper states go straight into attn2: audio.hidden_size must equal unet.cross_attention_dim")
         if self.first_motion not in ("zeros", "reference"):
             raise ValueError(f"first_motion {self.first_motion!r}: one of 'zeros', 'reference'")
         if self.beta_schedule not in ("scaled_linear", "linear"):
@@ -156,7 +181,7 @@ class ModelConfig:
     @property
     def family(self) -> str:
         """The runtime's model family (runtime/families/): what it binds beyond the common graphs."""
-        return "hallo" if self.uncond_branch == "hallo" else "emo"
+        return {"hallo": "hallo", "echomimic": "echomimic"}.get(self.uncond_branch, "emo")
 
     @property
     def latent_size(self) -> int:
@@ -187,7 +212,7 @@ class ModelConfig:
         tuples = lambda sub, keys: {k: tuple(v) if k in keys else v for k, v in sub.items()}  # noqa: E731
         unet = UNetConfig(**tuples(d.pop("unet"), {"block_out_channels", "attention_levels"}))
         vae = VAEConfig(**tuples(d.pop("vae"), {"block_out_channels"}))
-        audio = AudioConfig(**d.pop("audio"))
+        audio = AudioConfig(**d.pop("audio"))  # older configs lack the whisper fields: the defaults are wav2vec2's
         if "face_locator_channels" in d:
             d["face_locator_channels"] = tuple(d["face_locator_channels"])
         return cls(unet=unet, vae=vae, audio=audio, **d)
@@ -380,7 +405,99 @@ def _hallo_tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "demo": _demo, "emo-sd15": _emo_sd15, "hallo": _hallo, "hallo-tiny": _hallo_tiny}
+# EchoMimic v1's structure (antgroup/echomimic, configs/inference/inference_v2.yaml): EMO's options that differ.
+ECHOMIMIC_UNET = dict(speed_dim=0, reference_cross_attention=False)
+# Its DDIM (inference_v2.yaml): linear betas, v-prediction, zero terminal SNR, trailing spacing
+ECHOMIMIC_SAMPLER = dict(
+    sampler="ddim",
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+    zero_snr=True,
+    beta_schedule="linear",
+    set_alpha_to_one=True,
+)
+# whisper-tiny (EchoMimic's audio encoder): 4 blocks of 384, 6 heads; 5 states x 10 frames = 50 tokens
+WHISPER_TINY = AudioConfig(
+    encoder="whisper", hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536, tokens=50, left_context=2
+)
+
+
+def _echomimic(name: str = "echomimic", steps: int = 30, guidance: float = 2.5) -> ModelConfig:
+    # EchoMimic v1: SD1.5 UNets (ReferenceNet without attn2), motion modules in every block,
+    # whisper-tiny into attn2, 12-frame windows at 512 px; infer_audio2vid.py: 30 steps, cfg 2.5.
+    return ModelConfig(
+        name=name,
+        unet=UNetConfig(cross_attention_dim=384, **ECHOMIMIC_UNET),
+        vae=VAEConfig(),
+        audio=WHISPER_TINY,
+        resolution=512,
+        frames=12,
+        motion_frames=0,  # EchoMimic has no motion frames: overlapping context windows instead
+        fps=25,
+        face_locator_channels=(16, 32, 96, 256),
+        uncond_branch="echomimic",
+        steps=steps,
+        guidance_scale=guidance,
+        **ECHOMIMIC_SAMPLER,
+    )
+
+
+def _echomimic_acc() -> ModelConfig:
+    # The distilled weights (infer_audio2vid_acc.py): 6 trailing DDIM steps (999, 832, ..., 166), cfg 1.0
+    return _echomimic("echomimic-acc", steps=6, guidance=1.0)
+
+
+def _echomimic_tiny() -> ModelConfig:
+    # The structure of `echomimic` (every key kind of its five files) at the smallest widths that keep it:
+    # two levels (one CrossAttn, one plain: both block kinds, a mid block, conv_shortcut where widths change),
+    # one layer per block, whisper of 2 blocks of 16.
+    return ModelConfig(
+        name="echomimic-tiny",
+        unet=UNetConfig(
+            block_out_channels=(8, 16),
+            attention_levels=(True, False),
+            layers_per_block=1,
+            num_heads=2,
+            cross_attention_dim=16,
+            norm_num_groups=4,
+            temporal_heads=2,
+            temporal_max_len=16,
+            **ECHOMIMIC_UNET,
+        ),
+        vae=VAEConfig(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=2),
+        audio=AudioConfig(
+            encoder="whisper",
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            tokens=30,
+            left_context=2,
+            num_mel_bins=80,
+            max_source_positions=64,
+        ),
+        resolution=32,
+        frames=4,
+        motion_frames=0,
+        fps=25,
+        face_locator_channels=(4, 4, 4, 8),
+        uncond_branch="echomimic",
+        steps=4,
+        guidance_scale=2.5,
+        **ECHOMIMIC_SAMPLER,
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "demo": _demo,
+    "emo-sd15": _emo_sd15,
+    "hallo": _hallo,
+    "hallo-tiny": _hallo_tiny,
+    "echomimic": _echomimic,
+    "echomimic-acc": _echomimic_acc,
+    "echomimic-tiny": _echomimic_tiny,
+}
 
 
 def preset(name: str) -> ModelConfig:

@@ -19,6 +19,10 @@ With ``uncond_branch="hallo"`` (the ``hallo`` presets) the stages take Hallo's e
 inputs: a face embedding (per video: ``reference``, ``video_condition``), region masks
 and weights (per video, ``VideoCondition``), and the unconditional branch is Hallo's:
 no audio, the zero face embedding, no reference attention, no face-locator features.
+
+With ``uncond_branch="echomimic"`` (the ``echomimic`` presets) the audio encoder is whisper's
+(``encode_audio`` takes each frame's whisper-frame index), there are no motion frames, and the
+unconditional branch is EchoMimic's: zero audio, no reference attention, no face-locator features.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .audio import AudioEncoder
 from .condition import FaceLocator, FaceProjection, SpeedEncoder
 from .config import VAE_SCALING, ModelConfig
 from .unet import KV, StepCondition, UNet, batched
+from .whisper import WhisperAudioEncoder
 
 
 @dataclass
@@ -88,7 +93,10 @@ class EMOModel(nn.Module):
         self.vae = make_vae(cfg)
         self.reference_net = UNet(u, "reference")
         self.backbone = UNet(u, "backbone")
-        self.audio_encoder = AudioEncoder(cfg.audio, u.cross_attention_dim, cfg.frames)
+        if cfg.audio.encoder == "whisper":
+            self.audio_encoder = WhisperAudioEncoder(cfg.audio, cfg.frames)
+        else:
+            self.audio_encoder = AudioEncoder(cfg.audio, u.cross_attention_dim, cfg.frames)
         self.face_locator = FaceLocator(cfg.face_locator_in_channels, cfg.face_locator_channels, u.block_out_channels[0])
         self.speed_encoder = SpeedEncoder(cfg.speed_buckets, cfg.speed_tokens, u.speed_dim) if u.speed_dim else None
         self.face_projection = (
@@ -170,9 +178,12 @@ class EMOModel(nn.Module):
         return self.backbone.context_kv(self.face_projection(torch.zeros(1, self.config.face_embedding_dim, device=device)))
 
     # -- per clip -----------------------------------------------------------------------
-    def encode_audio(self, window: Tensor) -> Tensor:
-        """(1, S) samples of the clip's audio window -> (f, tokens, dim)."""
-        return self.audio_encoder(window)
+    def encode_audio(self, window: Tensor, index: Tensor | None = None) -> Tensor:
+        """(1, S) samples of the clip's audio window -> (f, tokens, dim).
+
+        whisper (EchoMimic): ``index`` (f, 10), each frame's whisper frames in the window.
+        """
+        return self.audio_encoder(window) if index is None else self.audio_encoder(window, index)
 
     def clip_condition(
         self, tokens: Tensor, motion_latents: Tensor, face_mask: Tensor, speed: Tensor | None, face_embedding: Tensor | None = None
@@ -195,13 +206,15 @@ class EMOModel(nn.Module):
                 face=self.face_locator(face_mask),
                 uncond_motion=uncond,
             )
-        hidden = self.reference_net.features(motion_latents).hidden
+        motion = None
+        if motion_latents.shape[0]:  # EchoMimic has no motion frames
+            motion = self.backbone.motion_kv(self.reference_net.features(motion_latents).hidden)
         speed_kv = None
         if self.speed_encoder is not None:
             speed_kv = self.backbone.speed_kv(self.speed_encoder(speed))
         return ClipCondition(
             audio=self.backbone.context_kv(tokens),
-            motion=self.backbone.motion_kv(hidden),
+            motion=motion,
             speed=speed_kv,
             face=self.face_locator(face_mask),
         )
@@ -230,12 +243,15 @@ class EMOModel(nn.Module):
         if self.config.uncond_branch == "hallo":
             return self._hallo_output(x, t, ref, clip, guidance, uncond, video)
         f = x.shape[0]
-        audio = clip.audio
+        audio, face, ref_skip = clip.audio, clip.face, 0
         if guidance is not None:
             uncond = self.uncond_audio_kv() if uncond is None else uncond
             audio = [(branches(ku, kc, f), branches(vu, vc, f)) for (ku, vu), (kc, vc) in zip(uncond, clip.audio, strict=True)]
             x = torch.cat([x, x])
-        cond = StepCondition(ctx=audio, ref=ref, motion=clip.motion, speed=clip.speed, face=clip.face, frames=f)
+            if self.config.uncond_branch == "echomimic":
+                # EchoMimic's unconditional branch: no face-locator features, the reference bank masked out
+                face, ref_skip = branches(torch.zeros_like(clip.face), clip.face, f), f
+        cond = StepCondition(ctx=audio, ref=ref, ref_skip=ref_skip, motion=clip.motion, speed=clip.speed, face=face, frames=f)
         out = self.backbone(x, t, cond)
         return out if guidance is None else guide(out, f, guidance)
 

@@ -239,18 +239,26 @@ def reference_mask(batch: int, skip: int, tokens: int, ref_tokens: int, device: 
 
 
 class BasicTransformerBlock(nn.Module):
-    """Self-attention (+ reference keys/values), cross-attention (audio in the backbone), GEGLU MLP."""
+    """Self-attention (+ reference keys/values), cross-attention (audio in the backbone), GEGLU MLP.
 
-    def __init__(self, dim: int, heads: int, context_dim: int):
+    ``cross=False``: no cross-attention (EchoMimic's ReferenceNet has neither attn2 nor norm2).
+    """
+
+    def __init__(self, dim: int, heads: int, context_dim: int, cross: bool = True):
         super().__init__()
         self.norm1 = LayerNorm32(dim)
         self.attn1 = Attention(dim, heads)
-        self.norm2 = LayerNorm32(dim)
-        self.attn2 = Attention(dim, heads, context_dim)
+        if cross:
+            self.norm2 = LayerNorm32(dim)
+            self.attn2 = Attention(dim, heads, context_dim)
         self.norm3 = LayerNorm32(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, h: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
+    @property
+    def cross(self) -> bool:
+        return hasattr(self, "attn2")
+
+    def forward(self, h: Tensor, ctx: KV | None, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
         n = self.norm1(h)
         if tokens_out is not None:
             tokens_out.append(n)  # the ReferenceNet's reference feature: attn1's input
@@ -263,21 +271,22 @@ class BasicTransformerBlock(nn.Module):
             if ref_skip:
                 bias = reference_mask(b, ref_skip, tokens, ref[0].shape[1], n.device)
         h = self.attn1(n, k, v, bias) + h
-        h = self.attn2(self.norm2(h), *ctx) + h
+        if self.cross:
+            h = self.attn2(self.norm2(h), *ctx) + h
         return self.ff(self.norm3(h)) + h
 
 
 class Transformer2DModel(nn.Module):
     """SD1.5's spatial transformer: GroupNorm, 1x1 conv in, one transformer block, 1x1 conv out."""
 
-    def __init__(self, c: int, heads: int, context_dim: int, groups: int):
+    def __init__(self, c: int, heads: int, context_dim: int, groups: int, cross: bool = True):
         super().__init__()
         self.norm = GroupNorm32(groups, c, eps=1e-6)
         self.proj_in = nn.Conv2d(c, c, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, heads, context_dim)])
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, heads, context_dim, cross)])
         self.proj_out = nn.Conv2d(c, c, 1)
 
-    def forward(self, x: Tensor, ctx: KV, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
+    def forward(self, x: Tensor, ctx: KV | None, ref: KV | None, tokens_out: list[Tensor] | None, ref_skip: int = 0) -> Tensor:
         b, c, hh, ww = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         h = self.transformer_blocks[0](h, ctx, ref, tokens_out, ref_skip)
@@ -503,14 +512,22 @@ class Block(nn.Module):
     """One level of the UNet: resnets, optional attentions, audio and motion modules, optional resampler."""
 
     def __init__(
-        self, cfg: UNetConfig, cins: list[int], cout: int, attention: bool, temporal: bool, resample, audio_widths: list[int] | None = None
+        self,
+        cfg: UNetConfig,
+        cins: list[int],
+        cout: int,
+        attention: bool,
+        temporal: bool,
+        resample,
+        audio_widths: list[int] | None = None,
+        cross: bool = True,
     ):
         super().__init__()
         temb = cfg.block_out_channels[0] * 4
         g, eps = cfg.norm_num_groups, cfg.norm_eps
         self.resnets = nn.ModuleList([ResnetBlock2D(c, cout, temb, g, eps) for c in cins])
         if attention:
-            self.attentions = nn.ModuleList([Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g) for _ in cins])
+            self.attentions = nn.ModuleList([Transformer2DModel(cout, cfg.num_heads, cfg.cross_attention_dim, g, cross) for _ in cins])
         if attention and audio_widths:
             self.audio_modules = nn.ModuleList([AudioModule(cout, w, cfg.num_heads, cfg.cross_attention_dim, g) for w in audio_widths])
         if temporal:
@@ -525,11 +542,11 @@ class Block(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, cfg: UNetConfig, c: int, temporal: bool, audio: bool = False):
+    def __init__(self, cfg: UNetConfig, c: int, temporal: bool, audio: bool = False, cross: bool = True):
         super().__init__()
         temb = cfg.block_out_channels[0] * 4
         g, eps = cfg.norm_num_groups, cfg.norm_eps
-        self.attentions = nn.ModuleList([Transformer2DModel(c, cfg.num_heads, cfg.cross_attention_dim, g)])
+        self.attentions = nn.ModuleList([Transformer2DModel(c, cfg.num_heads, cfg.cross_attention_dim, g, cross)])
         self.resnets = nn.ModuleList([ResnetBlock2D(c, c, temb, g, eps) for _ in range(2)])
         if audio:
             self.audio_modules = nn.ModuleList([AudioModule(c, c, cfg.num_heads, cfg.cross_attention_dim, g)])
@@ -551,6 +568,7 @@ class UNet(nn.Module):
         self.cfg, self.mode = cfg, mode
         temporal = mode == "backbone"
         audio = temporal and cfg.audio_modules
+        cross = mode != "reference" or cfg.reference_cross_attention
         ch = cfg.block_out_channels
         levels, lpb = len(ch), cfg.layers_per_block
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
@@ -562,10 +580,12 @@ class UNet(nn.Module):
         for i, cout in enumerate(ch):
             last = i == levels - 1
             cins = [cin] + [cout] * (lpb - 1)
-            self.down_blocks.append(Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down", audio and cins))
+            self.down_blocks.append(
+                Block(cfg, cins, cout, cfg.attention_levels[i], temporal, None if last else "down", audio and cins, cross)
+            )
             skips += [cout] * lpb + ([] if last else [cout])
             cin = cout
-        self.mid_block = MidBlock(cfg, ch[-1], temporal, audio)
+        self.mid_block = MidBlock(cfg, ch[-1], temporal, audio, cross)
 
         self.up_blocks = nn.ModuleList()
         rev = list(reversed(ch))
@@ -578,7 +598,7 @@ class UNet(nn.Module):
             level = levels - 1 - i
             widths = [rev[min(i + 1, levels - 1)]] * (lpb + 1)  # Hallo sizes an up block's audio modules by its input_channel
             self.up_blocks.append(
-                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None, audio and widths)
+                Block(cfg, cins, cout, cfg.attention_levels[level], temporal, "up" if i < levels - 1 else None, audio and widths, cross)
             )
         if mode != "reference":
             self.conv_norm_out = GroupNorm32(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
@@ -608,9 +628,12 @@ class UNet(nn.Module):
         """attn1 keys/values of the reference tokens: once per video."""
         return [blk.attn1.kv(t) for blk, t in zip(self.transformer_blocks(), tokens, strict=True)]
 
-    def context_kv(self, context: Tensor) -> list[KV]:
-        """attn2 keys/values of a context (audio tokens per frame, or face-embedding tokens): once per clip/video."""
-        return [blk.attn2.kv(context) for blk in self.transformer_blocks()]
+    def context_kv(self, context: Tensor) -> list[KV | None]:
+        """attn2 keys/values of a context (audio tokens per frame, or face-embedding tokens): once per clip/video.
+
+        None for a block without attn2 (EchoMimic's ReferenceNet).
+        """
+        return [blk.attn2.kv(context) if blk.cross else None for blk in self.transformer_blocks()]
 
     def audio_kv(self, tokens: Tensor) -> list[tuple[KV, ...]]:
         """Audio modules: each region attention's keys/values of the audio tokens, once per clip."""
