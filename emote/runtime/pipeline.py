@@ -230,7 +230,9 @@ class Pipeline:
     def prepare(self, image, face_box=None):
         from .face import Portrait, prepare_portrait
 
-        return image if isinstance(image, Portrait) else prepare_portrait(image, self.resolution, face_box=face_box)
+        if isinstance(image, Portrait):
+            return image
+        return prepare_portrait(image, self.resolution, face_box=face_box, framing=self.family.framing)
 
     def plan(self, samples: int) -> ClipPlan:
         """The clips of a track of ``samples`` samples (16 kHz)."""
