@@ -37,6 +37,7 @@ MANIFEST = "manifest.json"
 BUNDLE = FolderKind("bundle", MANIFEST, FORMAT, "make one with `emote export`")
 
 FAMILIES = ("emo", "hallo")  # runtime/families/: what each binds beyond the common graphs
+WINDOWINGS = ("clip", "track")  # how the audio encoder sees the audio: per clip, or Hallo's whole track
 
 
 def file_sha256(path: Path) -> str:
@@ -147,6 +148,12 @@ class Geometry:
     speed_default: float
     first_motion: str  # "zeros" or "reference": the first clip's motion frames
     face_embedding_dim: int  # 0: the family takes no face embedding
+    # How the audio encoder sees the audio (models/config.py AudioConfig.windowing): "clip" windows
+    # (bundles made before it was recorded are these), or Hallo's whole "track" in chunks of
+    # audio_chunk frames overlapping by audio_chunk_context frames each side
+    audio_windowing: str = "clip"
+    audio_chunk: int = 0
+    audio_chunk_context: int = 0
 
     @property
     def samples_per_frame(self) -> int:
@@ -258,7 +265,17 @@ def _parse(path: Path, data: dict) -> Bundle:
         speed_default=model.get("speed_default", float),
         first_motion=model.get("first_motion", str),
         face_embedding_dim=model.get("face_embedding_dim", int),
+        audio_windowing=audio.get("windowing", str, "clip"),
+        audio_chunk=audio.get("chunk", int, 0),
+        audio_chunk_context=audio.get("chunk_context", int, 0),
     )
+    if geometry.audio_windowing not in WINDOWINGS:
+        raise EmoteError(
+            f"bundle {path}: {MANIFEST} field model.audio.windowing is {geometry.audio_windowing!r}: "
+            f"this version of emote runs {', '.join(WINDOWINGS)}"
+        )
+    if geometry.audio_windowing == "track" and not geometry.audio_chunk > 2 * geometry.audio_chunk_context >= 0:
+        raise EmoteError(f"bundle {path}: {MANIFEST} fields model.audio.chunk and chunk_context: chunk > 2 x chunk_context >= 0 expected")
     if geometry.fps < 1 or SAMPLE_RATE % geometry.fps:
         raise EmoteError(f"bundle {path}: {MANIFEST} field model.fps is {geometry.fps}: it must divide {SAMPLE_RATE}")
     sampler = SamplerDefaults(

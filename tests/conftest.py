@@ -110,3 +110,45 @@ def tiny_int8_bundle(tmp_path_factory, tiny_bundle, calibration_inputs):
     quantize_bundle(bundle, calib, ("denoise_step",), eval_samples=2)
     quantize_bundle(bundle, calib, ("denoise_step_cond",), eval_samples=2, sensitivity=False)
     return bundle, calib
+
+
+@pytest.fixture(scope="session")
+def hallo_audio_pass():
+    """Hallo's audio features as its own code makes them, the oracle of the "track" windowing.
+
+    ``AudioProcessor.preprocess`` (hallo/datasets/audio_processor.py:107-119): the track normalised
+    once (Wav2Vec2FeatureExtractor), padded with zeros to whole clips, one pass of wav2vec2 with its
+    conv features interpolated to the frame count (its Wav2VecModel's linear_interpolation), the
+    12 layers' outputs (hidden_states[1:]); then ``process_audio_emb`` (scripts/inference.py):
+    each frame's neighbours j-2..j+2, indices clamped to the (padded) track.
+    Returns (features (rows, layers, hidden), windows (rows, 5, layers, hidden)).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def run(wav2vec2, samples: np.ndarray, clip: int, spf: int = 640):
+        x = samples.astype(np.float32)
+        x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)  # zero_mean_unit_var_norm, as transformers computes it
+        seq = -(-len(x) // spf)
+        pad = (clip - seq % clip) % clip
+        x = np.concatenate([x, np.zeros(pad * spf, np.float32)])
+        rows = seq + pad
+        outs = []
+        hooks = [
+            layer.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+            for layer in wav2vec2.encoder.layers
+        ]
+        try:
+            with torch.no_grad():
+                feats = wav2vec2.feature_extractor(torch.from_numpy(x)[None])
+                feats = F.interpolate(feats, size=rows, mode="linear", align_corners=True).transpose(1, 2)
+                h, _ = wav2vec2.feature_projection(feats)
+                wav2vec2.encoder(h)  # transformers' own encoder; the hooks keep every layer's output
+        finally:
+            for hook in hooks:
+                hook.remove()
+        features = torch.stack(outs, dim=2)[0]
+        windows = torch.stack([torch.stack([features[max(min(i + j, rows - 1), 0)] for j in range(-2, 3)]) for i in range(rows)])
+        return features.numpy(), windows.numpy()
+
+    return run

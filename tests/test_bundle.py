@@ -40,6 +40,7 @@ def test_open_gives_typed_fields(tiny_bundle, tiny_config):
     g = b.geometry
     assert (g.resolution, g.frames, g.motion_frames, g.fps) == (64, tiny_config.frames, tiny_config.motion_frames, 25)
     assert (g.left_context, g.lookahead, g.samples_per_frame) == (tiny_config.audio.left_context, tiny_config.audio.window, 640)
+    assert g.audio_windowing == "clip" and "audio_features" not in b.names  # EMO's presets keep their clip windows
     assert b.sampler.family == tiny_config.sampler and b.sampler.steps == tiny_config.steps
     step = b.graph("denoise_step", "fp16")
     assert step.key == "denoise_step.fp16" and step.name == "denoise_step" and step.precision == "fp16"
@@ -62,6 +63,7 @@ def test_open_gives_typed_fields(tiny_bundle, tiny_config):
         (lambda d: d["graphs"]["vae_decoder"]["outputs"][0].update(shape=[-1, 3]), "graphs.vae_decoder.outputs.shape is [-1, 3]"),
         (lambda d: d["graphs"]["vae_decoder"].update(file="gone.onnx"), "graph vae_decoder names gone.onnx"),
         (lambda d: d.update(family="musetalk"), "field family is 'musetalk'"),
+        (lambda d: d["model"]["audio"].update(windowing="sliding"), "field model.audio.windowing is 'sliding'"),
         (lambda d: d.update(format="emote-bundle/9"), "format 'emote-bundle/9'; this version of emote reads 'emote-bundle/2'"),
     ],
 )
@@ -88,6 +90,8 @@ def test_a_format_1_bundle_opens_as_format_2_and_is_rewritten_when_graphs_are_ad
         d["format"] = "emote-bundle/1"
         d.pop("family")
         d["sampler"] = {"family": m["sampler"], "steps": m["steps"], "spacing": m["timestep_spacing"]}
+        for key in ("windowing", "chunk", "chunk_context"):  # bundles made before the audio windowing was recorded
+            m["audio"].pop(key)
 
     rewrite(copy, to_v1)
     old, new = Bundle.open(copy), Bundle.open(tiny_bundle)

@@ -8,12 +8,19 @@ encoders have); the conversion to [-1, 1] floats happens inside the graphs.
 | graph              | inputs                                              | outputs                      |
 | ------------------ | --------------------------------------------------- | ---------------------------- |
 | audio_encoder      | audio (1, S)                                        | audio_tokens (f, T, D)       |
+|                    | ("track" windowing: audio_windows (f, 2m+1, L, H))  |                              |
+| audio_stats        | "track": audio (1, S_c), conv_mask (K,)             | conv_sums (2, C)             |
+| audio_features     | "track": audio, conv_mean, conv_var, resample, frame_mask | audio_features (c, L, H) |
 | reference_net      | reference (1, H, W, 3) uint8                        | ref_k_i, ref_v_i             |
 | vae_encoder        | frames (n, H, W, 3) uint8                           | latents (n, 4, h, w)         |
 | clip_condition     | audio_tokens, motion_latents, face_mask, speed      | audio_k_i, audio_v_i, motion_k_j, motion_v_j, speed_k_j, speed_v_j, face |
 | denoise_step       | x, row, x0_prev, noise + all keys/values and face   | x_next, x0                   |
 | denoise_step_cond  | the same, without the unconditional branch          | x_next, x0                   |
 | vae_decoder        | latents (f, 4, h, w)                                | frames (f, H, W, 3) uint8    |
+
+Bundles of "track" audio windowing (Hallo's: ``runtime/track_audio.py``) add ``audio_stats`` and
+``audio_features``, wav2vec2 over the whole track in static chunks of c frames, run once per video;
+their ``audio_encoder`` is then the projection alone, of each frame's neighbours.
 
 The sampler row is ``emote.runtime.sampler.ROW``: (t, a_x, a_o, c_x, c_0, c_p, c_n, g).
 
@@ -121,21 +128,98 @@ def example_row(rng: np.random.Generator) -> np.ndarray:
     return table.rows[rng.integers(0, len(table.rows))].copy()
 
 
+def track_windowing(cfg: ModelConfig) -> bool:
+    return cfg.audio.windowing == "track"
+
+
+def wav2vec2_width(cfg: ModelConfig) -> tuple[int, int]:
+    return cfg.audio.num_hidden_layers, cfg.audio.hidden_size
+
+
 class AudioEncoderGraph(Graph):
+    """The clip's audio -> its frames' tokens: wav2vec2 and the projection on the clip's window, or
+    ("track" windowing) the projection alone of each frame's neighbours in the whole track's features."""
+
     components = ("audio_encoder",)
     name = "audio_encoder"
 
     def inputs(self):
-        specs = [TensorSpec("audio", (1, self.cfg.audio_window_samples), "float32")]
-        if self.cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window (runtime-made)
-            specs.append(TensorSpec("audio_index", (self.cfg.frames, WHISPER_FRAME_WINDOW), "int64"))
+        c = self.cfg
+        if track_windowing(c):
+            return [TensorSpec("audio_windows", (c.frames, 2 * c.audio.window + 1, *wav2vec2_width(c)), "float32")]
+        specs = [TensorSpec("audio", (1, c.audio_window_samples), "float32")]
+        if c.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window (runtime-made)
+            specs.append(TensorSpec("audio_index", (c.frames, WHISPER_FRAME_WINDOW), "int64"))
         return specs
 
     def output_names(self):
         return ["audio_tokens"]
 
     def forward(self, audio: Tensor, audio_index: Tensor | None = None) -> Tensor:
+        if track_windowing(self.cfg):
+            return self.model.audio_encoder.project(audio)
         return self.model.encode_audio(audio, audio_index)
+
+
+def chunk_input_samples(cfg: ModelConfig) -> int:
+    """Samples of one wav2vec2 chunk's input: its frames and the one before (runtime/track_audio.py)."""
+    return (cfg.audio.chunk + 1) * cfg.samples_per_frame
+
+
+class AudioStatsGraph(Graph):
+    """ "track" windowing: the first conv's sums over a chunk's counted frames (its GroupNorm's whole-track statistics)."""
+
+    components = ("audio_encoder",)
+    name = "audio_stats"
+
+    def inputs(self):
+        from ..runtime.track_audio import CONV_LAYERS, conv_frames
+
+        n = chunk_input_samples(self.cfg)
+        return [TensorSpec("audio", (1, n), "float32"), TensorSpec("conv_mask", (conv_frames(n, CONV_LAYERS[:1]),), "float32")]
+
+    def output_names(self):
+        return ["conv_sums"]
+
+    def example(self, rng):
+        out = super().example(rng)
+        out["conv_mask"] = (np.arange(out["conv_mask"].size) < 0.8 * out["conv_mask"].size).astype(np.float32)
+        return out
+
+    def forward(self, audio: Tensor, conv_mask: Tensor) -> Tensor:
+        return self.model.audio_encoder.conv_sums(audio, conv_mask)
+
+
+class AudioFeaturesGraph(Graph):
+    """ "track" windowing: one chunk of wav2vec2's pass over the whole track -> (c, layers, hidden)."""
+
+    components = ("audio_encoder",)
+    name = "audio_features"
+
+    def inputs(self):
+        from ..runtime.track_audio import conv_frames
+
+        c, n = self.cfg.audio.chunk, chunk_input_samples(self.cfg)
+        d = self.cfg.audio.conv_dim
+        return [
+            TensorSpec("audio", (1, n), "float32"),
+            TensorSpec("conv_mean", (d,), "float32"),
+            TensorSpec("conv_var", (d,), "float32"),
+            TensorSpec("resample", (c, conv_frames(n)), "float32"),
+            TensorSpec("frame_mask", (c,), "float32"),
+        ]
+
+    def output_names(self):
+        return ["audio_features"]
+
+    def example(self, rng):
+        out = super().example(rng)
+        out["conv_var"] = rng.random(out["conv_var"].shape, dtype=np.float32) + 0.5
+        out["frame_mask"] = (np.arange(out["frame_mask"].size) < 0.7 * out["frame_mask"].size).astype(np.float32)
+        return out
+
+    def forward(self, audio, conv_mean, conv_var, resample, frame_mask) -> Tensor:
+        return self.model.audio_encoder.track_features(audio, conv_mean, conv_var, resample, frame_mask)
 
 
 class ReferenceGraph(Graph):
@@ -389,7 +473,10 @@ def condition_shapes(model: EMOModel) -> dict[str, tuple[int, ...]]:
 def all_graphs(model: EMOModel, precisions: tuple[str, ...] = ("fp32",)) -> list[Graph]:
     """Every graph of a bundle, in the order the runtime first uses them; fp16 adds the step graphs."""
     extra = [DenoiseStepGraph(model, guided, "fp16") for guided in (True, False)] if "fp16" in precisions else []
-    return extra + [
+    track = [AudioStatsGraph(model), AudioFeaturesGraph(model)] if track_windowing(model.config) else []
+    return [
+        *extra,
+        *track,
         AudioEncoderGraph(model),
         ReferenceGraph(model),
         *([VAEEncoderGraph(model)] if model.config.motion_frames else []),  # EchoMimic: no motion frames

@@ -112,7 +112,7 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     from ..runtime.clips import audio_window
     from ..runtime.examples import example_inputs
     from ..runtime.sampler import make_sampler
-    from .graphs import AudioEncoderGraph, ClipConditionGraph, ReferenceGraph, VAEEncoderGraph
+    from .graphs import AudioEncoderGraph, ClipConditionGraph, ReferenceGraph, VAEEncoderGraph, track_windowing
 
     cfg = model.config
     portrait, audio = example_inputs(cfg.resolution)
@@ -122,7 +122,10 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     n, f = cfg.motion_frames, cfg.frames
     face_mask, video = hallo_video_inputs(cfg, portrait.mask)
     feeds: dict[str, dict[str, np.ndarray]] = {}
-    feeds["audio_encoder"] = {"audio": audio_window(audio, plan, min(1, plan.clips - 1))}
+    if track_windowing(cfg):
+        feeds.update(track_feeds(model, audio))
+    else:
+        feeds["audio_encoder"] = {"audio": audio_window(audio, plan, min(1, plan.clips - 1))}
     feeds["reference_net"] = {"reference": portrait.image[None], **video}
     feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], n, axis=0)}
     tokens = torch_outputs(AudioEncoderGraph(model), feeds["audio_encoder"])["audio_tokens"]
@@ -151,6 +154,35 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     feeds["denoise_step_cond"] = step
     feeds["vae_decoder"] = {"latents": np.repeat(latents[:1], f, axis=0)}
     return feeds
+
+
+class _Recording:
+    """A torch graph behind the engine interface (``run``) that keeps the first feeds it was given."""
+
+    def __init__(self, graph):
+        self.graph, self.feeds = graph, None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.feeds is None:
+            self.feeds = {k: np.array(v) for k, v in feeds.items()}
+        return torch_outputs(self.graph, feeds)
+
+
+def track_feeds(model: EMOModel, audio: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """ "track" windowing: the real inputs of audio_stats, audio_features (their first call over ``audio``) and
+    audio_encoder (clip 1's windows of the whole track's features), as the runtime makes them."""
+    from ..runtime.clips import ClipWindows
+    from ..runtime.track_audio import TrackAudio, clip_windows
+    from .graphs import AudioFeaturesGraph, AudioStatsGraph
+
+    cfg = model.config
+    f, m = cfg.frames, cfg.audio.window
+    stats, chunk = _Recording(AudioStatsGraph(model)), _Recording(AudioFeaturesGraph(model))
+    track = TrackAudio(stats, chunk, chunk=cfg.audio.chunk, context=cfg.audio.chunk_context, samples_per_frame=cfg.samples_per_frame)
+    plan = ClipWindows(f, cfg.motion_frames, cfg.fps, cfg.audio.left_context, m).plan(len(audio), ceil=True)
+    features = track.track(audio, plan.clips * f)
+    windows = clip_windows(features, 0, min(1, plan.clips - 1), f, m, len(features) - 1)
+    return {"audio_stats": stats.feeds, "audio_features": chunk.feeds, "audio_encoder": {"audio_windows": windows}}
 
 
 def hallo_video_inputs(cfg, mask: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:

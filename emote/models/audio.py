@@ -1,12 +1,20 @@
-"""The audio encoder: wav2vec2 (transformers) on one clip's window, then per-frame tokens.
+"""The audio encoder: wav2vec2 (transformers), then per-frame tokens.
 
-Input: the clip's window of 16 kHz samples, ``left_context + f + window`` frames
+Two windowings (``AudioConfig.windowing``). "clip" (EMO's presets): the input is the clip's window of 16 kHz samples, ``left_context + f + window`` frames
 long (the same window for files, live streams and the reference pipeline, so all
 three agree). wav2vec2's convolutional features are interpolated to the video
 frame rate before its transformer (as Hallo does), the hidden states of all
 transformer layers are stacked per frame, each clip frame takes its m neighbours
 each side (EMO: m=2, five frames), and an MLP projects them to ``tokens`` tokens
 (Hallo's ``AudioProjModel`` layout: proj1, proj2, proj3, norm).
+
+"track" (Hallo, ``hallo/datasets/audio_processor.py``): wav2vec2 runs once over the whole track,
+normalised once. Its global parts (the input normalisation, the first conv's GroupNorm over time,
+the interpolation to the frame rate) are computed over the whole track by the runtime
+(``runtime/track_audio.py``) and enter each static chunk pass as inputs: ``conv_sums`` gives the
+GroupNorm's statistics, ``track_features`` one chunk's hidden states, its frames outside the
+track masked out of the positional conv and the attention, so that a track of up to
+``chunk`` frames is exactly one pass; ``project`` turns each frame's clamped neighbours into tokens.
 """
 
 from __future__ import annotations
@@ -82,6 +90,45 @@ class AudioEncoder(nn.Module):
             h = h[0] if isinstance(h, tuple) else h  # transformers 4 returns a tuple, 5 a tensor
             layers.append(h)
         return torch.stack(layers, dim=2)[0]
+
+    # -- "track" windowing: Hallo's one pass over the whole track, in static chunks ----------
+    def conv_sums(self, samples: Tensor, conv_mask: Tensor) -> Tensor:
+        """(1, S) normalised samples, (K,) 0/1 over the first conv's frames -> (2, C): their sum and sum of squares per channel."""
+        h = self.wav2vec2.feature_extractor.conv_layers[0].conv(samples[:, None])[0] * conv_mask
+        return torch.stack([h.sum(-1), (h * h).sum(-1)])
+
+    def track_features(self, samples: Tensor, conv_mean: Tensor, conv_var: Tensor, resample: Tensor, frame_mask: Tensor) -> Tensor:
+        """One chunk of the whole-track pass -> (T, layers, hidden).
+
+        samples (1, S): the normalised track from one frame before the chunk's first row;
+        conv_mean, conv_var (C,): the first conv's GroupNorm statistics over the whole track;
+        resample (T, K): the whole track's linear interpolation to the frame rate, as weights
+        over this chunk's conv frames; frame_mask (T,): 1 for rows inside the track.
+        """
+        w2v = self.wav2vec2
+        first, *rest = w2v.feature_extractor.conv_layers
+        norm = first.layer_norm  # GroupNorm(C, C): each channel over time, here over the whole track
+        h = first.conv(samples[:, None])
+        h = (h - conv_mean[:, None]) * (norm.weight * torch.rsqrt(conv_var + norm.eps))[:, None] + norm.bias[:, None]
+        h = first.activation(h)
+        for layer in rest:
+            h = layer(h)
+        feats = (resample @ h[0].transpose(0, 1))[None]  # (1, T, C) at the frame rate
+        x, _ = w2v.feature_projection(feats)
+        x = x * frame_mask[None, :, None]  # outside the track: the positional conv's zero padding
+        enc = w2v.encoder
+        x = enc.layer_norm(x + enc.pos_conv_embed(x))
+        bias = ((frame_mask - 1.0) * 1e9)[None, None, None, :]  # no attention to rows outside the track
+        layers = []
+        for layer in enc.layers:
+            x = layer(x, attention_mask=bias)
+            x = x[0] if isinstance(x, tuple) else x
+            layers.append(x)
+        return torch.stack(layers, dim=2)[0]
+
+    def project(self, windows: Tensor) -> Tensor:
+        """(f, 2m+1, layers, hidden) each frame's neighbours -> (f, tokens, dim)."""
+        return self.proj(windows)
 
     def forward(self, samples: Tensor) -> Tensor:
         """(1, S) window samples -> (f, tokens, dim): the clip frames' audio tokens."""

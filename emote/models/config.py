@@ -107,12 +107,25 @@ class AudioConfig:
     left_context: int = 8  # frames of audio before a clip fed to wav2vec2 (0.32 s at 25 fps)
     num_mel_bins: int = 80  # whisper only: log-mel bins
     max_source_positions: int = 1500  # whisper only: positional table (30 s at 50 Hz)
+    # How wav2vec2 sees the audio (runtime/track_audio.py):
+    # "clip": each clip's window (left_context + f + window frames), normalised on its own (EMO's
+    #   presets, the demo model: what it was trained with);
+    # "track": Hallo's: the whole track normalised once and run through wav2vec2 as one pass, in
+    #   chunks of `chunk` frames with `chunk_context` frames of overlap each side when longer,
+    #   then sliced per clip (neighbour indices clamped at the track's ends)
+    windowing: str = "clip"
+    chunk: int = 0  # "track": frames per wav2vec2 pass (a static graph); a track this long or shorter is one exact pass
+    chunk_context: int = 0  # "track": frames each side of a chunk's kept part, when a track takes several chunks
 
     def __post_init__(self) -> None:
         if self.encoder not in ("wav2vec2", "whisper"):
             raise ValueError(f"audio encoder {self.encoder!r}: one of 'wav2vec2', 'whisper'")
         if self.encoder == "whisper" and self.tokens != WHISPER_FRAME_WINDOW * (self.num_hidden_layers + 1):
             raise ValueError(f"whisper tokens per frame are {WHISPER_FRAME_WINDOW} frames x (layers + 1) states")
+        if self.windowing not in ("clip", "track"):
+            raise ValueError(f"audio windowing {self.windowing!r}: one of 'clip', 'track'")
+        if self.windowing == "track" and not (self.chunk > 2 * self.chunk_context >= 0):
+            raise ValueError(f"track windowing needs chunk > 2 x chunk_context >= 0, got {self.chunk} and {self.chunk_context}")
 
     @property
     def right_context(self) -> int:
@@ -161,6 +174,10 @@ class ModelConfig:
             raise ValueError(f"resolution {self.resolution} must divide by the VAE and UNet downsampling")
         if SAMPLE_RATE % self.fps:
             raise ValueError(f"fps {self.fps} must divide {SAMPLE_RATE} (one frame = a whole number of samples)")
+        if self.audio.windowing == "track" and self.samples_per_frame % 320:
+            raise ValueError(
+                f"track windowing needs whole wav2vec2 frames (320 samples) per video frame; fps {self.fps} gives {self.samples_per_frame}"
+            )
         if self.motion_frames + self.frames > self.unet.temporal_max_len:
             raise ValueError("motion_frames + frames exceed the temporal positional encoding")
         if self.unet.speed_dim and self.speed_buckets < 1:
@@ -336,7 +353,10 @@ def _hallo() -> ModelConfig:
         name="hallo",
         unet=UNetConfig(**HALLO_UNET),
         vae=VAEConfig(),
-        audio=AudioConfig(),  # 5 frames x 12 layers x 768 -> 32 tokens of 768 (Hallo's AudioProjModel)
+        # 5 frames x 12 layers x 768 -> 32 tokens of 768 (Hallo's AudioProjModel); wav2vec2 over the whole
+        # track as Hallo runs it, in passes of 30 s (750 frames: LibriSpeech's longest utterances, what
+        # wav2vec2-base-960h was fine-tuned on) overlapping by 5 s (125 frames: its positional conv's span)
+        audio=AudioConfig(windowing="track", chunk=750, chunk_context=125),
         resolution=512,
         frames=16,
         motion_frames=2,
@@ -384,6 +404,9 @@ def _hallo_tiny() -> ModelConfig:
             tokens=4,
             proj_hidden=64,
             left_context=4,
+            windowing="track",
+            chunk=40,  # 1.6 s: the example speech takes several chunks
+            chunk_context=8,
         ),
         resolution=64,
         frames=4,

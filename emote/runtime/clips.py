@@ -5,7 +5,8 @@ the runtime, the streaming path and the PyTorch reference pipeline so that all
 three cut the same clips from the same audio.
 
 - frames = round(samples x fps / 16000), halves rounded up: 0.1 s at 25 fps is
-  2.5 -> 3 frames, 7.3 s is 182.5 -> 183 frames.
+  2.5 -> 3 frames, 7.3 s is 182.5 -> 183 frames; Hallo's bundles ("track" windowing) take
+  the ceiling as Hallo does: 7.31 s is 182.75 -> 183 frames, 7.3 s still 183.
 - clip c covers frames [c*f, c*f + f); the last clip is padded with silent audio
   and its extra frames are dropped.
 - clip c's audio window is [c*f - L, c*f + f + m) frames (L frames of left context,
@@ -22,8 +23,10 @@ import numpy as np
 from ..bundle import SAMPLE_RATE
 
 
-def frame_count(samples: int, fps: int) -> int:
-    """round(samples / 16000 x fps), halves up, exactly."""
+def frame_count(samples: int, fps: int, ceil: bool = False) -> int:
+    """round(samples / 16000 x fps), halves up, exactly; ``ceil``: the ceiling (Hallo's count)."""
+    if ceil:
+        return -(-samples * fps // SAMPLE_RATE)
     return (samples * fps + SAMPLE_RATE // 2) // SAMPLE_RATE
 
 
@@ -54,11 +57,10 @@ class ClipWindows:
         """Samples that must have arrived before ``clip`` can start (its window's end)."""
         return self.window_range(clip)[1]
 
-    def plan(self, samples: int) -> ClipPlan:
-        """The clips of a track of ``samples`` samples."""
-        return ClipPlan(
-            self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, frames=frame_count(samples, self.fps)
-        )
+    def plan(self, samples: int, ceil: bool = False) -> ClipPlan:
+        """The clips of a track of ``samples`` samples (``ceil``: its frames counted as Hallo counts them)."""
+        frames = frame_count(samples, self.fps, ceil)
+        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, frames=frames)
 
 
 @dataclass(frozen=True)

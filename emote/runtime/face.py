@@ -1,4 +1,11 @@
-"""The face: found (OpenCV's bundled Haar cascades, no downloads) or given, cropped, masked.
+"""The face: found or given, framed, masked.
+
+Two framings, by model family. "crop" (EMO's presets, the demo model): the face found by
+OpenCV's bundled Haar cascades (no downloads) or given, and the portrait cropped around it.
+"whole" (Hallo, ``hallo/datasets/image_processor.py:56-61``): the whole image resized to the
+model's square, the face found by MediaPipe's face mesh (``runtime/face_mesh.py``), whose
+silhouette and lip points give Hallo's face and lip boxes; where the mesh finds no face the
+Haar box stands in (a warning says so) and the lip box comes from a frontal face's proportions.
 
 EMO crops around the face with a generous margin so that head, hair and neck
 show: the crop is a square of side ``margin`` x the face box's larger side,
@@ -10,6 +17,7 @@ the model's resolution. The face-region mask (the face box in the crop: 1 inside
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +31,18 @@ CENTRE_SHIFT = 0.1  # crop centre moved down by this fraction of the face height
 CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml")
 
 
+FRAMINGS = ("crop", "whole")
+
+
 @dataclass(frozen=True)
 class Portrait:
     image: np.ndarray  # (R, R, 3) uint8, the model's input
     mask: np.ndarray  # (R, R) float32 in {0, 1}: the face region
     box: tuple[int, int, int, int]  # x, y, w, h of the face in the source image
+    lips: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 of the lips in ``image`` (from landmarks)
+    five: np.ndarray | None = None  # (5, 2) eyes, nose tip, mouth corners in ``source`` (from landmarks)
+    source: np.ndarray | None = None  # the user's image, where ``five`` lies
+    detector: str = "given"  # where the face box came from: "face mesh", "haar" or "given"
 
 
 def parse_face_box(text: str) -> tuple[int, int, int, int]:
@@ -76,20 +91,65 @@ def crop_portrait(rgb: np.ndarray, box: tuple[int, int, int, int], size: int, ma
     return np.array(image, dtype=np.uint8), mask  # a writable copy, not PIL's read-only buffer
 
 
-def prepare_portrait(image: str | Path | np.ndarray, size: int, face_box: tuple[int, int, int, int] | None = None) -> Portrait:
-    """Load (if a path), find or take the face, crop and mask for a model of resolution ``size``."""
+def whole_portrait(rgb: np.ndarray, size: int, name: str, face_box: tuple[int, int, int, int] | None) -> Portrait:
+    """Hallo's framing: the whole image resized to ``size`` squared; face and lip boxes from the face mesh."""
+    from .face_mesh import face_mesh
+
+    H, W = rgb.shape[:2]
+    sx, sy = size / W, size / H
+    image = np.array(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.uint8)  # Hallo's transforms.Resize
+    mesh = face_mesh(rgb) if face_box is None else None
+    lips = five = None
+    if mesh is not None:
+        x0, y0, x1, y1 = mesh.face_box
+        face = (x0, y0, x1 - x0, y1 - y0)
+        lx0, ly0, lx1, ly1 = mesh.lip_box
+        lips, five, detector = (lx0 * sx, ly0 * sy, lx1 * sx, ly1 * sy), mesh.five(), "face mesh"
+    elif face_box is None:
+        found = detect_face(rgb)
+        if found is None:
+            raise EmoteError(f"no face found in {name}: pass --face-box X,Y,W,H (the face in pixels)")
+        face, detector = found, "haar"
+        logging.getLogger("emote").warning(
+            "MediaPipe's face mesh found no face in %s: the face box is OpenCV's (brows to chin) and the lip box "
+            "a frontal face's proportions, not Hallo's landmark boxes",
+            name,
+        )
+    else:
+        face, detector = face_box, "given"
+    x, y, w, h = face
+    mask = np.zeros((size, size), np.float32)
+    mask[max(0, round(y * sy)) : round((y + h) * sy), max(0, round(x * sx)) : round((x + w) * sx)] = 1.0
+    box = (int(round(x)), int(round(y)), int(round(w)), int(round(h)))
+    return Portrait(image, mask, box, lips=lips, five=five, source=rgb, detector=detector)
+
+
+def prepare_portrait(
+    image: str | Path | np.ndarray, size: int, face_box: tuple[int, int, int, int] | None = None, framing: str = "crop"
+) -> Portrait:
+    """Load (if a path), find or take the face, frame and mask for a model of resolution ``size``.
+
+    ``framing``: "crop" around the face (EMO's presets) or the "whole" image (Hallo's).
+    """
     from .image import load_image
 
+    if framing not in FRAMINGS:
+        raise EmoteError(f"framing {framing!r}: one of {', '.join(FRAMINGS)}")
     name = str(image) if isinstance(image, (str, Path)) else "the image"
     rgb = load_image(image) if isinstance(image, (str, Path)) else np.ascontiguousarray(image, dtype=np.uint8)
-    if face_box is None:
-        face_box = detect_face(rgb)
-        if face_box is None:
-            raise EmoteError(f"no face found in {name}: pass --face-box X,Y,W,H (the face in pixels)")
-    else:
+    if face_box is not None:
         x, y, w, h = face_box
         H, W = rgb.shape[:2]
         if x >= W or y >= H or x + w <= 0 or y + h <= 0:
             raise EmoteError(f"--face-box {x},{y},{w},{h} lies outside {name} ({W}x{H} pixels)")
+    if framing == "whole":
+        return whole_portrait(rgb, size, name, face_box)
+    if face_box is None:
+        face_box = detect_face(rgb)
+        if face_box is None:
+            raise EmoteError(f"no face found in {name}: pass --face-box X,Y,W,H (the face in pixels)")
+        detector = "haar"
+    else:
+        detector = "given"
     crop, mask = crop_portrait(rgb, face_box, size)
-    return Portrait(crop, mask, tuple(int(v) for v in face_box))
+    return Portrait(crop, mask, tuple(int(v) for v in face_box), detector=detector)

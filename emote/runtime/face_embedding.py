@@ -8,9 +8,12 @@ L2-normalised ``normed_embedding``). Nothing is downloaded, ever: the user bring
 - the embedding itself, ``--face-embedding face.npy`` (any float dtype, ``(512,)`` or
   ``(1, 512)``): the exact input Hallo uses when made with InsightFace (see the README);
 - a face-recognition model, ``--face-model glintr100.onnx``: run here with ONNX Runtime
-  on a 112x112 crop placed from the detected face box by the proportions of ArcFace's
-  alignment template. Without landmarks the crop only approximates InsightFace's
-  alignment, so the embedding approximates Hallo's.
+  on the face aligned as InsightFace aligns it (``face_align.norm_crop``): the similarity
+  transform (Umeyama's least squares) taking five landmarks (eye centres, nose tip, mouth
+  corners; from MediaPipe's face mesh, ``runtime/face_mesh.py``) onto ArcFace's 112x112
+  template. InsightFace's own five points come from its SCRFD detector, so the embedding
+  is close to Hallo's, not identical. A portrait without landmarks (a given or Haar face
+  box) gets a crop placed from the box by the template's proportions, a rougher match.
 
 Imports numpy, Pillow and ONNX Runtime only.
 """
@@ -31,6 +34,29 @@ ARCFACE_SIZE = 112  # InsightFace's recognition input side
 # box width apart. So the crop is 112 / 35.2 x 0.42 = 1.34 box widths, its top 0.62 widths above the eyes.
 EYES_DOWN, EYE_SPAN = 0.38, 0.42
 TEMPLATE_EYE_SPAN, TEMPLATE_EYE_Y = 35.2, 51.6
+# insightface utils/face_align.py arcface_dst: the five points' places in the 112x112 crop
+ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(2, 3): the similarity transform (rotation, uniform scale, shift) taking ``src`` to ``dst`` in least squares
+    (Umeyama 1991, as scikit-image's SimilarityTransform.estimate that InsightFace calls)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+    r = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+    return np.hstack([scale * r, (md - scale * r @ ms)[:, None]])
+
+
+def aligned_crop(image: np.ndarray, five: np.ndarray, size: int) -> np.ndarray:
+    """InsightFace's norm_crop: ``image`` warped so that its five points land on ArcFace's template (scaled to ``size``)."""
+    import cv2
+
+    m = similarity(five, ARCFACE_DST * size / ARCFACE_SIZE)
+    return cv2.warpAffine(image, m, (size, size), borderValue=0.0)
 
 
 def check_face_embedding(value: np.ndarray, dim: int, source: str) -> np.ndarray:
@@ -91,9 +117,12 @@ class FaceEmbedder:
         self.input = inp.name
         self.size = shape[2] if isinstance(shape[2], int) else ARCFACE_SIZE
 
-    def __call__(self, image: np.ndarray, face_mask: np.ndarray) -> np.ndarray:
-        """The embedding of the face in ``image`` (R, R, 3) uint8, inside ``face_mask``'s box; (1, D) float32."""
-        crop = arcface_crop(image, mask_box(face_mask), self.size)
+    def __call__(self, portrait) -> np.ndarray:
+        """The embedding of the portrait's face (a ``runtime.face.Portrait``), aligned on its landmarks where it has them; (1, D) float32."""
+        if portrait.five is not None and portrait.source is not None:
+            crop = aligned_crop(portrait.source, portrait.five, self.size)
+        else:
+            crop = arcface_crop(portrait.image, mask_box(portrait.mask), self.size)
         x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
         try:
             out = self.session.run(None, {self.input: x})[0]

@@ -46,6 +46,10 @@ class GraphLoop:
         missing = [n for n in GRAPHS if n not in specs]
         if missing:
             raise ValueError(f"the clip loop needs the graphs {', '.join(missing)}")
+        if bundle.geometry.audio_windowing != "clip":  # Hallo's whole-track features: Pipeline only, for now
+            raise EmoteError(
+                f"bundle {bundle.path}: the served clip loop runs per-clip audio windows, not {bundle.geometry.audio_windowing!r} windowing"
+            )
         self.bundle, self.specs, self.table, self.family, self.run = bundle, dict(specs), table, family, run
         self.windows = windows_of(bundle)
         self.plan_shapes = buffer_plan(self.specs)

@@ -5,7 +5,8 @@ The hoisted plan of DESIGN.md, over buffers allocated once and bound once:
     per video  the family's inputs (face mask; Hallo: face embedding, region masks)
                reference_net(reference)            -> ref keys/values
                first motion frames                 -> motion latents (the family's, else zeros)
-    per clip   audio_encoder(window)               -> audio tokens
+    per video  ("track" audio windowing, Hallo's) audio_stats, audio_features over the whole track
+    per clip   audio_encoder(window)               -> audio tokens (Hallo: of the track's features, sliced)
                vae_encoder(previous last n frames) -> motion latents (from clip 1 on)
                clip_condition(...)                 -> audio/motion/speed keys/values, face features
                K x denoise_step                    (x, x0 ping-pong between two fixed bindings)
@@ -34,8 +35,10 @@ from .backend_choice import resolve
 from .clips import ClipPlan, ClipWindows, audio_window, clip_noise, step_noise
 from .families import family_for
 from .sampler import SamplerTable, make_sampler
+from .track_audio import TrackAudio, clip_windows
 
 GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
+TRACK_GRAPHS = ("audio_stats", "audio_features")  # "track" audio windowing: run unbound, once per video (files) or per clip (live)
 # Bound to buffers of their own (the x/x0 ping-pong, the decoder's frames, the motion-frame
 # input); every other tensor name is one buffer shared by the graphs that read or write it.
 PER_GRAPH = ("x", "x0_prev", "x_next", "x0", "latents", "frames")
@@ -158,6 +161,13 @@ class Pipeline:
         self.specs = policy.graphs_for(self.bundle, choice.backend, choice.precision, GRAPHS)
         self.backend = choice.open()
         self.graphs = {name: self.backend.load(spec) for name, spec in self.specs.items()}
+        self.track: TrackAudio | None = None
+        if g.audio_windowing == "track":
+            stats, features = (self.backend.load(policy.graph_for(self.bundle, n, choice.backend, choice.precision)) for n in TRACK_GRAPHS)
+            self.track = TrackAudio(
+                stats, features, chunk=g.audio_chunk, context=g.audio_chunk_context, samples_per_frame=g.samples_per_frame
+            )
+        self._features: np.ndarray | None = None  # the file path's whole-track features, per stream
         self._allocate()
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
@@ -243,12 +253,14 @@ class Pipeline:
     def prepare(self, image, face_box=None):
         from .face import Portrait, prepare_portrait
 
-        return image if isinstance(image, Portrait) else prepare_portrait(image, self.resolution, face_box=face_box)
+        if isinstance(image, Portrait):
+            return image
+        return prepare_portrait(image, self.resolution, face_box=face_box, framing=self.family.framing)
 
     def plan(self, samples: int) -> ClipPlan:
         """The clips of a track of ``samples`` samples (16 kHz)."""
         try:
-            return self.windows.plan(samples)
+            return self.windows.plan(samples, ceil=self.track is not None)  # Hallo's bundles count frames as Hallo
         except ValueError as e:
             raise EmoteError(f"{e}: nothing to generate") from None
 
@@ -267,10 +279,27 @@ class Pipeline:
             be.from_host(self.motion_frames_buf, first)
             self._timed("vae_encoder", self.call_motion)
 
-    def _start_clip(self, clip: int, samples: np.ndarray, seed: int) -> None:
+    def _track_windows(self, clip: int, source: AudioSource, live: bool) -> np.ndarray:
+        """ "track" windowing: the clip frames' neighbours in the whole track's features (file), or in a chunk ending at its look-ahead (live)."""
+        f, m, track = self.frames, self.windows.lookahead, self.track
+        out: list[np.ndarray] = []
+        if live:
+            end = (clip + 1) * f + m
+            self._timed("audio_features", lambda: out.append(track.live(source.samples, end)))
+            return clip_windows(out[0], end - track.chunk, clip, f, m, end - 1)
+        if self._features is None:
+            rows = self.plan(source.length).clips * f  # Hallo pads the track to whole clips
+            self._timed("audio_features", lambda: out.append(track.track(source.samples, rows)))
+            self._features = out[0]
+        return clip_windows(self._features, 0, clip, f, m, len(self._features) - 1)
+
+    def _start_clip(self, clip: int, source: AudioSource, seed: int, live: bool) -> None:
         """Per clip: the audio window, the motion latents (from clip 1 on), the clip's conditioning, the noise."""
         be, b, table = self.backend, self.buf, self.sampler
-        be.from_host(b["audio"], audio_window(samples, self.windows, clip))
+        if self.track is None:
+            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip))
+        else:
+            be.from_host(b["audio_windows"], self._track_windows(clip, source, live))
         self._timed("audio_encoder", self.call_audio)
         if clip > 0:
             be.join()  # the previous clip's decode (side stream) wrote the motion frames
@@ -321,6 +350,7 @@ class Pipeline:
 
     def _frames(self, portrait, source: AudioSource, seed: int, progress, inputs: dict) -> Iterator[np.ndarray]:
         """The unmarked frames of one video, clip by clip."""
+        live, self._features = not source.ended, None  # a live stream's clips cannot wait for the whole track
         self._bind_video(portrait, inputs)
         plan: ClipPlan | None = None  # known once the whole audio is here
         pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream
@@ -334,7 +364,7 @@ class Pipeline:
             # Overlap only when the whole audio is here: with a live stream, holding clip i back
             # until clip i+1's audio has arrived would delay its frames by a clip.
             self._sync_stages = not (self.overlap and self.backend.asynchronous and source.ended)
-            self._start_clip(clip, source.samples, seed)
+            self._start_clip(clip, source, seed, live)
             self._run_loop(clip, progress)
             # the previous clip's frames are copied out while this clip's loop runs on the device,
             # before this clip's decode may reuse the host staging of the frames buffer

@@ -8,9 +8,10 @@ to 0..255, and derives
     full = 255 - face_blur    face = face_blur - lip_blur (saturating)    lip = lip_blur
 
 then resizes each to every depth's grid (PIL bilinear) and scales to [0, 1]. The face
-locator reads the expanded face box itself. Here the face box is the detected one
-(OpenCV, no landmarks) and the lip box sits inside it by a frontal face's proportions:
-an approximation of Hallo's landmark boxes, documented as such.
+locator reads the expanded face box itself. The boxes are Hallo's where the portrait has
+MediaPipe's landmarks (``runtime/face_mesh.py``: the silhouette's box, the lips' box); for a
+face box without landmarks (OpenCV's, or given) the lip box sits inside it by a frontal
+face's proportions, an approximation of Hallo's.
 
 Imports numpy, OpenCV and Pillow only.
 """
@@ -72,20 +73,27 @@ def blurred(img: np.ndarray, grid: int, kernel: int) -> np.ndarray:
     return cv2.normalize(small, None, 0, 255, cv2.NORM_MINMAX)
 
 
-def region_masks(face_mask: np.ndarray, latent: int, depths: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def lip_box_of(face: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The lips inside a frontal face box without landmarks (x0, y0, x1, y1), by a frontal face's proportions."""
+    (bx0, by0, bx1, by1), (cx, cy), (lw, lh) = face, LIP_CENTRE, LIP_SIZE
+    w, h = bx1 - bx0, by1 - by0
+    return bx0 + (cx - lw / 2) * w, by0 + (cy - lh / 2) * h, bx0 + (cx + lw / 2) * w, by0 + (cy + lh / 2) * h
+
+
+def region_masks(
+    face_mask: np.ndarray, latent: int, depths: int, lip_box: tuple[float, float, float, float] | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """The face locator's mask (R, R) and the full/face/lip masks of every depth, (3, s*s) with s = latent / 2^d.
 
-    ``face_mask``: the detected face box in the portrait crop (1 inside), as ``Portrait.mask``.
+    ``face_mask``: the face box in the portrait (1 inside), as ``Portrait.mask``; ``lip_box``: the
+    lips' landmark box (x0, y0, x1, y1), as ``Portrait.lips`` (None: placed by proportions).
     """
     import cv2
 
     size = face_mask.shape[0]
     box = mask_box(face_mask)
     face = box_image(expand_box(box, FACE_EXPAND, size), size)
-    (bx0, by0, bx1, by1), (cx, cy), (lw, lh) = box, LIP_CENTRE, LIP_SIZE
-    w, h = bx1 - bx0, by1 - by0
-    lip_box = (bx0 + (cx - lw / 2) * w, by0 + (cy - lh / 2) * h, bx0 + (cx + lw / 2) * w, by0 + (cy + lh / 2) * h)
-    lip = box_image(expand_box(lip_box, LIP_EXPAND, size), size)
+    lip = box_image(expand_box(lip_box or lip_box_of(box), LIP_EXPAND, size), size)
 
     face_blur = blurred(face, latent, BLUR_FACE)
     lip_blur = blurred(lip, latent, BLUR_LIP)

@@ -33,6 +33,7 @@ class Family:
     """The EMO family's defaults: nothing beyond the common graphs. Subclasses add what theirs binds."""
 
     name = "emo"
+    framing = "crop"  # how the portrait is framed (runtime/face.py): cropped around the face
     options: tuple[str, ...] = ()  # Pipeline keyword options this family takes
     inputs: tuple[str, ...] = ()  # Pipeline.stream keyword inputs this family takes
 

@@ -3,8 +3,8 @@
 Per video Hallo conditions on InsightFace's embedding of the portrait (given, or made by
 the user's face-recognition model: ``runtime/face_embedding.py``), the face, lip and
 full-frame regions its audio modules attend within (``runtime/regions.py``, at every
-UNet depth) with the pose/face/lip weights of the audio; its face locator sees the
-blurred face region. The first clip's motion frames are the portrait itself.
+UNet depth; boxes from MediaPipe's face mesh on the whole image, as Hallo frames it) with the
+pose/face/lip weights of the audio; its face locator sees the expanded face box. The first clip's motion frames are the portrait itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from . import Family
 
 class Hallo(Family):
     name = "hallo"
+    framing = "whole"  # Hallo resizes the whole image (runtime/face.py)
     options = ("face_embedding", "face_model", "region_weights")
     inputs = ("face_embedding",)
 
@@ -57,14 +58,14 @@ class Hallo(Family):
         if face_embedding is None:
             face_embedding = self.face_embedding
         if face_embedding is None and self.face_embedder is not None:
-            face_embedding = self.face_embedder(portrait.image, portrait.mask)
+            face_embedding = self.face_embedder(portrait)
             source = f"--face-model {self.face_embedder.path} output"
         if face_embedding is None:
             raise EmoteError(
                 f"{self.bundle.describe()} conditions on a face embedding ({dim} floats, InsightFace's for "
                 "Hallo): pass --face-embedding FILE.npy or --face-model MODEL.onnx"
             )
-        face_mask, levels = region_masks(portrait.mask, self.latent, self.depths)
+        face_mask, levels = region_masks(portrait.mask, self.latent, self.depths, portrait.lips)
         out = {f"region_mask_{d}": mask for d, mask in enumerate(levels)}
         out["region_scales"] = np.asarray(self.region_weights, np.float32)
         out["face_embedding"] = check_face_embedding(face_embedding, dim, source)
