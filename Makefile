@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 DEMO    := build/demo
 EXTRAS  := export,test,bench,openvino
 
-.PHONY: install demo test test-fast lint lock weights gpu-check clean
+.PHONY: install demo tune test test-fast lint lock weights gpu-check clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(BIN)/emote demo --out $(DEMO)
+
+# This machine's fastest backend, precision and threads for the demo bundle, stored as its default (after
+# `make demo`). Not part of `make demo`: it measured 8 min on a loaded 2-core Zen 3 (96 s of CPU; about a
+# minute idle), minutes, not seconds (bench/RESULTS.md, "emote tune").
+tune: install
+	$(BIN)/emote tune $(DEMO)/bundle
 
 # The layers (import-linter contracts in pyproject.toml) and ruff first: seconds, before minutes of tests.
 lint: install

@@ -324,10 +324,47 @@ def _bench(args) -> int:
         threads=args.threads,
         progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
     )
+    if args.first_frame:
+        from .bench.first_frame import cold_and_warm
+
+        record["first_frame_process"] = cold_and_warm(
+            specs,
+            str(bundle.path),
+            repeat=args.repeat or 3,
+            seconds=args.seconds or 1.0,
+            progress=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)),
+        )
     record["command"] = "emote " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("emote") else None
     paths = write_reports(record, out)
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _tune(args) -> int:
+    import json
+
+    from .bench.tune import tune
+
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
+    quiet = args.quiet
+    result = tune(
+        args.bundle,
+        names,
+        seconds=args.seconds,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        progress=(lambda m: None) if quiet else (lambda m: print(f"emote tune: {m}", file=sys.stderr, flush=True)),
+    )
+    if args.json:
+        print(json.dumps(result.record, indent=1, default=float))
+        return 0
+    t = result.tuned
+    print(result.table())
+    where = " (the bundle folder is read-only: the user's cache)" if result.user_cache else ""
+    print(
+        f"chose {t.candidate} ({t.backend} {t.precision}, {', '.join(f'{k} {v}' for k, v in t.options.items())}); stored in {result.path}{where}"
+    )
     return 0
 
 
@@ -499,8 +536,8 @@ def _args_generate(d) -> None:
     d.add_argument(
         "--backend",
         choices=["onnxruntime", "openvino", "tensorrt"],
-        help="default: openvino at bf16 where OpenVINO is installed and the CPU computes bf16 (openvino fp32 "
-        "where it does not), else onnxruntime fp32; chosen from the CPU figures in bench/RESULTS.md",
+        help="default: the winner of `emote tune BUNDLE` on this machine; until it has run, openvino at bf16 where OpenVINO "
+        "is installed and the CPU computes bf16 (openvino fp32 where it does not), else onnxruntime fp32",
     )
     d.add_argument("--providers", help="ONNX Runtime providers, comma-separated: cpu, cuda, tensorrt")
     d.add_argument("--engines", help="TensorRT plans (--backend tensorrt) or TensorRT EP caches (--providers tensorrt)")
@@ -547,8 +584,27 @@ def _args_bench(d) -> None:
     d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="only this backend's variants (and the baseline)")
     d.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], help="only variants at this precision (and the baseline)")
     d.add_argument("--device", help="OpenVINO device of the openvino variants: CPU, GPU, NPU")
+    d.add_argument(
+        "--first-frame",
+        action="store_true",
+        help="also each CPU variant's first frame in fresh processes: cold (empty compiled-model cache) and warm (the cache filled)",
+    )
     d.add_argument("-o", "--out", required=True, help="results folder: results.json, results.md, results.png")
     d.add_argument("--quiet", action="store_true")
+
+
+def _args_tune(d) -> None:
+    d.add_argument("bundle", help="bundle folder (from `emote export`)")
+    d.add_argument(
+        "--candidates",
+        help="comma-separated, named BACKEND-PRECISION-tTHREADS[-sSTREAMS] (ort or ov; e.g. ort-fp32-t2,ov-fp32-t2-s1); "
+        "default: every backend and precision that runs here, at all cores and at half of them",
+    )
+    d.add_argument("--seconds", type=float, default=1.5, help="seconds of the example speech per run (default 1.5)")
+    d.add_argument("--repeat", type=int, default=3, help="measured runs per candidate, interleaved (default 3)")
+    d.add_argument("--warmup", type=int, default=1, help="unmeasured runs per candidate first (default 1)")
+    d.add_argument("--json", action="store_true", help="the whole record as JSON on stdout (progress still on stderr)")
+    d.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _args_demo(d) -> None:
@@ -598,6 +654,12 @@ COMMANDS = (
     ),
     ("generate", _generate, "portrait + audio -> MP4 with the audio muxed in", _args_generate),
     ("bench", _bench, "latency per component and end to end, side by side with the PyTorch baseline", _args_bench),
+    (
+        "tune",
+        _tune,
+        "time every backend, precision and thread count here against the fidelity bars; store the fastest as this machine's default",
+        _args_tune,
+    ),
     (
         "detect",
         _detect,

@@ -30,6 +30,11 @@ RUNS: dict[str, dict[str, str]] = {
 }
 BACKENDS = tuple(RUNS)
 STEP = "denoise_step"  # the graph a low precision is for: it must exist at that precision
+# The fidelity bars a setting cheaper than fp32 must keep against the fp32 graphs on the same inputs to be
+# chosen as a default (`emote tune`, bench/precision.py): 30 dB SQNR is the int8 step graphs' calibration
+# target (`emote quantize --target-db`); 30 dB PSNR of frames is an RMS error of 255 / 10^1.5 = 8 uint8 levels.
+MIN_STEP_SQNR_DB = 30.0  # every output of the step graphs (x_next, x0)
+MIN_FRAME_PSNR_DB = 30.0  # the frames end to end
 HOW = {
     "fp16": "emote export --precision fp16 (or emote quantize --precision fp16)",
     "int8": "emote calibrate, then emote quantize --precision int8",

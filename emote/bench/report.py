@@ -43,6 +43,23 @@ def markdown(record: dict) -> str:
                 f"{_f(s.get('gflop'))} | {_f(s.get('gflops_per_s'), '{:.0f}')} | {_f(s.get('fraction_of_peak'), '{:.0%}')} |"
             )
     lines += ["", f"FLOPs: {record['flops']['counted']}."]
+    ff = record.get("first_frame_process")
+    if ff:
+        lines += [
+            "",
+            "First frame in a fresh process (`--first-frame`; medians of interleaved pairs; cold: an empty compiled-model cache, "
+            "warm: the cache a cold process filled; open: the pipeline made, graphs compiled or read from the cache; "
+            "first frame: from the stream's start, as `emote generate` counts it; process: from the spawn, imports included):",
+            "",
+            "| variant | cold open s | cold first frame s | cold process s | warm open s | warm first frame s | warm process s | pairs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, r in ff.items():
+            c, w = r["cold"], r["warm"]
+            lines.append(
+                f"| {name} | {c['open_s']:.2f} | {c['first_frame_s']:.2f} | {c['process_s']:.2f} | "
+                f"{w['open_s']:.2f} | {w['first_frame_s']:.2f} | {w['process_s']:.2f} | {c['n']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

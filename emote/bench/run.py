@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import SAMPLE_RATE, Bundle
-from .flops import count_flops
+from ..engines.fidelity import psnr_db
 from .variants import Variant, VariantSpec
 
 STAGES = (
@@ -98,23 +98,36 @@ def benchmark(
     threads: int | None = None,
     model_factory=None,
     progress=print,
+    extras: bool = True,
 ) -> dict:
-    """Run every variant ``warmup`` + ``repeat`` times, interleaved; return the full record."""
+    """Run every variant ``warmup`` + ``repeat`` times, interleaved; return the full record.
+
+    extras: also count FLOPs, measure the GEMM peaks and score lip sync (``emote tune``, which
+    needs only times and frames, turns them off: they cost seconds and import onnx).
+    """
     bundle = Bundle.open(bundle_path)
     threads = threads or len(os.sched_getaffinity(0))
     guidance = float(bundle.sampler.guidance_scale)
-    if model_factory is None:
+    if model_factory is None and any(s.kind == "reference" for s in specs):
         from ..models.checkpoint import model_for_bundle
 
         def model_factory():
             return model_for_bundle(bundle)
 
-    flops = {key: count_flops(spec.path) for key, spec in bundle.graphs.items()}
+    if extras:
+        from .flops import count_flops
+
+        flops = {key: count_flops(spec.path) for key, spec in bundle.graphs.items()}
+    else:
+        flops = {}
     progress(f"preparing {len(specs)} variants")
     variants = [Variant(s, bundle, model_factory, guidance, threads) for s in specs]
-    from .peak import measure_peaks, peak_key
+    if extras:
+        from .peak import measure_peaks
 
-    peaks = measure_peaks(specs, threads)
+        peaks = measure_peaks(specs, threads)
+    else:
+        peaks = {}
 
     samples = {s.name: [] for s in specs}
     frames = {}
@@ -139,9 +152,7 @@ def benchmark(
 
     audio_seconds = len(audio) / SAMPLE_RATE
     base = next((s.name for s in specs if s.kind == "reference"), specs[0].name)
-    from ..export.parity import psnr_db
-
-    sync = lip_sync(bundle, frames, audio, portrait)
+    sync = lip_sync(bundle, frames, audio, portrait) if extras else {}
     results = {}
     for s in specs:
         runs = samples[s.name]
@@ -154,7 +165,9 @@ def benchmark(
                 continue
             st = percentiles(calls)
             graph = stage if stage in flops else None
-            if graph:
+            if graph:  # counted (extras): its FLOP/s and share of the peak
+                from .peak import peak_key
+
                 st["gflop"] = flops[graph] / 1e9
                 st["gflops_per_s"] = flops[graph] / st["p50"] / 1e9
                 if peak_key(s) in peaks:  # the GEMM peak at the variant's own precision

@@ -32,6 +32,8 @@ OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "workspace_gb": _NUMBER,
         "opt_level": int,
         "buffer_device": str,
+        "cache_dir": _PATH,
+        "cache": bool,
     },
     "openvino": {
         "device": str,

@@ -4,11 +4,20 @@ Sessions are created once per graph. ``bind`` makes an ``IOBinding`` over the
 caller's buffers (numpy arrays bound by pointer on the CPU), so a bound call
 allocates nothing and copies nothing: ``run_with_iobinding`` writes straight into
 the output arrays. Knows ONNX Runtime and nothing of diffusion.
+
+On the CPU provider at the full optimization level, the optimized graph of each bundle
+graph is saved once (``optimized_model_filepath``) into
+``<bundle>/engines/onnxruntime-<cpu>-ort<version>-<bundle hash>/`` and later sessions load
+it with ONNX Runtime's own optimizations off: a second process skips them (the demo
+bundle's seven sessions: 3.9 s -> 2.6 s on a loaded 2-core AVX2 Zen 3, bench/RESULTS.md).
+Keyed like TensorRT plans: the optimized graph holds layouts chosen for this CPU's kernels
+(NCHWc blocks), so another CPU model, ONNX Runtime version or bundle never reads it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +30,8 @@ import onnxruntime as ort
 from ..bundle import GraphSpec
 from ..errors import EmoteError
 from .base import Backend, Buffer, Graph, check_feed
+from .engine_key import slug
+from .probe import cpu_class
 
 # ONNX type strings as ONNX Runtime reports them -> numpy dtypes
 ORT_DTYPES = {
@@ -251,8 +262,14 @@ class OnnxRuntimeBackend(Backend):
         workspace_gb: float | None = None,
         opt_level: int | None = None,
         buffer_device: str | None = None,
+        cache_dir: str | Path | None = None,
+        cache: bool = True,
     ):
-        """GPU options (CUDA / TensorRT EPs): see ``provider_options``. ``cuda_graph`` needs every node on
+        """cache_dir: where the optimized graphs are saved and read (CPU provider, optimization 'all');
+        None: beside the bundle of each graph loaded (none for a graph outside a bundle; a read-only
+        bundle optimizes every time and says so once); ``cache=False`` optimizes every time.
+
+        GPU options (CUDA / TensorRT EPs): see ``provider_options``. ``cuda_graph`` needs every node on
         the GPU provider and the buffers on the device; ``engines`` holds the TensorRT EP's engine and
         timing caches (default: ``<bundle>/engines/onnxruntime-tensorrt``).
 
@@ -273,6 +290,8 @@ class OnnxRuntimeBackend(Backend):
             raise EmoteError("engines (the TensorRT provider's engine caches) needs the tensorrt provider (--providers tensorrt)")
         self.trt_cache = Path(engines) if engines else None
         self.buffer_device = buffer_device or ("cuda" if gpu else None)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache, self._said_uncached = cache, False
         if cuda_graph and self.buffer_device != "cuda":
             raise EmoteError("ONNX Runtime CUDA graphs need the buffers on the GPU (buffer_device='cuda')")
 
@@ -331,6 +350,54 @@ class OnnxRuntimeBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         return so
 
+    def optimized_dir(self, spec: GraphSpec) -> Path | None:
+        """The folder of optimized graphs for ``spec``'s bundle, created; None where nothing is cached."""
+        if not self.cache or self.providers != ["CPUExecutionProvider"] or self.optimization != "all":
+            return None
+        if self.cache_dir is None and not spec.bundle_hash:
+            return None  # a graph outside a bundle (a benchmark's GEMM): nothing to key a cache by
+        path = self.cache_dir or spec.folder / "engines" / f"onnxruntime-{slug(cpu_class().model)}-ort{ort.__version__}-{spec.bundle_hash}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if not self._said_uncached:
+                print(
+                    f"emote: note: cannot write ONNX Runtime's optimized-graph cache {path} ({e.strerror}): "
+                    "optimizing every time (pass cache_dir= to cache elsewhere)",
+                    file=sys.stderr,
+                )
+                self._said_uncached = True
+            return None
+        return path
+
+    def _session(self, spec: GraphSpec) -> ort.InferenceSession:
+        """A CPU session from the saved optimized graph where there is one, else from the bundle's (saving it)."""
+        cache = self.optimized_dir(spec)
+        if cache is None:
+            return ort.InferenceSession(str(spec.path), self.session_options(), providers=self.providers_for(spec), enable_fallback=0)
+        saved = cache / spec.file
+        if saved.is_file():
+            so = self.session_options()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized once already
+            try:
+                return ort.InferenceSession(str(saved), so, providers=self.providers_for(spec), enable_fallback=0)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt from the bundle's graph, never trusted
+                saved.unlink(missing_ok=True)
+        # ORT writes the optimized graph (its weights in a file beside it) while making the session: into a
+        # temporary folder, then renamed into place, weights first, so a reader never sees half of it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.path.stem}.", dir=cache))
+        try:
+            so = self.session_options()
+            so.optimized_model_filepath = str(tmp / spec.file)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{spec.file}.data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            session = ort.InferenceSession(str(spec.path), so, providers=self.providers_for(spec), enable_fallback=0)
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name == spec.file):
+                os.replace(f, cache / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return session
+
     def _open(self, spec: GraphSpec) -> ort.InferenceSession:
         gpu = any(p in GPU_PROVIDERS for p in self.providers)
         try:
@@ -338,9 +405,7 @@ class OnnxRuntimeBackend(Backend):
             # engine build, say) is an error here, not ORT's retry on the CPU. A provider whose library
             # does not load raises nothing: ORT logs why and leaves it out, which check_providers catches.
             with native_stderr(enabled=gpu) as log:
-                session = ort.InferenceSession(
-                    str(spec.path), self.session_options(), providers=self.providers_for(spec), enable_fallback=0
-                )
+                session = self._session(spec)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             on = f" with {', '.join(self.providers)}" if gpu else ""
             raise EmoteError(f"ONNX Runtime cannot load {spec.path}{on}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None

@@ -21,6 +21,7 @@ import torch
 from .. import precision as policy
 from ..bundle import Bundle
 from ..engines.base import Backend
+from ..engines.fidelity import psnr_db, sqnr_db  # noqa: F401 - parity's measures, imported from here by its callers
 from ..errors import EmoteError
 from ..models.emo import EMOModel
 from .graphs import Graph, all_graphs
@@ -57,22 +58,6 @@ class ParityRow:
             f"{mark} {self.graph:<18} {self.output:<16} {self.inputs:<6} "
             f"max_abs {self.max_abs:9.3g}  max_rel {self.max_rel:9.3g}  sqnr {self.sqnr_db:7.1f} dB"
         )
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    noise = float(np.sum((got - ref) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
-def psnr_db(ref: np.ndarray, got: np.ndarray, peak: float = 255.0) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
 def compare(

@@ -7,8 +7,13 @@ cannot run: one ``EmoteError`` each); what is not named is chosen:
 - options given without a backend name theirs: the backends that take every option
   given (``engines.OPTIONS``); the default backend if it is one of them, else the only
   one; several and none the default is an error asking for a name;
-- no backend and no options: the default, chosen from measured figures (bench/RESULTS.md,
-  "Precision and CPU backends"): where OpenVINO is installed and its CPU device computes
+- no backend named, and a bundle given: the winner `emote tune` measured for this machine and
+  bundle (``engines.tuned``: keyed by CPU model, cores, library versions and bundle hash), when it
+  fits what is named (the precision, if named, is its precision; the options given are its
+  backend's, and override its own); until the bundle is tuned here, the rule below, and one
+  line on stderr says so (once per process);
+- no backend and no options (and no tuned choice): the CPU-flag rule, from measured figures
+  (bench/RESULTS.md, "Precision and CPU backends"): where OpenVINO is installed and its CPU device computes
   bf16 natively (AVX-512 BF16 or AMX), OpenVINO at bf16 on the fp32 graphs (on the demo
   model 1.5-2.0x OpenVINO fp32 per step at step SQNR 44 dB, frames 52 dB against fp32);
   OpenVINO without native bf16 (AVX2-only CPUs): OpenVINO fp32 (1.3x ONNX Runtime fp32
@@ -25,12 +30,16 @@ and the answer is needed. Knows nothing of diffusion.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .. import precision as policy
+from ..bundle import Bundle
 from ..engines import OPTIONS, backends_taking, check_options
 from ..engines.probe import has_module
+from ..engines.tuned import Tuned, read_tuned, tune_key
 from ..errors import EmoteError
 
 MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
@@ -91,9 +100,51 @@ def default_precision(backend: str, device: str = "CPU") -> str:
     return "fp32"
 
 
-def resolve(backend: str | None = None, precision: str | None = None, options: dict[str, Any] | None = None) -> Choice:
-    """The backend, precision and options to run; see the module docstring."""
+def tuned_choice(tuned: Tuned, path: Path, precision: str | None, options: dict[str, Any]) -> Choice | None:
+    """The stored choice ``tuned`` (read from ``path``) as a Choice, if it fits what is named; else None."""
+    if precision not in (None, tuned.precision) or not set(options) <= set(OPTIONS[tuned.backend]):
+        return None  # named settings it does not fit: the rules below, without the note (it is tuned)
+    merged = {**tuned.options, **options}
+    check_options(tuned.backend, merged)
+    policy.check(tuned.backend, tuned.precision)
+    return Choice(tuned.backend, tuned.precision, merged, f"tuned: {tuned.candidate}, measured by `emote tune` ({path})")
+
+
+_said_untuned: set[str] = set()  # bundle hashes this process has said it of
+
+
+def say_untuned(bundle: Bundle, backend: str, precision: str, reason: str) -> None:
+    """One line on stderr, once per process and bundle: the default is the flag rule until `emote tune` has run here."""
+    if bundle.hash in _said_untuned:
+        return
+    _said_untuned.add(bundle.hash)
+    print(
+        f"emote: note: {bundle.path} is not tuned on this machine: {backend} {precision} by the CPU-flag rule ({reason}); "
+        f"`emote tune {bundle.path}` measures the fastest",
+        file=sys.stderr,
+    )
+
+
+def resolve(
+    backend: str | None = None,
+    precision: str | None = None,
+    options: dict[str, Any] | None = None,
+    bundle: Bundle | None = None,
+) -> Choice:
+    """The backend, precision and options to run (``bundle``: the bundle it runs, for its tuned choice); see
+    the module docstring."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
+    if backend is None and bundle is not None:
+        if precision is not None:
+            policy.check("onnxruntime" if precision != "bf16" else "openvino", precision)  # a known precision
+        tuned, path = read_tuned(bundle.path, tune_key(bundle.hash))
+        choice = tuned_choice(tuned, path, precision, options) if tuned is not None else None
+        if choice is not None:
+            return choice
+        choice = resolve(None, precision, options)
+        if tuned is None:
+            say_untuned(bundle, choice.backend, choice.precision, choice.reason.removeprefix("default: "))
+        return choice
     if backend is not None:
         policy.check(backend, precision or "fp32")
         check_options(backend, options)

@@ -154,7 +154,7 @@ class Pipeline:
             clip_frames=g.frames, motion_frames=g.motion_frames, fps=g.fps, left_context=g.left_context, lookahead=g.lookahead
         )
         self.family = family_for(self.bundle, **family_options)
-        choice = resolve(backend, precision, backend_options)
+        choice = resolve(backend, precision, backend_options, self.bundle)
         self.precision = choice.precision
         self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
         self.timings = Timings()
