@@ -67,7 +67,10 @@ def clean_graph(path: Path, external: bool, fold: bool = True) -> None:
     execution providers"): in C++, seconds where Python passes take minutes on the 10k-node step
     graphs. Not for fp16 graphs: the CPU provider it runs under has no fp16 kernels for most ops
     and would save Cast nodes around each. onnxslim then removes what is left (no-op casts,
-    reshapes and expands). Graphs over 2 GB (weights in external data, beyond protobuf's limit)
+    reshapes and expands), without its pattern fusions: they rewrite MatMul + Add as Gemm
+    wrapped in Reshapes (what ``fold_constants`` keeps ORT from doing), change nothing
+    measurable at run time, and were 80% of onnxslim's time (hallo-tiny's step graph: 160 s
+    -> 33 s, bench/RESULTS.md). Graphs over 2 GB (weights in external data, beyond protobuf's limit)
     skip onnxslim and get ONNX shape inference on the file, never loaded whole into memory.
     """
     if fold:
@@ -77,7 +80,7 @@ def clean_graph(path: Path, external: bool, fold: bool = True) -> None:
         return
     import onnxslim
 
-    model = onnxslim.slim(onnx.load(str(path)))
+    model = onnxslim.slim(onnx.load(str(path)), skip_optimizations=["graph_fusion"])
     onnx.save_model(onnx.shape_inference.infer_shapes(model, strict_mode=True), str(path))
 
 
