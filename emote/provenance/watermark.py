@@ -28,8 +28,9 @@ frame, not to the content, the sum keeps it wherever the picture is still (backg
 and motion-compensated drift only loses the moving parts. The sum is folded modulo the tile
 period for every candidate period (a log grid from 24 to 256 px: resizing), giving one tile;
 cross-correlation with the key's sync tile at every cyclic shift (crops) is one FFT. The peak's
-z-score against all the other shifts of the same fold (the tile found removed first) is the
-evidence; the p-value (``null_p``) counts every sum, shift and period tried, with an effective
+z-score against all the shifts of the same fold is the evidence (a strong mark's own sidelobes
+cap it near sqrt(sync cells): a tile's spread measured with the tile removed had a null tail too
+heavy to calibrate, bench/RESULTS.md); the p-value (``null_p``) counts every sum, shift and period tried, with an effective
 number of tests fitted to wrong-key trials. At the best period and
 shift the data cells give soft bits for the Reed-Solomon decoder.
 
@@ -57,7 +58,9 @@ FACE_GAIN = 1.5  # mask weight on the face region relative to elsewhere
 PERIOD_MIN, PERIOD_MAX = 24.0, 256.0  # tile periods searched, px: 0.375x of a 128 px video's to 2x of a 512 px one's
 PERIOD_STEP = 1.006  # 0.6 % apart: the fold stays within a quarter cell over 512 px at the worst grid point
 DETECT_P = 1e-5  # a clip is marked when its (calibrated) p-value is below this: a false-positive rate of 1e-5 per clip
-NULL_TESTS_FACTOR = 0.05  # effective tests per nominal test in null_p, fitted to wrong-key trials (bench/RESULTS.md)
+NULL_TESTS_FACTOR = (
+    0.05  # effective tests per nominal test in null_p: twice the 0.026 fitted to 1,809 wrong-key trials at 128 px (bench/RESULTS.md)
+)
 PUBLIC_KEY = "emote-edge public watermark key 1"  # the default: anyone can detect (and so could strip) it
 KEY_ENV = "EMOTE_WATERMARK_KEY"
 BLOCK_S = 0.32  # the pattern's sign holds for 0.32 s (8 frames at 25 fps, ~5 at 15), then may flip
@@ -255,7 +258,7 @@ class ClipSum:
 @dataclass(frozen=True)
 class Detection:
     marked: bool  # p_value < DETECT_P
-    z: float  # the best sync peak over every sum, period and shift, in standard deviations of its fold's other shifts (refined_z)
+    z: float  # the best sync peak over every sum, period and shift, in standard deviations of its fold's shifts
     p_value: float  # chance of a peak this high in an unmarked clip (calibrated: see null_p)
     payload: pl.Payload | None  # decoded through the Reed-Solomon code; None when it does not, or when no mark is found
     corrected: int  # bytes the code corrected
@@ -348,23 +351,6 @@ def null_p(z: float, height: int, width: int) -> float:
     return float(-math.expm1(-NULL_TESTS_FACTOR * tests * 0.5 * math.erfc(z / math.sqrt(2))))
 
 
-def refined_z(total: np.ndarray, period: float, shift: tuple[int, int], key: Key) -> float:
-    """The peak's z at the place the search found, its spread measured with the whole tile found removed.
-
-    The search's z divides by the spread of every shift's correlation, which a strong mark's own
-    sidelobes inflate (a random tile is not orthogonal to its shifts): it tops out near
-    sqrt(sync cells). Here the tile (sync and data cells, the data as read) is fitted and removed
-    before the spread is measured. The decision thresholds this value (null_p is fitted to it).
-    """
-    folded = np.roll(fold(total, period), (-shift[0], -shift[1]), axis=(0, 1))
-    template = _tile(key, np.where(_soft_bits(folded, key) > 0, 1.0, -1.0).astype(np.float32))
-    amplitude = float(np.sum(folded * template) / np.sum(template * template))
-    ref = _sync_reference(key)[1]
-    c = np.fft.irfft2(np.fft.rfft2(folded - amplitude * template) * ref, s=folded.shape)
-    peak = float(np.fft.irfft2(np.fft.rfft2(folded) * ref, s=folded.shape)[0, 0])
-    return (peak - float(c.mean())) / max(float(c.std()), 1e-12)
-
-
 def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> Detection:
     """Search sum, period and shift for the key's sync tile; decode the payload at the best."""
     _, ref_conj = _sync_reference(key)
@@ -374,7 +360,6 @@ def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> D
     if not np.isfinite(z):
         return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name)
     shift = divmod(int(at), BINS)
-    z = refined_z(sums[int(si)], float(period), shift, key)
     p = null_p(float(z), h, w)
     marked = p < DETECT_P
     payload, corrected, agree = None, 0, 0
@@ -388,16 +373,6 @@ def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> D
 def soft_bits(total: np.ndarray, period: float, shift: tuple[int, int], key: Key) -> np.ndarray:
     """The coded bits' evidence in a sum folded at ``period`` and aligned at ``shift``."""
     return _soft_bits(np.roll(fold(total, period), (-shift[0], -shift[1]), axis=(0, 1)), key)
-
-
-@lru_cache(maxsize=64)
-def _tile_cached(key: Key, coded: bytes) -> np.ndarray:
-    return _smooth_tile(_cells(key, coded), CANON_CELL)
-
-
-def _tile(key: Key, coded_bits: np.ndarray) -> np.ndarray:
-    """The whole tile (sync and data cells) at the fold's scale for +-1 coded bits."""
-    return _tile_cached(key, np.asarray(coded_bits, np.float32).tobytes())
 
 
 def _soft_bits(aligned: np.ndarray, key: Key) -> np.ndarray:
