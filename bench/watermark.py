@@ -88,6 +88,8 @@ def crop(frames: np.ndarray, frac: float) -> np.ndarray:
     return np.ascontiguousarray(frames[:, dy : h - dy, dx : w - dx])
 
 
+FPS = {"25 -> 15 fps + CRF 23": 15}  # the attacked clip's frame rate where it is not 25
+
 ATTACKS = {
     "CRF 18 (as delivered)": lambda x: x,
     "CRF 28": lambda x: h264(x, 28),
@@ -109,6 +111,45 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
     return float(np.mean(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))))
+
+
+def clip_sum(frames: np.ndarray, fps: float) -> wm.ClipSum:
+    s = wm.ClipSum()
+    for i, f in enumerate(frames):
+        s.add(wm._luma(f), i / fps)
+    return s
+
+
+def null_scores(sums, keys: list) -> list[float]:
+    """Each key's detection statistic on the sums: watermark.search once for all the keys."""
+    refs = np.stack([wm._sync_reference(k)[1] for k in keys])
+    return wm.search(sums, refs)[0].tolist()
+
+
+def fit_null(trials: list[dict]) -> dict:
+    """The effective-tests factor of watermark.null_p fitted to wrong-key and unmarked trials.
+
+    Under null_p's model each trial's f * tests * Q(z) is Exp(1) (its p-value, -log(1 - p), is), so
+    the maximum-likelihood f is trials / sum(tests * Q(z)). Checked against the empirical tail: how
+    many trials the fitted threshold (p < DETECT_P) passes, and the highest z.
+    """
+    from math import erfc, sqrt
+
+    u = []
+    for t in trials:
+        tests = 2 * wm.BINS * wm.BINS * len(wm.candidate_periods(t["height"], t["width"]))
+        u += [tests * 0.5 * erfc(z / sqrt(2)) for z in t["z"]]
+    u = np.asarray(u)
+    f = len(u) / float(np.sum(u))
+    p = -np.expm1(-f * u)
+    return {
+        "trials": int(len(u)),
+        "factor": round(f, 3),
+        "max_z": round(float(max(max(t["z"]) for t in trials)), 2),
+        "passing_threshold_with_fit": int(np.sum(p < wm.DETECT_P)),
+        "passing_threshold_as_set": int(sum(wm.null_p(z, t["height"], t["width"]) < wm.DETECT_P for t in trials for z in t["z"])),
+        "p_quantiles_1e-1_1e-2_1e-3": [float(f"{np.mean(p < q):.3g}") for q in (1e-1, 1e-2, 1e-3)],
+    }
 
 
 def main() -> int:
@@ -142,17 +183,18 @@ def main() -> int:
             record["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    trials: list[dict] = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        rows = {name: {"found": 0, "exact": 0, "bits": [], "null_z": [], "null_found": 0, "null_trials": 0} for name in attacks}
+        rows = {name: {"found": 0, "exact": 0, "bits": [], "z": [], "null_z": [], "null_found": 0, "null_trials": 0} for name in attacks}
         psnrs, ssims, embed_ms, detect_ms = [], [], [], []
-        wrong_per_clip = max(1, args.wrong_keys // max(1, args.clips * len(attacks)))
+        wrong_per_clip = max(1, args.wrong_keys // max(1, 2 * args.clips * len(attacks)))  # on the marked clip and its unmarked twin
         for c in range(args.clips):
             plain = make_clip(images[c % len(images)], size, args.frames, seed=c)
             face = np.zeros((size, size), np.float32)
             face[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
             payload = pl.Payload(pl.GENERATOR_EMOTE, 1000 + c)
             coded = pl.encode(payload) > 0
-            emb = wm.Embedder(key, payload)
+            emb = wm.Embedder(key, payload, fps=25)
             t0 = time.perf_counter()
             marked = emb.mark(plain, face)
             embed_ms.append((time.perf_counter() - t0) * 1000 / len(plain))
@@ -161,24 +203,26 @@ def main() -> int:
             delivered_marked, delivered_plain = h264(marked, 18), h264(plain, 18)
             for name, attack in attacks.items():
                 got, ref = attack(delivered_marked), attack(delivered_plain)
+                fps = FPS.get(name, 25)
                 t0 = time.perf_counter()
-                d = wm.detect_frames(got, key)
+                s = clip_sum(got, fps)
+                d = s.detect(key)
                 detect_ms.append((time.perf_counter() - t0) * 1000 / len(got))
                 r = rows[name]
                 r["found"] += d.marked
+                r["z"].append(d.z)
                 r["exact"] += d.payload == payload
-                # raw bit accuracy at the period and shift found, before the code
-                s = wm.ClipSum()
-                for f in got:
-                    s.add(wm._luma(f))
-                aligned = np.roll(wm.fold(s.total, d.period), (-d.shift[0], -d.shift[1]), axis=(0, 1))
-                r["bits"].append(float(np.mean((wm._soft_bits(aligned, key) > 0) == coded)))
-                nulls = [wm.detect_frames(ref, key)] + [
-                    wm.detect_frames(got, wm.Key(f"wrong {size} {c} {k}")) for k in range(wrong_per_clip)
-                ]
-                r["null_z"] += [n.z for n in nulls]
-                r["null_found"] += sum(n.marked for n in nulls)
-                r["null_trials"] += len(nulls)
+                # raw bit accuracy at the sum, period and shift found, before the code
+                total = s.sums()[("static", "signed").index(d.sum)]
+                r["bits"].append(float(np.mean((wm.soft_bits(total, d.period, d.shift, key) > 0) == coded)))
+                # the null: the unmarked twin with the key, and both with wrong keys (one fold, many keys)
+                wrong = [wm.Key(f"wrong {size} {c} {name} {k}") for k in range(wrong_per_clip)]
+                h, w = got.shape[1:3]
+                zs = np.array(null_scores(clip_sum(ref, fps).sums(), [key] + wrong) + null_scores(s.sums(), wrong))
+                r["null_z"] += zs.tolist()
+                r["null_found"] += sum(wm.null_p(float(z), h, w) < wm.DETECT_P for z in zs)
+                r["null_trials"] += len(zs)
+                trials.append({"height": h, "width": w, "z": zs.round(4).tolist()})
             print(f"{size} px clip {c + 1}/{args.clips} done", flush=True)
         n = args.clips
         record["sizes"][size] = {
@@ -193,12 +237,14 @@ def main() -> int:
                     "detected": f"{r['found']}/{n}",
                     "exact_payload": f"{r['exact']}/{n}",
                     "bit_accuracy": round(float(np.mean(r["bits"])), 3),
+                    "z_min_median": [round(float(np.min(r["z"])), 2), round(float(np.median(r["z"])), 2)],
                     "false_positives": f"{r['null_found']}/{r['null_trials']}",
                     "max_null_z": round(float(np.max(r["null_z"])), 2),
                 }
                 for k, r in rows.items()
             },
         }
+    record["null_fit"] = fit_null(trials)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
@@ -207,10 +253,14 @@ def main() -> int:
             f"\n{size} px, {s['clips']} clips x {s['frames']} frames: luma PSNR min/mean {s['psnr_db']}, SSIM {s['ssim']}, "
             f"embed {s['embed_ms_per_frame']} ms/frame, detect {s['detect_ms_per_frame']} ms/frame (1 thread)"
         )
-        print("| attack | detected | exact payload | bit accuracy | false positives (unmarked + wrong keys) | max null z |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| attack | detected | z min/median | exact payload | bit accuracy | false positives (unmarked + wrong keys) | max null z |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for k, a in s["attacks"].items():
-            print(f"| {k} | {a['detected']} | {a['exact_payload']} | {a['bit_accuracy']} | {a['false_positives']} | {a['max_null_z']} |")
+            zs = "/".join(str(v) for v in a["z_min_median"])
+            print(
+                f"| {k} | {a['detected']} | {zs} | {a['exact_payload']} | {a['bit_accuracy']} | {a['false_positives']} | {a['max_null_z']} |"
+            )
+    print(f"\nnull fit: {record['null_fit']}")
     print(f"\nwrote {out}")
     return 0
 

@@ -1,7 +1,8 @@
 """`emote detect`: is this video marked as made by emote? The manifest and the watermark, read from any file.
 
 A file's verdict: "marked" when its C2PA manifest is valid and says trainedAlgorithmicMedia, or
-when the watermark's p-value is below watermark.DETECT_P; "not marked" otherwise; "unreadable"
+when the watermark's or the audio mark's p-value is below watermark.DETECT_P (the audio read from
+its first audio stream, resampled to 16 kHz mono); "not marked" otherwise; "unreadable"
 when no video stream decodes. The watermark is read from the luma of the first MAX_FRAMES
 frames, of any size and any codec PyAV decodes; the manifest from MP4/MOV files (ISO BMFF, where
 C2PA puts it in video).
@@ -12,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .audio_mark import DETECT_RATE, AudioDetection
+from .audio_mark import detect as detect_audio
 from .manifest import ManifestReport, read_manifest
 from .watermark import ClipSum, Detection, Key
 
@@ -25,11 +30,13 @@ class FileReport:
     error: str | None
     manifest: ManifestReport | None
     watermark: Detection | None
+    audio: AudioDetection | None = None  # None: no audio stream
 
     @property
     def marked(self) -> bool:
         by_manifest = self.manifest is not None and self.manifest.state == "valid" and self.manifest.generated
-        return bool(by_manifest or (self.watermark is not None and self.watermark.marked))
+        by_audio = self.audio is not None and self.audio.marked
+        return bool(by_manifest or (self.watermark is not None and self.watermark.marked) or by_audio)
 
     def as_dict(self) -> dict:
         return {
@@ -38,6 +45,7 @@ class FileReport:
             "error": self.error,
             "manifest": self.manifest.as_dict() if self.manifest else None,
             "watermark": self.watermark.as_dict() if self.watermark else None,
+            "audio": self.audio.as_dict() if self.audio else None,
         }
 
     def lines(self) -> list[str]:
@@ -56,7 +64,30 @@ class FileReport:
             out.append(
                 f"  watermark: {'found' if w.marked else 'not found'} (z = {w.z:.1f}, p = {w.p_value:.2g} over {w.frames} frames{payload})"
             )
+        a = self.audio
+        if a is not None:
+            out.append(f"  audio mark: {'found' if a.marked else 'not found'} (z = {a.z:.1f}, p = {a.p_value:.2g} over {a.seconds:.1f} s)")
+        else:
+            out.append("  audio mark: no audio stream")
         return out
+
+
+def read_audio(path: str | Path, max_seconds: float = MAX_FRAMES / 25.0) -> np.ndarray | None:
+    """The first audio stream as 16 kHz mono float32 (its first ``max_seconds``), None without one."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=DETECT_RATE)
+        chunks, n = [], 0
+        for frame in container.decode(container.streams.audio[0]):
+            for rf in resampler.resample(frame):
+                chunks.append(rf.to_ndarray().ravel())
+                n += len(chunks[-1])
+            if n >= max_seconds * DETECT_RATE:
+                break
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def read_luma(path: str | Path, max_frames: int = MAX_FRAMES) -> ClipSum:
@@ -70,7 +101,9 @@ def read_luma(path: str | Path, max_frames: int = MAX_FRAMES) -> ClipSum:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            total.add(frame.to_ndarray(format="gray"))
+            # the frame's time places it in the mark's sign sequence (an unknown time: its index at 25 fps)
+            t = frame.time if frame.time is not None else total.frames / 25.0
+            total.add(frame.to_ndarray(format="gray"), t)
             if total.frames >= max_frames:
                 break
     if total.frames == 0:
@@ -90,4 +123,9 @@ def detect_file(path: str | Path, key: Key | None = None) -> FileReport:
         return FileReport(str(path), False, str(e).splitlines()[0] if str(e) else type(e).__name__, None, None)
     bmff = path.suffix.lower() in (".mp4", ".m4v", ".mov")
     manifest = read_manifest(path) if bmff else ManifestReport("absent", False, None, None, ["not an MP4/MOV container"])
-    return FileReport(str(path), True, None, manifest, clip.detect(key))
+    try:
+        track = read_audio(path)
+    except (av.FFmpegError, ValueError, OSError):
+        track = None  # an audio stream that does not decode: the video's verdict stands alone
+    audio = detect_audio(track, DETECT_RATE, key) if track is not None else None
+    return FileReport(str(path), True, None, manifest, clip.detect(key), audio)

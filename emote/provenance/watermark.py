@@ -14,15 +14,24 @@ tiling, as in Kutter 1998's periodic marks):
   eye and the codec see less of it) and is raised on the face region, the part of a talking
   portrait a crop keeps. It is scaled so that every frame gets the same RMS change,
   ``RMS`` = 2.3 levels of 255: luma PSNR 40.9 dB before rounding.
+- Small frames (short side under ``TEMPORAL_BELOW``: the demo's 128 px) are too few pixels for a
+  still picture's one pattern to stand out of the picture itself, and summing identical frames
+  adds nothing. There the pattern's sign follows a fixed public sequence in time (blocks of
+  ``BLOCK_S``, each pair of blocks + - or - +): the detector's signed sum cancels whatever stays
+  still and keeps the mark. The frame's time (not its index) places it in the sequence, so a
+  frame-rate change keeps it; a copy whose clock starts elsewhere (a trimmed start) loses it.
 
 Detection, over a whole clip: every frame's luma is whitened (minus its local mean, divided by
-its local contrast) and the whitened frames are summed. Because the pattern is locked to the
+its local contrast) and the whitened frames are summed, plainly and signed by the sequence; both
+sums are searched. Because the pattern is locked to the
 frame, not to the content, the sum keeps it wherever the picture is still (background, torso)
 and motion-compensated drift only loses the moving parts. The sum is folded modulo the tile
 period for every candidate period (a log grid from 24 to 256 px: resizing), giving one tile;
 cross-correlation with the key's sync tile at every cyclic shift (crops) is one FFT. The peak's
-z-score against all the other shifts of the same fold is the evidence; the p-value counts
-every shift and period tried (Bonferroni), so it holds for any content. At the best period and
+z-score against all the shifts of the same fold is the evidence (a strong mark's own sidelobes
+cap it near sqrt(sync cells): a tile's spread measured with the tile removed had a null tail too
+heavy to calibrate, bench/RESULTS.md); the p-value (``null_p``) counts every sum, shift and period tried, with an effective
+number of tests fitted to wrong-key trials. At the best period and
 shift the data cells give soft bits for the Reed-Solomon decoder.
 
 Numpy and OpenCV only: the runtime imports this module to mark every frame it emits.
@@ -48,9 +57,16 @@ RMS = 2.3  # luma change per frame, 8-bit levels: 20 log10(255 / 2.3) = 40.9 dB 
 FACE_GAIN = 1.5  # mask weight on the face region relative to elsewhere
 PERIOD_MIN, PERIOD_MAX = 24.0, 256.0  # tile periods searched, px: 0.375x of a 128 px video's to 2x of a 512 px one's
 PERIOD_STEP = 1.006  # 0.6 % apart: the fold stays within a quarter cell over 512 px at the worst grid point
-DETECT_P = 1e-6  # a clip is marked when its p-value is below this (bench/watermark.py measures the false positives)
+DETECT_P = 1e-5  # a clip is marked when its (calibrated) p-value is below this: a false-positive rate of 1e-5 per clip
+NULL_TESTS_FACTOR = (
+    0.05  # effective tests per nominal test in null_p: twice the 0.026 fitted to 1,809 wrong-key trials at 128 px (bench/RESULTS.md)
+)
 PUBLIC_KEY = "emote-edge public watermark key 1"  # the default: anyone can detect (and so could strip) it
 KEY_ENV = "EMOTE_WATERMARK_KEY"
+BLOCK_S = 0.32  # the pattern's sign holds for 0.32 s (8 frames at 25 fps, ~5 at 15), then may flip
+SEQUENCE_BLOCKS = 16  # the sign sequence repeats every 16 blocks (5.12 s); each pair of blocks is (+, -) or (-, +)
+SEQUENCE_SEED = 19  # the sequence is public and fixed: the secret is the key's tile, not the timing
+TEMPORAL_BELOW = 384  # frames whose short side is under this carry the time-varying sign (the demo's 128 px, tiny's 64)
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,23 @@ def _frame_pattern(key: Key, coded: bytes, height: int, width: int) -> np.ndarra
     return np.ascontiguousarray(np.tile(tile, reps)[:height, :width])
 
 
+@lru_cache(maxsize=1)
+def _sequence() -> np.ndarray:
+    first = np.random.default_rng(SEQUENCE_SEED).choice(np.array([-1.0, 1.0]), size=SEQUENCE_BLOCKS // 2)
+    return np.stack([first, -first], axis=1).ravel()
+
+
+def temporal(height: int, width: int) -> bool:
+    """Whether frames of this size carry the time-varying sign (small frames: see the module docstring)."""
+    return min(height, width) < TEMPORAL_BELOW
+
+
+def frame_sign(t: float) -> float:
+    """The sequence's sign at ``t`` seconds: balanced over every two blocks, so that a still picture
+    cancels from the detector's signed sum while a mark that follows the sequence adds up."""
+    return float(_sequence()[int(math.floor(t / BLOCK_S + 1e-6)) % SEQUENCE_BLOCKS])
+
+
 def _luma(frames: np.ndarray) -> np.ndarray:
     """BT.601 luma of uint8 RGB (..., 3) as float32 (what yuv420p keeps at full resolution)."""
     f = frames.astype(np.float32)
@@ -139,8 +172,10 @@ class Embedder:
     same frames, key and payload give the same output.
     """
 
-    def __init__(self, key: Key | None = None, payload: pl.Payload | None = None, rms: float = RMS):
+    def __init__(self, key: Key | None = None, payload: pl.Payload | None = None, rms: float = RMS, fps: float = 25.0):
         self.key = key or Key.default()
+        self.fps = fps
+        self.frames = 0
         self.payload = payload or pl.Payload.now()
         self.rms = rms
         self._coded = pl.encode(self.payload).tobytes()
@@ -159,6 +194,7 @@ class Embedder:
                 face_mask = cv2.resize(face_mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
             gain = 1.0 + (FACE_GAIN - 1.0) * np.clip(face_mask, 0, 1).astype(np.float32)
         k = 2 * cell_px(h, w) - 1
+        moving = temporal(h, w)
         out = np.empty_like(frames)
         for i in range(n):
             rgb = frames[i]
@@ -170,7 +206,9 @@ class Embedder:
             if gain is not None:
                 mask *= gain
             mask *= self.rms / math.sqrt(float(np.mean(mask * mask)))
-            delta = mask * pattern
+            sign = frame_sign(self.frames / self.fps) if moving else 1.0
+            delta = mask * pattern * np.float32(sign)
+            self.frames += 1
             # rounded and saturated to uint8 by OpenCV (the same change on R, G and B)
             out[i] = cv2.add(rgb, cv2.merge((delta, delta, delta)), dtype=cv2.CV_8U)
         return out
@@ -189,39 +227,46 @@ def whiten(luma: np.ndarray) -> np.ndarray:
 
 
 class ClipSum:
-    """Whitened luma summed over a clip's frames: ``add(luma)`` per frame, then ``detect(key)``."""
+    """A clip's whitened luma summed two ways: plainly (``static``) and signed by the time sequence
+    (``signed``). ``add(luma, t)`` per frame (t: its time in seconds), then ``detect(key)``."""
 
     def __init__(self) -> None:
-        self.total: np.ndarray | None = None
+        self.static: np.ndarray | None = None
+        self.signed: np.ndarray | None = None
         self.frames = 0
 
-    def add(self, luma: np.ndarray) -> None:
-        r = whiten(luma)
-        if self.total is None:
-            self.total = r.astype(np.float64)
-        elif self.total.shape != r.shape:
-            raise ValueError(f"frame of {r.shape} in a clip of {self.total.shape}")
+    def add(self, luma: np.ndarray, t: float) -> None:
+        r = whiten(luma).astype(np.float64)
+        if self.static is None:
+            self.static, self.signed = r.copy(), r * frame_sign(t)
+        elif self.static.shape != r.shape:
+            raise ValueError(f"frame of {r.shape} in a clip of {self.static.shape}")
         else:
-            self.total += r
+            self.static += r
+            self.signed += frame_sign(t) * r
         self.frames += 1
 
+    def sums(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.static, self.signed
+
     def detect(self, key: Key | None = None) -> Detection:
-        if self.total is None:
-            return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), 0, 0)
-        return detect_sum(self.total, self.frames, key or Key.default())
+        if self.static is None:
+            return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), 0, 0, "static")
+        return detect_sums(self.sums(), self.frames, key or Key.default())
 
 
 @dataclass(frozen=True)
 class Detection:
     marked: bool  # p_value < DETECT_P
-    z: float  # the sync correlation's peak, in standard deviations of all the other shifts
-    p_value: float  # chance of a peak this high in an unmarked clip (every shift and period tried counted)
+    z: float  # the best sync peak over every sum, period and shift, in standard deviations of its fold's shifts
+    p_value: float  # chance of a peak this high in an unmarked clip (calibrated: see null_p)
     payload: pl.Payload | None  # decoded through the Reed-Solomon code; None when it does not, or when no mark is found
     corrected: int  # bytes the code corrected
     period: float  # tile period found, px (the frame's scale relative to the mark's)
     shift: tuple[int, int]  # the tile's offset found, in fold bins (a crop)
     frames: int
     bits_agree: int  # coded bits read as the decoded payload's (of 64); 0 without a payload
+    sum: str  # the sum the peak was found in: "static" or "signed" (the time-varying mark of small frames)
 
     def as_dict(self) -> dict:
         return {
@@ -232,6 +277,7 @@ class Detection:
             "corrected_bytes": self.corrected,
             "period_px": round(self.period, 2),
             "frames": self.frames,
+            "sum": self.sum,
         }
 
 
@@ -249,6 +295,11 @@ def periods() -> np.ndarray:
     return PERIOD_MIN * PERIOD_STEP ** np.arange(n)
 
 
+def candidate_periods(height: int, width: int) -> np.ndarray:
+    p = periods()
+    return p[p <= max(height, width)]
+
+
 def _bins(height: int, width: int, period: float) -> np.ndarray:
     """The fold bin of every pixel for a tile ``period`` px wide: row-major in the BINS x BINS tile."""
     by = (np.floor(np.arange(height) * (BINS / period)).astype(np.int64)) % BINS
@@ -264,56 +315,64 @@ def fold(total: np.ndarray, period: float) -> np.ndarray:
     return (sums / np.maximum(counts, 1)).reshape(BINS, BINS)
 
 
-def _correlate(folded: np.ndarray, ref_conj: np.ndarray) -> np.ndarray:
-    return np.fft.irfft2(np.fft.rfft2(folded) * ref_conj, s=folded.shape)
+def search(sums: tuple[np.ndarray, ...], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every key's best peak over the sums, periods and cyclic shifts: the statistic detection thresholds.
+
+    refs: (K, BINS, BINS // 2 + 1) conjugate sync spectra (one per key). Returns per key the peak z
+    (the correlation's maximum over the fold's shifts, minus their mean, over their standard deviation),
+    the index of the sum, the period and the flat shift where it was found. One fold per sum and
+    period serves every key: wrong-key trials (bench/watermark.py) cost a few FFTs each.
+    """
+    k = refs.shape[0]
+    best = np.full(k, -np.inf)
+    where_sum, where_period, where_shift = np.zeros(k, np.int64), np.zeros(k), np.zeros(k, np.int64)
+    for si, total in enumerate(sums):
+        for period in candidate_periods(*total.shape):
+            spectrum = np.fft.rfft2(fold(total, period))
+            c = np.fft.irfft2(spectrum[None] * refs, s=(BINS, BINS)).reshape(k, -1)
+            sd = c.std(axis=1)
+            at = np.argmax(c, axis=1)
+            z = (c[np.arange(k), at] - c.mean(axis=1)) / np.maximum(sd, 1e-30)
+            z[sd == 0] = -np.inf
+            better = z > best
+            best[better], where_sum[better], where_period[better], where_shift[better] = z[better], si, period, at[better]
+    return best, where_sum, where_period, where_shift
 
 
-def detect_sum(total: np.ndarray, frames: int, key: Key) -> Detection:
-    """Search period and shift for the key's sync tile in a clip's whitened sum; decode at the best."""
+def null_p(z: float, height: int, width: int) -> float:
+    """The chance that an unmarked clip (or another key's) peaks at ``z`` or more, for this frame size.
+
+    The search's best of ``tests`` correlated Gaussian peaks (2 sums x BINS^2 shifts x the periods
+    that fit) has the tail 1 - exp(-NULL_TESTS_FACTOR x tests x Q(z)), Q the normal tail: a Bonferroni
+    count with an effective number of tests fitted to wrong-key trials (bench/watermark.py --calibrate;
+    bench/RESULTS.md), which also absorbs a per-shift tail heavier than Gaussian.
+    """
+    tests = 2 * BINS * BINS * max(len(candidate_periods(height, width)), 1)
+    return float(-math.expm1(-NULL_TESTS_FACTOR * tests * 0.5 * math.erfc(z / math.sqrt(2))))
+
+
+def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> Detection:
+    """Search sum, period and shift for the key's sync tile; decode the payload at the best."""
     _, ref_conj = _sync_reference(key)
-    h, w = total.shape
-    candidates = [p for p in periods() if p <= max(h, w)]
-    best = (-np.inf, 0.0, (0, 0))
-    for period in candidates:
-        c = _correlate(fold(total, period), ref_conj)
-        sd = float(c.std())
-        if sd == 0:
-            continue
-        z = (c - c.mean()) / sd
-        at = int(np.argmax(z))
-        if z.flat[at] > best[0]:
-            best = (float(z.flat[at]), float(period), divmod(at, BINS))
-    _, period, shift = best
-    if not np.isfinite(best[0]):
-        return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0)
-    folded = np.roll(fold(total, period), (-shift[0], -shift[1]), axis=(0, 1))
-    soft = _soft_bits(folded, key)
-    payload, corrected = pl.decode(soft)
-    agree = int(np.sum((soft > 0) == (pl.encode(payload) > 0))) if payload else 0
-    # The peak's spread: the correlation of every other shift, measured with the pattern found
-    # removed from the fold; else its own sidelobes (a random tile is not orthogonal to its
-    # shifts) would cap z near sqrt(sync cells), whatever the signal.
-    template = _tile(key, np.where(soft > 0, 1.0, -1.0).astype(np.float32) if payload is None else pl.encode(payload))
-    amplitude = float(np.sum(folded * template) / np.sum(template * template))
-    c = _correlate(folded - amplitude * template, _sync_reference(key)[1])
-    peak = float(_correlate(folded, _sync_reference(key)[1])[0, 0])
-    z = (peak - float(c.mean())) / max(float(c.std()), 1e-12)
-    tests = BINS * BINS * max(len(candidates), 1)
-    p = min(1.0, tests * 0.5 * math.erfc(z / math.sqrt(2)))
+    z, si, period, at = (a[0] for a in search(sums, ref_conj[None]))
+    h, w = sums[0].shape
+    name = ("static", "signed")[int(si)]
+    if not np.isfinite(z):
+        return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name)
+    shift = divmod(int(at), BINS)
+    p = null_p(float(z), h, w)
     marked = p < DETECT_P
-    if not marked:  # a word the code accepts out of noise says nothing
-        payload, corrected, agree = None, 0, 0
-    return Detection(marked, z, p, payload, corrected, period, shift, frames, agree)
+    payload, corrected, agree = None, 0, 0
+    if marked:  # a word the code accepts out of noise says nothing
+        soft = soft_bits(sums[int(si)], float(period), shift, key)
+        payload, corrected = pl.decode(soft)
+        agree = int(np.sum((soft > 0) == (pl.encode(payload) > 0))) if payload else 0
+    return Detection(marked, float(z), p, payload, corrected, float(period), shift, frames, agree, name)
 
 
-@lru_cache(maxsize=64)
-def _tile_cached(key: Key, coded: bytes) -> np.ndarray:
-    return _smooth_tile(_cells(key, coded), CANON_CELL)
-
-
-def _tile(key: Key, coded_bits: np.ndarray) -> np.ndarray:
-    """The whole tile (sync and data cells) at the fold's scale for +-1 coded bits."""
-    return _tile_cached(key, np.asarray(coded_bits, np.float32).tobytes())
+def soft_bits(total: np.ndarray, period: float, shift: tuple[int, int], key: Key) -> np.ndarray:
+    """The coded bits' evidence in a sum folded at ``period`` and aligned at ``shift``."""
+    return _soft_bits(np.roll(fold(total, period), (-shift[0], -shift[1]), axis=(0, 1)), key)
 
 
 def _soft_bits(aligned: np.ndarray, key: Key) -> np.ndarray:
@@ -324,9 +383,9 @@ def _soft_bits(aligned: np.ndarray, key: Key) -> np.ndarray:
     return np.bincount(lay.bit_of[data], weights=(cells * lay.chips)[data], minlength=pl.CODED_BITS)
 
 
-def detect_frames(frames: np.ndarray, key: Key | None = None) -> Detection:
-    """Detection over uint8 RGB frames (N, H, W, 3) or luma (N, H, W)."""
+def detect_frames(frames: np.ndarray, key: Key | None = None, fps: float = 25.0) -> Detection:
+    """Detection over uint8 RGB frames (N, H, W, 3) or luma (N, H, W) shown at ``fps``."""
     s = ClipSum()
-    for f in frames:
-        s.add(_luma(f) if f.ndim == 3 else f)
+    for i, f in enumerate(frames):
+        s.add(_luma(f) if f.ndim == 3 else f, i / fps)
     return s.detect(key)

@@ -83,7 +83,8 @@ def generate_video(
     start = time.perf_counter()
     first = None
     n_frames = 0
-    with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate) as video:
+    # the track carries the audio mark whenever the frames carry the watermark (same key)
+    with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate, audio_mark=pipe.watermark_key) as video:
 
         def advance(clip: int, step: int) -> None:
             if step == 0:

@@ -346,7 +346,7 @@ class Pipeline:
         from ..provenance.watermark import Embedder
 
         self.last_payload = Payload.now()
-        return Embedder(self.watermark_key, self.last_payload)
+        return Embedder(self.watermark_key, self.last_payload, fps=self.fps)
 
     def _frames(self, portrait, source: AudioSource, seed: int, progress, inputs: dict) -> Iterator[np.ndarray]:
         """The unmarked frames of one video, clip by clip."""

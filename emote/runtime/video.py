@@ -39,7 +39,8 @@ class VideoWriter:
     (its rate and stereo kept, not the model's 16 kHz mono), encoded as AAC at 48 kHz.
     ``c2pa``: sign the finished file with a C2PA manifest saying it was made by a trained model
     (provenance/manifest.py); ``watermark``: the payload bytes of the watermark its frames carry
-    (named in the manifest's soft binding), None when they carry none.
+    (named in the manifest's soft binding), None when they carry none. ``audio_mark``: the key of
+    the audio mark (provenance/audio_mark.py) put into the track before it is encoded, None for none.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class VideoWriter:
         audio_rate: int = SAMPLE_RATE,
         c2pa: bool = True,
         watermark: bytes | None = None,
+        audio_mark=None,
     ):
         self.c2pa, self.watermark = c2pa, watermark
         self.path = Path(path)
@@ -63,6 +65,10 @@ class VideoWriter:
             audio = audio[:, None] if audio.ndim == 1 else audio
             if audio.shape[1] > 2:  # AAC in MP4 plays everywhere as mono or stereo: fold the rest down
                 audio = audio.mean(axis=1, keepdims=True)
+            if audio_mark is not None and len(audio):
+                from ..provenance.audio_mark import embed
+
+                audio = embed(audio, audio_rate, audio_mark)
         self.audio, self.audio_rate = audio, audio_rate
         self.crf = crf
         self.frames = 0
