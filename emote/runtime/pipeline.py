@@ -230,13 +230,23 @@ class Pipeline:
             raise EmoteError(f"{e}: nothing to generate") from None
 
     # -- generation ----------------------------------------------------------------------
-    def _bind_video(self, portrait, inputs: dict) -> None:
-        """Per video: the family's inputs, the reference, then the first clip's motion latents."""
+    def bind_portrait(self, image, face_box=None, **inputs):
+        """Per video: prepare the portrait, bind the family's inputs and run the ReferenceNet once.
+
+        The reference keys/values stay bound until the next portrait: every ``clips`` call after
+        this one (a live session's utterances) reuses them. Returns the prepared ``Portrait``.
+        """
+        portrait = self.prepare(image, face_box)
         be, b = self.backend, self.buf
         for name, value in self.family.video_inputs(portrait, **inputs).items():
             be.from_host(b[name], value)
         be.from_host(b["reference"], portrait.image[None])
         self._timed("reference_net", self.call_reference)
+        return portrait
+
+    def _bind_first_motion(self, portrait) -> None:
+        """The first clip's motion latents: the family's first frames encoded, else zeros."""
+        be, b = self.backend, self.buf
         first = self.family.first_motion(portrait)
         if first is None:
             be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
@@ -244,10 +254,11 @@ class Pipeline:
             be.from_host(self.motion_frames_buf, first)
             self._timed("vae_encoder", self.call_motion)
 
-    def _start_clip(self, clip: int, samples: np.ndarray, seed: int) -> None:
+    def _start_clip(self, clip: int, source: AudioSource, seed: int) -> None:
         """Per clip: the audio window, the motion latents (from clip 1 on), the clip's conditioning, the noise."""
         be, b, table = self.backend, self.buf, self.sampler
-        be.from_host(b["audio"], audio_window(samples, self.windows, clip))
+        be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
+        source.trim(self.windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
         self._timed("audio_encoder", self.call_audio)
         if clip > 0:
             be.join()  # the previous clip's decode (side stream) wrote the motion frames
@@ -275,13 +286,20 @@ class Pipeline:
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
         (512,) or (1, 512) floats, else the pipeline's own or its face model's).
         """
-        portrait = self.prepare(image, face_box)
+        portrait = self.bind_portrait(image, face_box, **inputs)
         if isinstance(audio, (str, Path)):
             from .audio import load_audio
 
             audio = load_audio(audio)
-        source = AudioSource(audio)
-        self._bind_video(portrait, inputs)
+        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress)
+
+    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None) -> Iterator[np.ndarray]:
+        """One video's clips from ``source`` over the portrait bound last (``bind_portrait``).
+
+        ``progress(clip, step)`` is called after every step (at the end of the clip when the loop
+        is one captured graph); an exception it raises abandons the video there.
+        """
+        self._bind_first_motion(portrait)
         plan: ClipPlan | None = None  # known once the whole audio is here
         pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream
         clip = 0
@@ -294,7 +312,7 @@ class Pipeline:
             # Overlap only when the whole audio is here: with a live stream, holding clip i back
             # until clip i+1's audio has arrived would delay its frames by a clip.
             self._sync_stages = not (self.overlap and self.backend.asynchronous and source.ended)
-            self._start_clip(clip, source.samples, seed)
+            self._start_clip(clip, source, seed)
             self._run_loop(clip, progress)
             # the previous clip's frames are copied out while this clip's loop runs on the device,
             # before this clip's decode may reuse the host staging of the frames buffer
