@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
-EXTRAS  := export,test,bench,openvino
+EXTRAS  := export,test,bench,openvino,serve
 
 .PHONY: install demo test test-fast lint lock weights gpu-check clean
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -45,6 +46,9 @@ def play(session: LiveSession, *, idle: bool, until, pace: float = 0.0, timeout:
             time.sleep(max(0.0, t0 + len(out) * pace - time.monotonic()))
         f = session.next_frame(idle=idle)
         if f is None:
+            events = session.take_events()
+            if events and out:  # events with no frame to carry them: kept on the last one for ``until``
+                out[-1] = dataclasses.replace(out[-1], events=out[-1].events + tuple(events))
             time.sleep(0.005)
             continue
         out.append(f)

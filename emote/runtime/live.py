@@ -77,7 +77,13 @@ class MediaFrame:
     image: np.ndarray | None  # uint8 (H, W, 3); None: dropped under load (show the previous image)
     audio: np.ndarray  # float32 (samples per frame,) at 16 kHz: the audio that plays with this frame
     speech: bool  # generated from speech (False: idle)
+    dropped: bool = False  # the image was dropped from a full queue (else image None is an underrun)
     events: tuple[dict, ...] = ()  # what happened at this frame: speaking_started/stopped, playback_finished
+
+    @property
+    def underrun(self) -> bool:
+        """Speech was due but not generated yet: the previous image held, silence played (a stall)."""
+        return self.speech and self.image is None and not self.dropped
 
 
 @dataclass
@@ -193,6 +199,7 @@ class LiveSession:
         self._playing: int | None = None  # the utterance now playing
         self._played_in_utterance = 0  # its samples played
         self._events: list[dict] = []
+        self._later: list[dict] = []  # events for the frame after this one
         self._last_image = self.portrait.image
         self.idle: np.ndarray | None = None  # the idle loop, once made
         self._idle_pos = 0
@@ -274,6 +281,8 @@ class LiveSession:
         with self._cond:
             c, o = self.counters, self.options
             speech = None
+            if self._later:
+                self._events[:0], self._later = self._later, []
             if self._playing is None and self._ready:
                 head = self._ready[0]
                 due = self._ready_since is not None and time.monotonic() - self._ready_since >= o.prebuffer_seconds
@@ -290,14 +299,16 @@ class LiveSession:
             elif not idle:
                 return None
             index = c.frames
+            dropped = False
             if speech is not None:
                 image, audio, utt, _, last = speech
                 if image is not None:
                     self._last_image = image
+                dropped = image is None
                 self._played_in_utterance += len(audio)
                 c.speech_frames += 1
-                if last:
-                    self._stopped(utt, (index + 1) * self.spf)
+                if last:  # the event rides the next frame: the one its pts names
+                    self._stopped(utt, (index + 1) * self.spf, later=True)
                 is_speech = True
             elif self._playing is not None:  # speech due, not generated yet: hold the image, play silence
                 image, audio, is_speech = None, np.zeros(self.spf, np.float32), True
@@ -310,7 +321,14 @@ class LiveSession:
             c.frames += 1
             events, self._events = tuple(self._events), []
             self._cond.notify_all()
-        return MediaFrame(index, index * self.spf, image, audio, is_speech, events)
+        return MediaFrame(index, index * self.spf, image, audio, is_speech, dropped, events)
+
+    def take_events(self) -> list[dict]:
+        """The events not yet carried by a frame (with ``next_frame(idle=False)``, when no frame comes)."""
+        with self._cond:
+            events = self._events + self._later
+            self._events, self._later = [], []
+        return events
 
     def _idle_image(self) -> np.ndarray:
         if self.idle is None:
@@ -440,8 +458,8 @@ class LiveSession:
                 self._stopped(utt, self.counters.frames * spf)
             self._cond.notify_all()
 
-    def _stopped(self, utt: int, pts: int) -> None:
-        self._events.append({"type": "speaking_stopped", "utterance": utt, "interrupted": False, "pts": pts})
+    def _stopped(self, utt: int, pts: int, later: bool = False) -> None:
+        (self._later if later else self._events).append({"type": "speaking_stopped", "utterance": utt, "interrupted": False, "pts": pts})
         self._playing = None
         if not self._ready:  # else the next utterance's first clip set it when it was ready
             self._ready_since = None
