@@ -217,7 +217,12 @@ class LiveSession:
     def push(self, data: bytes | np.ndarray) -> None:
         """Audio as it arrives: raw PCM bytes in the decoder's format, or float32 samples at its rate."""
         self._check_open()
-        x = self.decoder.decode(data)
+        self.push_samples(self.decoder.decode(data))
+
+    def push_samples(self, x: np.ndarray) -> None:
+        """Audio already float32 mono at 16 kHz (a caller with a decoder of its own: a WebRTC track)."""
+        self._check_open()
+        x = np.asarray(x, np.float32).reshape(-1)
         with self._cond:
             limit = self.options.max_buffered_seconds
             if self.buffered_seconds + len(x) / SAMPLE_RATE > limit:

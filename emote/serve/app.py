@@ -3,6 +3,7 @@
     POST   /sessions                  API key; a portrait upload or a named example -> id, token, stream URL
     DELETE /sessions/{id}             API key
     WS     /sessions/{id}/ws?token=   binary audio in; frames (JPEG + their audio) and JSON events out
+    POST   /sessions/{id}/offer?token= WebRTC: an SDP offer -> the answer; audio + video tracks on one clock
     GET    /healthz /readyz /metrics  liveness, readiness (the measured limit), Prometheus metrics
 
 Every error is a JSON body ``{"error": "one line"}`` with its status; the server stays up.
@@ -25,6 +26,7 @@ from .sessions import ServeConfig, Session, Sessions
 
 EXAMPLES = ("portrait",)  # named portraits: emote/assets/portrait.png
 WATCH_SECONDS = 0.5  # the watchdogs' period
+DRAIN = 4  # an upload up to this many times the limit is read (and dropped) before the 413: the client sees the answer
 STATS_FRAMES = 25  # a stats event every this many frames (1 s at 25 fps)
 
 
@@ -49,7 +51,8 @@ class Metrics:
         )
         self.av_offset = Histogram(
             "emote_av_offset_seconds",
-            "send time of a frame's image minus that of its audio (WebSocket: one message)",
+            "send time of a frame's image minus that of its audio (WebSocket: one message, 0)",
+            ["transport"],
             buckets=(-0.045, -0.02, 0.0, 0.02, 0.045, 0.125),
             registry=r,
         )
@@ -134,6 +137,9 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             return error(411, "POST /sessions needs a Content-Length")
         if int(length) > cfg.max_upload_bytes:
             metrics.rejected.labels(reason="too_large").inc()
+            if int(length) <= DRAIN * cfg.max_upload_bytes:  # read and dropped, so that the client reads the answer
+                async for _ in request.stream():
+                    pass
             return error(413, f"upload of {int(length)} bytes is over the limit of {cfg.max_upload_bytes} bytes")
         body = await request.body()
         if len(body) > cfg.max_upload_bytes:
@@ -196,6 +202,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             "token": s.token,
             "expires_in": round(s.token_expires - time.monotonic(), 1),
             "stream": f"/sessions/{s.id}/ws?token={s.token}",
+            "offer": f"/sessions/{s.id}/offer?token={s.token}",
             "fps": pipe.fps,
             "width": pipe.resolution,
             "height": pipe.resolution,
@@ -214,8 +221,31 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
         if not authorised(request):
             return error(401, "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
         if not await asyncio.to_thread(sessions.end, sid, "deleted: DELETE /sessions"):
-            return error(404, f"no session {sid}")
+            return error(404, sessions.missing(sid))
         return {"id": sid, "ended": True}
+
+    @app.post("/sessions/{sid}/offer")
+    async def offer(sid: str, request: Request):
+        from .webrtc import answer
+
+        s = sessions.get(sid)
+        if s is None:
+            return error(404, sessions.missing(sid))
+        why = sessions.check_token(s, request.query_params.get("token"))
+        if why is not None:
+            return error(401, why)
+        if s.streaming:
+            return error(409, "the session already has a stream open")
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
+        if not isinstance(body, dict):
+            return error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
+        try:
+            return await answer(s, sessions, body, metrics)
+        except EmoteError as e:
+            return error(400, str(e))
 
     @app.websocket("/sessions/{sid}/ws")
     async def stream(ws: WebSocket, sid: str):
@@ -226,12 +256,12 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             return
         await ws.accept()
         s = sessions.get(sid)
-        why = f"no session {sid}" if s is None else sessions.check_token(s, ws.query_params.get("token"))
+        why = sessions.missing(sid) if s is None else sessions.check_token(s, ws.query_params.get("token"))
         if why is None and s.streaming:
             why = "the session already has a stream open"
         if why is not None:
             await ws.send_text(json.dumps({"type": "error", "message": why}))
-            await ws.close(code=4401 if "token" in why else 4404)
+            await ws.close(code=4401 if why.startswith(("no token", "wrong token", "the session's token")) else 4404)
             return
         s.streaming = True
         s.last_message = time.monotonic()
@@ -288,7 +318,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             if not jpeg and f.image is not None:
                 metrics.dropped.labels(reason="late").inc()
             await asyncio.wait_for(ws.send_bytes(pack_frame(f.index, f.pts, f.speech, image, f.audio, f.underrun)), cfg.send_timeout)
-            metrics.av_offset.observe(0.0)
+            metrics.av_offset.labels(transport="websocket").observe(0.0)
             metrics.frames.labels(kind="speech" if f.speech else "idle").inc()
             if f.index % STATS_FRAMES == 0:
                 c = live.counters

@@ -14,6 +14,7 @@ import math
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..runtime.live import LiveOptions, LiveSession, PcmDecoder
 
 LOAD = 0.8  # sessions together may take 80% of the machine: the rest is margin for jitter (the pacer, JPEG, the OS)
 MEASURE_SECONDS = 2.0  # of the example speech, for the real-time factor
+ENDED_KEPT = 1024  # ended sessions whose reason is kept (a late client is told why, not "no session")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Session:
     streaming: bool = False
     ended: str | None = None  # why it ended (watchdog, DELETE, the stream closed)
     first_audio: float | None = None  # when the utterance now starting got its first chunk (first-frame latency)
+    webrtc: object = None  # (peer connection, tasks, media) of a WebRTC stream
 
     def seconds_left(self, cfg: ServeConfig) -> float:
         return max(0.0, self.created + cfg.max_session_seconds - time.monotonic())
@@ -75,6 +78,7 @@ class Sessions:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()  # why the last ENDED_KEPT sessions ended, by id
         self._creating = 0
         self._pool: list = []  # pipelines of ended sessions
         self._pipelines = 0
@@ -185,6 +189,12 @@ class Sessions:
         with self._lock:
             return self._sessions.get(sid)
 
+    def missing(self, sid: str) -> str:
+        """Why there is no session ``sid``: it ended (and why), or there never was one."""
+        with self._lock:
+            reason = self._ended.get(sid)
+        return f"session {sid} has ended ({reason})" if reason else f"no session {sid}"
+
     def check_token(self, s: Session, token: str | None) -> str | None:
         """None if ``token`` opens ``s``'s stream, else why not."""
         if not token:
@@ -199,6 +209,10 @@ class Sessions:
         """End a session: its worker stops, its pipeline goes back to the pool. False if there was none."""
         with self._lock:
             s = self._sessions.pop(sid, None)
+            if s is not None:
+                self._ended[sid] = reason
+                while len(self._ended) > ENDED_KEPT:
+                    self._ended.popitem(last=False)
         if s is None:
             return False
         s.ended = reason
@@ -223,7 +237,7 @@ class Sessions:
             elif now - s.last_message > cfg.idle_timeout:
                 self.end(s.id, f"idle_timeout: nothing from the client for {cfg.idle_timeout:g} s")
             elif not s.streaming and now > s.token_expires and s.live.counters.frames == 0:
-                self.end(s.id, "token_expired: the stream was never opened")
+                self.end(s.id, "token_expired: the token expired before a stream was opened")
             elif s.live.error is not None:
                 self.end(s.id, f"error: {s.live.error}")
         if self.metrics is not None:
