@@ -6,6 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
 EXTRAS  := export,test,bench,openvino,serve
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test test-fast lint lock weights gpu-check clean
 
@@ -13,7 +14,12 @@ install: $(STAMP)
 
 # torch is pinned to 2.13.0: that version installs the CPU build; any other pulls CUDA wheels.
 # constraints.txt pins every other package to the versions `make test` last passed with.
+# Debian's chromium for the kiosk page's browser test (Playwright drives it: no browser download);
+# without it (no apt-get, no root) that one test is skipped and says why.
 $(STAMP): pyproject.toml constraints.txt
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
+		echo "note: chromium not installed: the kiosk page's browser test will be skipped"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0

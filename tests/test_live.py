@@ -188,8 +188,10 @@ def test_audio_that_is_not_pcm_is_refused_by_name(data, message):
 
 
 def test_f32_that_is_not_float_pcm_is_refused():
-    loud = (np.arange(64, dtype=np.int16) * 500).tobytes()  # s16 bytes read as float32: huge or tiny values
-    with pytest.raises(EmoteError, match="not float32 PCM"):
-        PcmDecoder("f32le").decode(np.frombuffer(loud, "<f4").astype(np.float32) * 1e6)
+    s16 = (np.sin(np.arange(640) / 5) * 20000).astype("<i2")
+    with pytest.raises(EmoteError, match="not float32 PCM"):  # s16 bytes sent as f32le: huge values
+        PcmDecoder("f32le").decode(np.repeat(s16, 2).tobytes())
+    with pytest.raises(EmoteError, match="NaN or infinite"):
+        PcmDecoder("f32le").decode(np.array([0.1, np.nan, 0.2], "<f4").tobytes())
     with pytest.raises(EmoteError, match="audio format 'mp3'"):
         PcmDecoder("mp3")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -16,42 +14,13 @@ import pytest
 pytest.importorskip("fastapi")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
+from conftest import SERVE_KEY as KEY  # noqa: E402
+
 from emote.bundle import SAMPLE_RATE  # noqa: E402
 from emote.errors import EmoteError  # noqa: E402
 from emote.runtime.examples import PORTRAIT, SPEECH  # noqa: E402
 from emote.serve.client import create_session, http  # noqa: E402
 from emote.serve.protocol import unpack_frame  # noqa: E402
-
-KEY = "test-key"
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle):
-    cmd = [sys.executable, "-m", "emote.cli", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--api-key", KEY]
-    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("emote serve: http://127.0.0.1:"), line
-        url = line.split()[2]
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                    ready = json.loads(r.read())
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the server never got ready"
-                time.sleep(0.5)
-        yield url, ready
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")

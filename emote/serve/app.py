@@ -5,6 +5,7 @@
     WS     /sessions/{id}/ws?token=   binary audio in; frames (JPEG + their audio) and JSON events out
     POST   /sessions/{id}/offer?token= WebRTC: an SDP offer -> the answer; audio + video tracks on one clock
     GET    /healthz /readyz /metrics  liveness, readiness (the measured limit), Prometheus metrics
+    GET    /                          the kiosk page (emote/serve/static/)
 
 Every error is a JSON body ``{"error": "one line"}`` with its status; the server stays up.
 """
@@ -14,16 +15,18 @@ import json
 import secrets
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..errors import EmoteError
 from .protocol import encode_jpeg, pack_frame
 from .sessions import ServeConfig, Session, Sessions
 
+STATIC = Path(__file__).parent / "static"  # the kiosk page: plain HTML, CSS and JavaScript, no build step
 EXAMPLES = ("portrait",)  # named portraits: emote/assets/portrait.png
 WATCH_SECONDS = 0.5  # the watchdogs' period
 DRAIN = 4  # an upload up to this many times the limit is read (and dropped) before the 413: the client sees the answer
@@ -108,6 +111,14 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
     @app.exception_handler(EmoteError)
     async def emote_error(request, e: EmoteError):
         return error(400, str(e))
+
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/kiosk", StaticFiles(directory=STATIC), name="kiosk")
+
+    @app.get("/", include_in_schema=False)
+    async def kiosk():
+        return FileResponse(STATIC / "index.html")
 
     @app.get("/healthz")
     async def healthz():
