@@ -100,6 +100,7 @@ def tiny_int8_bundle(tmp_path_factory, tiny_bundle, calibration_inputs):
 
 
 SERVE_KEY = "test-key"
+SERVE_ORIGIN = "http://kiosk.test"  # the one origin the test server allows
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +113,7 @@ def server(tiny_bundle):
     import urllib.request
 
     cmd = [sys.executable, "-m", "emote.cli", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--api-key", SERVE_KEY]
-    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime"]
+    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime", "--cors-origin", SERVE_ORIGIN]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()

@@ -15,6 +15,7 @@ pytest.importorskip("fastapi")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
 from conftest import SERVE_KEY as KEY  # noqa: E402
+from conftest import SERVE_ORIGIN  # noqa: E402
 
 from emote.bundle import SAMPLE_RATE  # noqa: E402
 from emote.errors import EmoteError  # noqa: E402
@@ -300,4 +301,29 @@ def test_webrtc_session_from_an_aiortc_client(server):
         lines = dict(line.rsplit(" ", 1) for line in r.read().decode().splitlines() if line.startswith("emote_av_offset_seconds_"))
     total = float(lines['emote_av_offset_seconds_count{transport="webrtc"}'])
     assert total > 50 and float(lines['emote_av_offset_seconds_bucket{le="0.125",transport="webrtc"}']) == total
+    wait_sessions(url, 0)
+
+
+def test_cors_allows_the_configured_origin_only(server):
+    url, _ = server
+
+    def preflight(origin):
+        req = urllib.request.Request(url + "/sessions", method="OPTIONS")
+        req.add_header("Origin", origin)
+        req.add_header("Access-Control-Request-Method", "POST")
+        req.add_header("Access-Control-Request-Headers", "x-api-key")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers.get("access-control-allow-origin")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("access-control-allow-origin")
+
+    assert preflight(SERVE_ORIGIN) == (200, SERVE_ORIGIN)
+    assert preflight("http://elsewhere.test")[1] is None
+    info = create_session(url, KEY, example="portrait")
+    stream = url.replace("http://", "ws://") + info["stream"]
+    with pytest.raises(websockets_sync.InvalidStatus):  # a browser page from another origin cannot open the stream
+        websockets_sync.connect(stream, origin="http://elsewhere.test", open_timeout=10).close()
+    with websockets_sync.connect(stream, origin=SERVE_ORIGIN, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
     wait_sessions(url, 0)
