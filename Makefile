@@ -14,12 +14,12 @@ install: $(STAMP)
 
 # torch is pinned to 2.13.0: that version installs the CPU build; any other pulls CUDA wheels.
 # constraints.txt pins every other package to the versions `make test` last passed with.
-# Debian's chromium for the kiosk page's browser test (Playwright drives it: no browser download);
-# without it (no apt-get, no root) that one test is skipped and says why.
+# Debian packages: chromium for the kiosk page's browser test (Playwright drives it: no browser
+# download), espeak-ng for text in; without them (no apt-get, no root) their tests are skipped, saying why.
 $(STAMP): pyproject.toml constraints.txt
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } || \
-		echo "note: chromium not installed: the kiosk page's browser test will be skipped"
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && command -v espeak-ng >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium espeak-ng; } || \
+		echo "note: chromium or espeak-ng not installed: the kiosk page's browser test or text in will be skipped"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import time
 import urllib.request
 
@@ -326,4 +327,30 @@ def test_cors_allows_the_configured_origin_only(server):
         websockets_sync.connect(stream, origin="http://elsewhere.test", open_timeout=10).close()
     with websockets_sync.connect(stream, origin=SERVE_ORIGIN, open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+    wait_sessions(url, 0)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (make install installs it)")
+def test_text_in_through_espeak_ng(server):
+    """{"type": "say"}: the text synthesised by espeak-ng plays as one utterance, every sample of it with its frames."""
+    from emote.runtime.clips import frame_count
+    from emote.runtime.live import PcmDecoder
+    from emote.runtime.tts import EspeakNG
+
+    url, _ = server
+    text = "Hello. I am the kiosk."
+    samples, rate = EspeakNG().synthesize(text)
+    d = PcmDecoder("f32le", rate, 1)
+    expected = np.concatenate([d.decode(samples), d.flush()])
+    info = create_session(url, KEY, example="portrait", pace="asap")
+    with connect(url, info) as (ws, _):
+        ws.send(json.dumps({"type": "say", "text": "   "}))
+        _, events = frames_until(ws, lambda f, e: any(x["type"] == "error" for x, _ in e))
+        assert "no text to say" in events[-1][0]["message"]
+        ws.send(json.dumps({"type": "say", "text": text}))
+        frames, _ = frames_until(ws, lambda f, e: any(x["type"] == "speaking_stopped" for x, _ in e))
+    speech = [(h, a) for h, _, a, _ in frames if h["speech"]]
+    assert len(speech) == frame_count(len(expected), 25)
+    got = np.concatenate([a for _, a in speech])[: len(expected)]
+    np.testing.assert_allclose(got, expected, atol=1 / 32768 + 1e-6)
     wait_sessions(url, 0)

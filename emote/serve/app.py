@@ -17,6 +17,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,7 +31,8 @@ STATIC = Path(__file__).parent / "static"  # the kiosk page: plain HTML, CSS and
 EXAMPLES = ("portrait",)  # named portraits: emote/assets/portrait.png
 WATCH_SECONDS = 0.5  # the watchdogs' period
 DRAIN = 4  # an upload up to this many times the limit is read (and dropped) before the 413: the client sees the answer
-STATS_FRAMES = 25  # a stats event every this many frames (1 s at 25 fps)
+STATS_FRAMES = 25
+SAY_AHEAD = 2.0  # seconds of synthesised speech pushed ahead of playback (the buffer watchdog is 10 s)  # a stats event every this many frames (1 s at 25 fps)
 
 
 class Metrics:
@@ -66,6 +68,24 @@ class Metrics:
         self.buffered = Gauge("emote_buffered_audio_seconds", "audio received and not yet played, all sessions", registry=r)
 
 
+async def say(live, text, tts_for) -> None:
+    """Text in: synthesised (in a thread), then pushed into the session at most SAY_AHEAD s ahead of playback, then ended."""
+    from ..runtime.live import PcmDecoder
+
+    if not isinstance(text, str):
+        raise EmoteError('say needs text: {"type": "say", "text": "..."}')
+    samples, rate = await asyncio.to_thread(tts_for().synthesize, text)
+    decoder = PcmDecoder("f32le", rate, 1)
+    x = decoder.decode(samples)
+    x = np.concatenate([x, decoder.flush()])
+    step = 1600  # 0.1 s at 16 kHz
+    for i in range(0, len(x), step):
+        while live.buffered_seconds > SAY_AHEAD:
+            await asyncio.sleep(0.02)
+        live.push_samples(x[i : i + step])
+    live.end()
+
+
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -73,6 +93,16 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
     metrics = Metrics()
     sessions = sessions or Sessions(cfg, metrics)
+    voices: dict = {}
+
+    def tts_for():
+        """The TTS, made on first use (a server without espeak-ng serves everything else)."""
+        if "tts" not in voices:
+            from ..runtime.tts import EspeakNG
+
+            voices["tts"] = EspeakNG()
+        return voices["tts"]
+
     sessions.metrics = metrics
 
     @asynccontextmanager
@@ -254,7 +284,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
         if not isinstance(body, dict):
             return error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
         try:
-            return await answer(s, sessions, body, metrics)
+            return await answer(s, sessions, body, metrics, say=lambda text: say(s.live, text, tts_for))
         except EmoteError as e:
             return error(400, str(e))
 
@@ -312,8 +342,18 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
                     s.first_audio = None
                 elif kind == "end":
                     live.end()
+                elif kind == "say":
+                    speaking.append(asyncio.create_task(say_reporting(command.get("text"))))
                 else:
-                    await ws.send_text(json.dumps({"type": "error", "message": f"unknown command {kind!r}: clear or end"}))
+                    await ws.send_text(json.dumps({"type": "error", "message": f"unknown command {kind!r}: clear, end or say"}))
+
+        speaking: list[asyncio.Task] = []
+
+        async def say_reporting(text) -> None:
+            try:
+                await say(live, text, tts_for)
+            except EmoteError as e:
+                await ws.send_text(json.dumps({"type": "error", "message": str(e)}))
 
         async def send_frame(f, jpeg: bool = True) -> None:
             for e in f.events:
@@ -370,7 +410,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
         tasks = [asyncio.create_task(t()) for t in (receive, send, ended)]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
+            for t in (*pending, *speaking):
                 t.cancel()
             for t in done:
                 e = t.exception()

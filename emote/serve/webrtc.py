@@ -10,8 +10,8 @@ never audio.
 
 The browser's microphone (an incoming audio track) is the session's audio in, behind a noise
 gate (what stays under -50 dBFS for the gap is not speech: the utterance ends, the idle loop
-returns). A data channel carries JSON both ways: the session's events out, ``clear`` and ``end``
-in. ICE: host candidates only (no STUN, no TURN): loopback and LAN.
+returns). A data channel carries JSON both ways: the session's events out, ``clear``, ``end`` and
+``say`` (text in) in. ICE: host candidates only (no STUN, no TURN): loopback and LAN.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class SessionMedia:
                     raise
 
 
-async def answer(session, sessions, offer: dict, metrics=None) -> dict:
+async def answer(session, sessions, offer: dict, metrics=None, say=None) -> dict:
     """The SDP answer to ``offer`` ({"sdp", "type"}); the connection lives until the session ends."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -191,15 +191,29 @@ async def answer(session, sessions, offer: dict, metrics=None) -> dict:
         def on_message(message):
             session.last_message = time.monotonic()
             try:
-                kind = json.loads(message)["type"]
+                command = json.loads(message)
+                kind = command["type"]
             except (ValueError, KeyError, TypeError):
-                kind = None
+                command, kind = {}, None
             if kind == "clear":
                 session.live.clear()
             elif kind == "end":
                 session.live.end()
+            elif kind == "say" and say is not None:
+                tasks.append(asyncio.ensure_future(reporting(say(command.get("text")))))
             else:
-                channel.send(json.dumps({"type": "error", "message": 'commands are {"type": "clear"} or {"type": "end"}'}))
+                channel.send(
+                    json.dumps(
+                        {"type": "error", "message": 'commands are {"type": "clear"}, {"type": "end"} or {"type": "say", "text": "..."}'}
+                    )
+                )
+
+        async def reporting(job) -> None:
+            try:
+                await job
+            except EmoteError as e:
+                if channel.readyState == "open":
+                    channel.send(json.dumps({"type": "error", "message": str(e)}))
 
     @pc.on("connectionstatechange")
     async def on_state():

@@ -112,7 +112,7 @@ async function start() {
     const answer = await api("POST", session.offer, JSON.stringify(pc.localDescription), { "Content-Type": "application/json" });
     await pc.setRemoteDescription(answer);
     statsTimer = setInterval(stats, 500);
-    $("clear").disabled = $("stop").disabled = false;
+    $("clear").disabled = $("stop").disabled = $("saybtn").disabled = false;
     status("listening");
   } catch (err) {
     kiosk.error = String(err.message || err);
@@ -128,10 +128,15 @@ function stop(why) {
   if (session) api("DELETE", `/sessions/${session.id}`).catch(() => {});
   session = null;
   $("start").disabled = false;
-  $("clear").disabled = $("stop").disabled = true;
+  $("clear").disabled = $("stop").disabled = $("saybtn").disabled = true;
   if (why) status(why);
 }
 
 $("start").onclick = start;
 $("stop").onclick = () => stop("stopped");
 $("clear").onclick = () => { if (channel && channel.readyState === "open") channel.send(JSON.stringify({ type: "clear" })); speechAt = null; };
+$("sayform").onsubmit = (e) => {
+  e.preventDefault();
+  const text = $("say").value.trim();
+  if (text && channel && channel.readyState === "open") { channel.send(JSON.stringify({ type: "say", text })); speechAt = performance.now(); }
+};
