@@ -126,8 +126,9 @@ def test_clear_drops_audio_and_frames_and_reports_the_position(pipe, inputs):
     with LiveSession(pipe, portrait) as s:
         for c in chunks(long):
             s.push(c)
-        played = play(s, idle=True, until=lambda fr: sum(f.speech for f in fr) >= 6, pace=1 / pipe.fps)
-        assert s.counters.underruns == 0  # the tiny model runs faster than real time
+        # paced as a player would; on a busy machine some frames are underruns (speech due, not made yet)
+        played = play(s, idle=True, until=lambda fr: sum(f.speech and not f.underrun for f in fr) >= 6, pace=1 / pipe.fps)
+        assert sum(f.underrun for f in played) == s.counters.underruns
         t0 = time.monotonic()
         event = s.clear()
         after = s.next_frame()
