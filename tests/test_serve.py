@@ -1,4 +1,4 @@
-"""`emote serve` as users run it (a subprocess on 127.0.0.1, an ephemeral port) and real clients: HTTP, WebSocket, `emote client`."""
+"""`emote serve` as users run it (a subprocess on 127.0.0.1, an ephemeral port) and real clients: HTTP, WebSocket, WebRTC (aiortc), `emote client`."""
 
 from __future__ import annotations
 

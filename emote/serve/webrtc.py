@@ -178,10 +178,16 @@ async def answer(session, sessions, offer: dict, metrics=None, say=None) -> dict
         if session.ended is None:
             asyncio.get_running_loop().run_in_executor(None, sessions.end, session.id, reason)
 
+    async def microphone(track) -> None:
+        try:
+            await media.read_microphone(track)
+        except EmoteError as e:  # more audio buffered than the watchdog allows: the session ends, saying so
+            end(f"max_buffered: {e}")
+
     @pc.on("track")
     def on_track(track):
         if track.kind == "audio":
-            tasks.append(asyncio.ensure_future(media.read_microphone(track)))
+            tasks.append(asyncio.ensure_future(microphone(track)))
 
     @pc.on("datachannel")
     def on_channel(channel):
