@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
+import os
 import subprocess
 import sys
 import time
@@ -44,13 +44,10 @@ CHUNK = 320  # 20 ms at 16 kHz
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU class the figures are labelled with (as `emote doctor` prints it)."""
+    from emote.engines.probe import cpu_class
+
+    return cpu_class().label
 
 
 class Server:
@@ -308,7 +305,7 @@ def main() -> None:
     args.server_args = args.server_args.split()
     parts = list(PARTS) if args.part == "all" else [p.strip() for p in args.part.split(",")]
     speech = load_audio(SPEECH)
-    record = {"cpu": cpu_name(), "command": " ".join(sys.argv), "results": {}}
+    record = {"cpu": cpu_name(), "load_average": os.getloadavg(), "command": " ".join(sys.argv), "results": {}}
     for name in parts:
         print(f"== {name}", flush=True)
         record["results"][name] = PARTS[name](args, speech)
