@@ -196,3 +196,12 @@ def test_f32_that_is_not_float_pcm_is_refused():
         PcmDecoder("f32le").decode(np.array([0.1, np.nan, 0.2], "<f4").tobytes())
     with pytest.raises(EmoteError, match="audio format 'mp3'"):
         PcmDecoder("mp3")
+
+
+def test_pipeline_timings_stay_bounded_in_a_long_session():
+    from emote.runtime.pipeline import TIMINGS_KEPT, Timings
+
+    t = Timings()
+    for i in range(TIMINGS_KEPT + 5):
+        t.add("denoise_step", float(i))
+    assert len(t.calls["denoise_step"]) == TIMINGS_KEPT and t.calls["denoise_step"][-1] == TIMINGS_KEPT + 4

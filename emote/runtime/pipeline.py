@@ -19,6 +19,7 @@ only: never torch, diffusers or transformers (a test checks it).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,14 +66,19 @@ def buffer_bytes(bundle: Bundle, backend: str, precision: str) -> int:
     return total
 
 
+TIMINGS_KEPT = 10_000  # calls per stage: a pipeline serving live sessions for days keeps the latest only
+
+
 @dataclass
 class Timings:
-    """Seconds per stage call, appended as the pipeline runs (read by `emote bench`)."""
+    """Seconds per stage call, the latest TIMINGS_KEPT of each stage, appended as the pipeline runs (read by `emote bench`)."""
 
-    calls: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, deque] = field(default_factory=dict)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.calls.setdefault(stage, []).append(seconds)
+        if stage not in self.calls:
+            self.calls[stage] = deque(maxlen=TIMINGS_KEPT)
+        self.calls[stage].append(seconds)
 
 
 class Pipeline:
