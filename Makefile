@@ -5,7 +5,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
-EXTRAS  := export,test,bench,openvino
+EXTRAS  := export,test,bench,openvino,serve
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo tune test test-fast lint lock weights gpu-check clean
 
@@ -13,7 +14,12 @@ install: $(STAMP)
 
 # torch is pinned to 2.13.0: that version installs the CPU build; any other pulls CUDA wheels.
 # constraints.txt pins every other package to the versions `make test` last passed with.
+# Debian packages: chromium for the kiosk page's browser test (Playwright drives it: no browser
+# download), espeak-ng for text in; without them (no apt-get, no root) their tests are skipped, saying why.
 $(STAMP): pyproject.toml constraints.txt
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && command -v espeak-ng >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium espeak-ng; } || \
+		echo "note: chromium or espeak-ng not installed: the kiosk page's browser test or text in will be skipped"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0

@@ -365,6 +365,53 @@ def _tune(args) -> int:
     print(
         f"chose {t.candidate} ({t.backend} {t.precision}, {', '.join(f'{k} {v}' for k, v in t.options.items())}); stored in {result.path}{where}"
     )
+
+
+def _serve(args) -> int:
+    import os
+    from pathlib import Path
+
+    from .bundle import Bundle
+    from .serve.server import serve
+    from .serve.sessions import ServeConfig
+
+    Bundle.open(args.bundle)  # a bad bundle is one line now, not a server that never gets ready
+    cfg = ServeConfig(
+        bundle=Path(args.bundle),
+        api_key=args.api_key or os.environ.get("EMOTE_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin or ()),
+        token_ttl=args.token_ttl,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        max_session_seconds=args.max_session_seconds,
+        max_buffered_seconds=args.max_buffered_seconds,
+        backend=args.backend,
+        precision=args.precision,
+    )
+    serve(cfg, host=args.host, port=args.port)
+    return 0
+
+
+def _client(args) -> int:
+    import os
+
+    from .serve.client import run_client
+
+    if (args.image is None) == (args.example is None):
+        raise EmoteError("give --image FILE or --example NAME (one of them)")
+    summary = run_client(
+        args.url,
+        args.api_key or os.environ.get("EMOTE_API_KEY"),
+        args.image,
+        args.audio,
+        args.out,
+        example=args.example,
+        fast=args.fast,
+        seed=args.seed,
+        npy=args.npy,
+    )
+    print(f"wrote {args.out}: {summary.line()}")
     return 0
 
 
@@ -607,6 +654,36 @@ def _args_tune(d) -> None:
     d.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def _args_serve(d) -> None:
+    d.add_argument("--bundle", required=True, help="bundle folder (from `emote export`)")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs --api-key)")
+    d.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port, printed)")
+    d.add_argument("--api-key", help="the key POST/DELETE /sessions need (X-API-Key or Authorization: Bearer); default $EMOTE_API_KEY")
+    d.add_argument("--cors-origin", action="append", help="an origin allowed to call the API from a browser (repeatable; default none)")
+    d.add_argument("--max-sessions", type=int, help="at most this many sessions (default: as many as the measured real-time factor allows)")
+    d.add_argument("--token-ttl", type=float, default=60.0, help="seconds a session's token opens its stream (default 60)")
+    d.add_argument("--max-upload-mb", type=float, default=10.0, help="largest portrait upload in MB (default 10)")
+    d.add_argument(
+        "--idle-timeout", type=float, default=120.0, help="end a session after this many seconds without a client message (default 120)"
+    )
+    d.add_argument("--max-session-seconds", type=float, default=1800.0, help="end a session after this many seconds (default 1800)")
+    d.add_argument("--max-buffered-seconds", type=float, default=10.0, help="audio a session may hold unplayed; more ends it (default 10)")
+    d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="default: as `emote generate`")
+    d.add_argument("--precision", help="fp32, fp16, bf16, int8 (default: the backend's chosen one)")
+
+
+def _args_client(d) -> None:
+    d.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    d.add_argument("--api-key", help="the server's API key (default $EMOTE_API_KEY)")
+    d.add_argument("--image", help="portrait image to upload")
+    d.add_argument("--example", help="a portrait the server holds, by name (portrait), instead of --image")
+    d.add_argument("--audio", required=True, help="speech or song: WAV, FLAC, OGG or MP3, any rate")
+    d.add_argument("-o", "--out", required=True, help="output .mp4 (the frames and the audio that came with them)")
+    d.add_argument("--fast", action="store_true", help="stream as fast as the server makes frames (default: real-time pace)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the starting noise, as `emote generate --seed` (default 0)")
+    d.add_argument("--npy", help="also write the frames as received (decoded JPEG) to this .npy file")
+
+
 def _args_demo(d) -> None:
     d.add_argument("--out", default="build/demo", help="output folder (default: build/demo)")
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
@@ -666,6 +743,8 @@ COMMANDS = (
         "C2PA manifest and watermark of video files: exit 0 when one is marked, 1 when none is, 2 when one is unreadable",
         _args_detect,
     ),
+    ("serve", _serve, "live sessions over HTTP and WebSocket: audio in, frames and their audio out", _args_serve),
+    ("client", _client, "a portrait and an audio file through a running `emote serve`, to an MP4", _args_client),
     ("demo", _demo, "the example portrait and speech through the embedded demo model, to a video", _args_demo),
 )
 

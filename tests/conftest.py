@@ -152,3 +152,43 @@ def hallo_audio_pass():
         return features.numpy(), windows.numpy()
 
     return run
+
+
+SERVE_KEY = "test-key"
+SERVE_ORIGIN = "http://kiosk.test"  # the one origin the test server allows
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle):
+    """`emote serve` on the tiny bundle, a subprocess on 127.0.0.1 at an ephemeral port: (url, its /readyz)."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cmd = [sys.executable, "-m", "emote.cli", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--api-key", SERVE_KEY]
+    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime", "--cors-origin", SERVE_ORIGIN]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("emote serve: http://127.0.0.1:"), line
+        url = line.split()[2]
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    ready = json.loads(r.read())
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never got ready"
+                time.sleep(0.5)
+        yield url, ready
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

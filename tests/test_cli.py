@@ -10,7 +10,7 @@ from emote.cli import build_parser, main
 
 def test_help_lists_every_command():
     text = build_parser().format_help()
-    for cmd in ("doctor", "export", "verify", "generate", "demo", "bench"):
+    for cmd in ("doctor", "export", "verify", "generate", "demo", "bench", "serve", "client"):
         assert cmd in text
 
 

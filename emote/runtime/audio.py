@@ -92,7 +92,11 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 class AudioSource:
-    """Samples arriving over time: a whole array, or an iterator of float32 16 kHz chunks."""
+    """Samples arriving over time: a whole array, or an iterator of float32 16 kHz chunks.
+
+    ``length`` counts every sample that arrived; ``samples`` holds those from ``offset`` on:
+    ``trim`` forgets what no later clip reads, so a stream of any length holds a window's worth.
+    """
 
     def __init__(self, audio: np.ndarray | Iterable[np.ndarray]):
         if isinstance(audio, np.ndarray):
@@ -104,6 +108,7 @@ class AudioSource:
             self.parts = []
             self.ended = False
         self.length = sum(len(p) for p in self.parts)
+        self.offset = 0  # the track sample samples[0] is
         self._samples: np.ndarray | None = None
 
     def wait_for(self, n: int) -> bool:
@@ -125,3 +130,11 @@ class AudioSource:
             self._samples = np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
             self.parts = [self._samples]
         return self._samples
+
+    def trim(self, before: int) -> None:
+        """Forget the samples before track sample ``before`` (no later clip reads them)."""
+        drop = min(before, self.length) - self.offset
+        if drop > 0:
+            self._samples = self.samples[drop:]
+            self.parts = [self._samples]
+            self.offset += drop

@@ -84,9 +84,13 @@ class ClipPlan(ClipWindows):
         return min(self.clip_frames, self.frames - clip * self.clip_frames)
 
 
-def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int) -> np.ndarray:
-    """The clip's window of float32 samples, zero outside the track: shape (1, window_samples)."""
+def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int, offset: int = 0) -> np.ndarray:
+    """The clip's window of float32 samples, zero outside the track: shape (1, window_samples).
+
+    ``offset``: the track sample ``samples[0]`` is (a live stream keeps only its recent samples).
+    """
     start, stop = plan.window_range(clip)
+    start, stop = start - offset, stop - offset
     out = np.zeros(stop - start, dtype=np.float32)
     lo, hi = max(start, 0), min(stop, len(samples))
     if hi > lo:

@@ -55,6 +55,28 @@ def unidentified(path: Path) -> EmoteError:
     return EmoteError(f"{path} is not an image (PNG, JPEG, WebP, BMP, TIFF...)")
 
 
+def decode_image(data: bytes, name: str = "the uploaded image", max_pixels: int = 40_000_000) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file's bytes (an upload), upright; errors name ``name``."""
+    import io
+
+    if not data:
+        raise EmoteError(f"{name} is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.size[0] * img.size[1] > max_pixels:
+                raise EmoteError(f"{name} is {img.size[0]}x{img.size[1]} pixels: at most {max_pixels // 1_000_000} megapixels")
+            img.load()
+            rgb = to_rgb(ImageOps.exif_transpose(img))
+    except UnidentifiedImageError:
+        raise EmoteError(f"{name} is not an image (PNG, JPEG, WebP, BMP, TIFF...)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise EmoteError(f"{name} is unreadable ({e}): truncated or corrupt?") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise EmoteError(f"{name} is {w}x{h} pixels: at least {MIN_SIDE} pixels a side are needed")
+    return np.ascontiguousarray(rgb)
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, upright."""
     path = Path(path)

@@ -20,6 +20,7 @@ only: never torch, diffusers or transformers (a test checks it).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,14 +91,19 @@ def sampler_table(
         raise EmoteError(str(e)) from None
 
 
+TIMINGS_KEPT = 10_000  # calls per stage: a pipeline serving live sessions for days keeps the latest only
+
+
 @dataclass
 class Timings:
-    """Seconds per stage call, appended as the pipeline runs (read by `emote bench`)."""
+    """Seconds per stage call, the latest TIMINGS_KEPT of each stage, appended as the pipeline runs (read by `emote bench`)."""
 
-    calls: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, deque] = field(default_factory=dict)
 
     def add(self, stage: str, seconds: float) -> None:
-        self.calls.setdefault(stage, []).append(seconds)
+        if stage not in self.calls:
+            self.calls[stage] = deque(maxlen=TIMINGS_KEPT)
+        self.calls[stage].append(seconds)
 
 
 class Pipeline:
@@ -265,13 +271,23 @@ class Pipeline:
             raise EmoteError(f"{e}: nothing to generate") from None
 
     # -- generation ----------------------------------------------------------------------
-    def _bind_video(self, portrait, inputs: dict) -> None:
-        """Per video: the family's inputs, the reference, then the first clip's motion latents."""
+    def bind_portrait(self, image, face_box=None, **inputs):
+        """Per video: prepare the portrait, bind the family's inputs and run the ReferenceNet once.
+
+        The reference keys/values stay bound until the next portrait: every ``clips`` call after
+        this one (a live session's utterances) reuses them. Returns the prepared ``Portrait``.
+        """
+        portrait = self.prepare(image, face_box)
         be, b = self.backend, self.buf
         for name, value in self.family.video_inputs(portrait, **inputs).items():
             be.from_host(b[name], value)
         be.from_host(b["reference"], portrait.image[None])
         self._timed("reference_net", self.call_reference)
+        return portrait
+
+    def _bind_first_motion(self, portrait) -> None:
+        """The first clip's motion latents: the family's first frames encoded, else zeros."""
+        be, b = self.backend, self.buf
         first = self.family.first_motion(portrait)
         if first is None:
             be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
@@ -297,8 +313,9 @@ class Pipeline:
         """Per clip: the audio window, the motion latents (from clip 1 on), the clip's conditioning, the noise."""
         be, b, table = self.backend, self.buf, self.sampler
         if self.track is None:
-            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip))
-        else:
+            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
+            source.trim(self.windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
+        else:  # the whole track's features (a file) or a chunk of context (live): nothing trimmed
             be.from_host(b["audio_windows"], self._track_windows(clip, source, live))
         self._timed("audio_encoder", self.call_audio)
         if clip > 0:
@@ -327,15 +344,12 @@ class Pipeline:
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
         (512,) or (1, 512) floats, else the pipeline's own or its face model's).
         """
-        portrait = self.prepare(image, face_box)
+        portrait = self.bind_portrait(image, face_box, **inputs)
         if isinstance(audio, (str, Path)):
             from .audio import load_audio
 
             audio = load_audio(audio)
-        source = AudioSource(audio)
-        mark = self._marker()
-        for frames in self._frames(portrait, source, seed, progress, inputs):
-            yield frames if mark is None else mark.mark(frames, portrait.mask)
+        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress)
 
     def _marker(self):
         """The watermark embedder of one video (its payload: now), or None when unmarked."""
@@ -348,10 +362,21 @@ class Pipeline:
         self.last_payload = Payload.now()
         return Embedder(self.watermark_key, self.last_payload, fps=self.fps)
 
-    def _frames(self, portrait, source: AudioSource, seed: int, progress, inputs: dict) -> Iterator[np.ndarray]:
-        """The unmarked frames of one video, clip by clip."""
+    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None) -> Iterator[np.ndarray]:
+        """One video's clips from ``source`` over the portrait bound last (``bind_portrait``), marked
+        (the watermark, one payload per call) unless the pipeline is ``unmarked_research``.
+
+        ``progress(clip, step)`` is called after every step (at the end of the clip when the loop
+        is one captured graph); an exception it raises abandons the video there.
+        """
+        mark = self._marker()
+        for frames in self._unmarked_clips(portrait, source, seed, progress):
+            yield frames if mark is None else mark.mark(frames, portrait.mask)
+
+    def _unmarked_clips(self, portrait, source: AudioSource, seed: int, progress) -> Iterator[np.ndarray]:
+        """The clips as the model makes them (the motion frames fed back stay unmarked: these are copies)."""
         live, self._features = not source.ended, None  # a live stream's clips cannot wait for the whole track
-        self._bind_video(portrait, inputs)
+        self._bind_first_motion(portrait)
         plan: ClipPlan | None = None  # known once the whole audio is here
         pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream
         clip = 0
