@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..bundle import SAMPLE_RATE
 from ..models.config import WHISPER_FRAME_WINDOW, ModelConfig
 from ..models.emo import ClipCondition, EMOModel, VideoCondition
 from ..runtime.sampler import ROW
@@ -111,7 +112,7 @@ class Graph(nn.Module):
             elif s.name == "row":
                 out[s.name] = example_row(rng)
             elif s.name == "audio_index":  # rows of the window's whisper states (50 per second of samples)
-                states = self.cfg.audio_window_samples * 50 // 16000
+                states = self.cfg.audio_window_samples * 50 // SAMPLE_RATE
                 out[s.name] = np.sort(rng.integers(0, states, s.shape, dtype=np.int64), axis=None).reshape(s.shape)
             elif s.name in ("face_mask", "speed") or s.name.startswith("region_"):
                 out[s.name] = rng.random(s.shape, dtype=np.float32)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from ..bundle import SAMPLE_RATE
 from .config import WHISPER_FRAME_WINDOW, AudioConfig
 
 N_FFT = 400  # whisper: 25 ms windows at 16 kHz
@@ -62,7 +63,7 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def mel_filters(n_mels: int, sample_rate: int = 16000, n_fft: int = N_FFT) -> np.ndarray:
+def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
     """(n_mels, 1 + n_fft // 2) triangular filters, Slaney-normalised: librosa.filters.mel as whisper ships them."""
     freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))

@@ -27,6 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..bundle import SAMPLE_RATE
 from .watermark import DETECT_P, Key
 
 BANDS = 40
@@ -36,7 +37,7 @@ CELLS = 32  # cells a period: 1.024 s, so a 1-3 s window holds one to three whol
 ALPHA_DB = 1.5  # chip gain, dB: x1.19 or x0.84 of the band's amplitude
 HOP_S = 0.016  # the detector's STFT hop (half a cell): the shift search's step
 SHIFTS = int(round(CELLS * CELL_S / HOP_S))  # 64 offsets over one period
-DETECT_RATE = 16_000
+DETECT_RATE = SAMPLE_RATE
 SILENCE_DB = 50.0  # frames this far under the track's loudest carry no evidence
 NULL_Z_SD = 1.0  # z's spread over wrong keys (fitted: bench/watermark.py --audio; about 1 by construction)
 

@@ -23,6 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
 from .protocol import encode_jpeg, pack_frame
 from .sessions import ServeConfig, Session, Sessions
@@ -247,13 +248,13 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             "fps": pipe.fps,
             "width": pipe.resolution,
             "height": pipe.resolution,
-            "sample_rate": 16000,
+            "sample_rate": SAMPLE_RATE,
             "audio_in": {
                 "format": options.get("audio_format", "s16le"),
-                "rate": options.get("audio_rate", 16000),
+                "rate": options.get("audio_rate", SAMPLE_RATE),
                 "channels": options.get("channels", 1),
             },
-            "audio_out": {"format": "s16le", "rate": 16000, "channels": 1},
+            "audio_out": {"format": "s16le", "rate": SAMPLE_RATE, "channels": 1},
             "pace": s.pace,
         }
 
@@ -307,7 +308,9 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
         s.streaming = True
         s.last_message = time.monotonic()
         live = s.live
-        await ws.send_text(json.dumps({"type": "ready", "fps": live.fps, "sample_rate": 16000, "width": s.pipe.resolution, "pace": s.pace}))
+        await ws.send_text(
+            json.dumps({"type": "ready", "fps": live.fps, "sample_rate": SAMPLE_RATE, "width": s.pipe.resolution, "pace": s.pace})
+        )
         reason = "closed: the client closed the stream"
 
         async def receive():
@@ -471,5 +474,5 @@ def parse_options(fields: dict[str, str]) -> dict:
     # the decoder checks format, rate and channels before any work
     from ..runtime.live import PcmDecoder
 
-    PcmDecoder(out.get("audio_format", "s16le"), out.get("audio_rate", 16000), out.get("channels", 1))
+    PcmDecoder(out.get("audio_format", "s16le"), out.get("audio_rate", SAMPLE_RATE), out.get("channels", 1))
     return out

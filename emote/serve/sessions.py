@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
 from ..runtime.live import LiveOptions, LiveSession, PcmDecoder
 
@@ -146,7 +147,7 @@ class Sessions:
         face_box=None,
         seed: int = 0,
         audio_format: str = "s16le",
-        audio_rate: int = 16000,
+        audio_rate: int = SAMPLE_RATE,
         channels: int = 1,
         pace: str = "realtime",
         token_ttl: float | None = None,
