@@ -41,8 +41,10 @@ lint: install
 	$(BIN)/ruff format --check emote tests bench training
 	$(BIN)/lint-imports
 
+# Two workers, one core each (tests/conftest.py pins them), whole files per worker: the
+# exports that fixtures make are mostly single-threaded tracing, so the two halves overlap.
 test: lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -7,6 +7,20 @@ import os
 import numpy as np
 import pytest
 
+
+def pin_xdist_worker() -> None:
+    """Under `pytest -n N` (make test runs 2 workers), each worker owns its share of the cores, so no
+    library in one (PyTorch, ONNX Runtime, OpenVINO: all size their threads by the affinity) spins on
+    the other's core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    if worker and len(cores) >= count > 1:
+        share = cores[int(worker.removeprefix("gw")) :: count]
+        os.sched_setaffinity(0, share)
+        os.environ["OMP_NUM_THREADS"] = str(len(share))
+
+
+pin_xdist_worker()
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
