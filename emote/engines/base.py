@@ -13,8 +13,10 @@ the same shape and dtype and copy through ``to_host``/``from_host``.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,3 +111,18 @@ def check_feed(graph: str, name: str, expected: tuple[tuple[int, ...], np.dtype]
         raise ValueError(
             f"{graph}: tensor {name!r} is {np.dtype(buf.dtype).name}{list(buf.shape)}, expected {np.dtype(dtype).name}{list(shape)}"
         )
+
+
+def cache_folder(owner, path: Path, what: str, otherwise: str) -> Path | None:
+    """``path`` created for a backend's on-disk cache; None where it cannot be, said once per ``owner``
+    (its ``_said_uncached`` flag): ``what`` names the cache, ``otherwise`` what the backend does instead."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if not owner._said_uncached:
+            print(
+                f"emote: note: cannot write {what} {path} ({e.strerror}): {otherwise} (pass cache_dir= to cache elsewhere)", file=sys.stderr
+            )
+            owner._said_uncached = True
+        return None
+    return path

@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from ..bundle import GraphSpec
 from ..errors import EmoteError
-from .base import Backend, Buffer, Graph, check_feed
+from .base import Backend, Buffer, Graph, cache_folder, check_feed
 from .engine_key import slug
 from .probe import cpu_class
 
@@ -357,18 +357,7 @@ class OnnxRuntimeBackend(Backend):
         if self.cache_dir is None and not spec.bundle_hash:
             return None  # a graph outside a bundle (a benchmark's GEMM): nothing to key a cache by
         path = self.cache_dir or spec.folder / "engines" / f"onnxruntime-{slug(cpu_class().model)}-ort{ort.__version__}-{spec.bundle_hash}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            if not self._said_uncached:
-                print(
-                    f"emote: note: cannot write ONNX Runtime's optimized-graph cache {path} ({e.strerror}): "
-                    "optimizing every time (pass cache_dir= to cache elsewhere)",
-                    file=sys.stderr,
-                )
-                self._said_uncached = True
-            return None
-        return path
+        return cache_folder(self, path, "ONNX Runtime's optimized-graph cache", "optimizing every time")
 
     def _session(self, spec: GraphSpec) -> ort.InferenceSession:
         """A CPU session from the saved optimized graph where there is one, else from the bundle's (saving it)."""

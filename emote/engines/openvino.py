@@ -19,7 +19,6 @@ OpenVINO. Knows OpenVINO and nothing of diffusion.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from ..bundle import GraphSpec
 from ..errors import EmoteError
-from .base import Backend, Buffer, Graph, check_feed
+from .base import Backend, Buffer, Graph, cache_folder, check_feed
 from .probe import VNNI_FLAGS, cpu_flags
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -153,18 +152,7 @@ class OpenVINOBackend(Backend):
             return None  # a graph outside a bundle (a benchmark's GEMM): nothing to key a cache by
         dev = self.device.replace(".", "_")
         path = self.cache_dir or spec.folder / "engines" / f"openvino-{dev}-ov{self.version}-{spec.bundle_hash}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            if not self._said_uncached:
-                print(
-                    f"emote: note: cannot write OpenVINO's compiled-model cache {path} ({e.strerror}): "
-                    "compiling every time (pass cache_dir= to cache elsewhere)",
-                    file=sys.stderr,
-                )
-                self._said_uncached = True
-            return None
-        return path
+        return cache_folder(self, path, "OpenVINO's compiled-model cache", "compiling every time")
 
     def load(self, spec: GraphSpec) -> OpenVINOGraph:
         cache = self.cache_for(spec)
