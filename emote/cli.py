@@ -174,6 +174,20 @@ def _export_triton(args) -> int:
     return 0
 
 
+def _vocal_model(args):
+    """--vocal-model [--vocal-n-fft] -> the pipeline's vocal separator (checked before any work), or None."""
+    if args.vocal_model is None:
+        if args.vocal_n_fft is not None:
+            raise EmoteError("--vocal-n-fft needs --vocal-model")
+        return None
+    from .runtime.vocals import N_FFT, VocalSeparator
+
+    n_fft = N_FFT if args.vocal_n_fft is None else args.vocal_n_fft
+    if n_fft < 2:
+        raise EmoteError(f"--vocal-n-fft must be at least 2, got {n_fft}")
+    return VocalSeparator(args.vocal_model, n_fft=n_fft)
+
+
 def _family_options(args) -> dict:
     """--face-embedding / --face-model / --region-weights -> the family options of Pipeline (Hallo bundles;
     the bundle's family refuses what it does not take)."""
@@ -248,6 +262,7 @@ def _generate(args) -> int:
         guidance_steps=args.guidance_steps if args.guidance_steps is not None else "default",
         backend_options=_backend_flags(args),
         unmarked_research=args.unmarked_research,
+        vocal_model=_vocal_model(args),
         **_family_options(args),
     ) as pipe:
         summary = generate_video(
@@ -608,6 +623,12 @@ def _args_generate(d) -> None:
         "that makes the face embedding from the portrait; never downloaded",
     )
     d.add_argument("--region-weights", help="Hallo bundles: POSE,FACE,LIP weights of the audio in each region (default 1,1,1)")
+    d.add_argument(
+        "--vocal-model",
+        help="an MDX-Net vocal separation model (e.g. Kim_Vocal_2.onnx, as Hallo runs it) applied to the audio before "
+        "the audio encoder; never downloaded. Without it, give clean voice (no music or background noise)",
+    )
+    d.add_argument("--vocal-n-fft", type=int, help="the vocal model's FFT size (default 7680: Kim_Vocal_2's and UVR-MDX-NET-Voc_FT's)")
     d.add_argument("--png", help="also write PNG frames to this folder")
     d.add_argument("--npy", help="also write all frames to this .npy file")
     d.add_argument(

@@ -86,6 +86,9 @@ CASES = {
     "missing bundle": (["--bundle", "{d}/nobundle"], "is not a bundle"),
     "zero steps": (["--steps", "0"], "steps must be between 1 and 1000"),
     "unknown precision": (["--precision", "int4"], "unknown precision 'int4': one of fp32, fp16, bf16, int8"),
+    "missing vocal model": (["--vocal-model", "{d}/Kim_Vocal_2.onnx"], "--vocal-model {d}/Kim_Vocal_2.onnx: no such file"),
+    "text file as vocal model": (["--vocal-model", "{d}/notes.txt"], "--vocal-model {d}/notes.txt: not an ONNX model"),
+    "vocal FFT size alone": (["--vocal-n-fft", "6144"], "--vocal-n-fft needs --vocal-model"),
 }
 
 

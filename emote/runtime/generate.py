@@ -64,23 +64,34 @@ def generate_video(
     npy_path: str | Path | None = None,
     progress: bool = True,
 ) -> Summary:
-    from .audio import read_audio, resample, to_mono
+    from .audio import AudioSource, read_audio
     from .video import VideoWriter, check_writable, write_npy, write_png_frames
 
     out = Path(out)
     check_writable(out)
     if npy_path is not None:
         check_writable(npy_path)
-    track, rate = read_audio(audio)  # muxed as the user gave it; the model hears 16 kHz mono
-    samples = np.ascontiguousarray(resample(to_mono(track), rate))
-    portrait = pipe.prepare(image, face_box)
-    plan = pipe.plan(len(samples))
     out_fps = fps or pipe.fps
     if out_fps <= 0:
         raise EmoteError(f"--fps must be positive, got {out_fps}")
+    track, rate = read_audio(audio)  # muxed as the user gave it; the model hears 16 kHz mono
+    if pipe.vocals is not None:
+        bar = tqdm(unit="chunk", desc="vocals", disable=not progress)
+
+        def separated(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        samples = pipe.model_audio(track, rate, separated)
+        bar.close()
+    else:
+        samples = pipe.model_audio(track, rate)
+    portrait = pipe.prepare(image, face_box)
+    plan = pipe.plan(len(samples))
     bar = tqdm(total=plan.clips * len(pipe.sampler.rows), unit="step", desc="generate", disable=not progress)
     collected = [] if (png_dir or npy_path) else None
     start = time.perf_counter()
+    portrait = pipe.bind_portrait(portrait)  # the ReferenceNet, once: inside the timed run, as before its first clip
     first = None
     n_frames = 0
     # the track carries the audio mark whenever the frames carry the watermark (same key)
@@ -91,7 +102,7 @@ def generate_video(
                 bar.set_postfix_str(f"clip {clip + 1}/{plan.clips}", refresh=False)
             bar.update()
 
-        for clip in pipe.stream(portrait, samples, seed=seed, progress=advance):
+        for clip in pipe.clips(portrait, AudioSource(samples), seed=seed, progress=advance):
             if first is None:
                 first = time.perf_counter() - start
             frames = retime(clip, pipe.fps, out_fps)

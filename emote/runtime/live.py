@@ -178,6 +178,10 @@ class LiveSession:
     """``LiveSession(pipe, image)``: ``push(chunk)`` audio as it arrives, ``next_frame()`` once per frame, ``clear()``."""
 
     def __init__(self, pipe, image, *, options: LiveOptions | None = None, face_box=None, audio: PcmDecoder | None = None, **inputs):
+        if pipe.vocals is not None:
+            from .pipeline import LIVE_VOCALS
+
+            raise EmoteError(LIVE_VOCALS)
         self.pipe = pipe
         self.options = options or LiveOptions()
         self.decoder = audio or PcmDecoder("f32le")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import precision as policy
-from ..bundle import Bundle, GraphSpec
+from ..bundle import SAMPLE_RATE, Bundle, GraphSpec
 from ..engines.steploop import Step, StepPlan
 from ..errors import EmoteError
 from .audio import AudioSource
@@ -39,6 +39,7 @@ from .sampler import SamplerTable, make_sampler
 from .track_audio import TrackAudio, clip_windows
 
 GRAPHS = ("audio_encoder", "reference_net", "vae_encoder", "clip_condition", "denoise_step", "denoise_step_cond", "vae_decoder")
+LIVE_VOCALS = "vocal separation (--vocal-model) runs on whole tracks, not on live streams: give a live session clean voice"
 TRACK_GRAPHS = ("audio_stats", "audio_features")  # "track" audio windowing: run unbound, once per video (files) or per clip (live)
 # Bound to buffers of their own (the x/x0 ping-pong, the decoder's frames, the motion-frame
 # input); every other tensor name is one buffer shared by the graphs that read or write it.
@@ -133,6 +134,7 @@ class Pipeline:
         observe: Callable[[str, dict], None] | None = None,
         watermark_key: str | None = None,
         unmarked_research: bool = False,
+        vocal_model=None,
         **family_options,
     ):
         from ..provenance.watermark import Key
@@ -148,6 +150,13 @@ class Pipeline:
         # host view of the bound input buffers (calibration records them); wrapped into the
         # bound calls at bind time, so a pipeline without it runs the very same loop
         self.observe = observe
+        # vocal_model: an MDX-Net separation model (a path, e.g. Kim_Vocal_2.onnx, or a
+        # VocalSeparator) run on whole tracks before the audio encoder (runtime/vocals.py)
+        self.vocals = None
+        if vocal_model is not None:
+            from .vocals import VocalSeparator
+
+            self.vocals = vocal_model if isinstance(vocal_model, VocalSeparator) else VocalSeparator(vocal_model)
         # overlap: on a backend that queues work on a device (TensorRT), decode and copy out
         # clip i on a second stream while clip i+1 is conditioned and denoised; per-stage
         # timings are then not recorded (timing a stage would wait for it)
@@ -263,6 +272,15 @@ class Pipeline:
             return image
         return prepare_portrait(image, self.resolution, face_box=face_box, framing=self.family.framing)
 
+    def model_audio(self, track: np.ndarray, rate: int = SAMPLE_RATE, progress=None) -> np.ndarray:
+        """A whole track as read ((n,) or (n, channels) at ``rate``) -> what the model hears: float32
+        mono at 16 kHz, the track's vocals when the pipeline has a vocal model."""
+        from .audio import resample, to_mono
+
+        if self.vocals is not None:
+            return self.vocals(track, rate, progress)
+        return np.ascontiguousarray(resample(to_mono(np.asarray(track, np.float32)), rate))
+
     def plan(self, samples: int) -> ClipPlan:
         """The clips of a track of ``samples`` samples (16 kHz)."""
         try:
@@ -342,13 +360,19 @@ class Pipeline:
         """Yield each clip's frames (kept frames only) as soon as they are decoded.
 
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
-        (512,) or (1, 512) floats, else the pipeline's own or its face model's).
+        (512,) or (1, 512) floats, else the pipeline's own or its face model's). A whole track (a
+        path, or 16 kHz samples) goes through the vocal model when the pipeline has one; a live
+        stream (an iterator of chunks) cannot, and is refused then.
         """
-        portrait = self.bind_portrait(image, face_box, **inputs)
         if isinstance(audio, (str, Path)):
-            from .audio import load_audio
+            from .audio import read_audio
 
-            audio = load_audio(audio)
+            audio = self.model_audio(*read_audio(audio))
+        elif isinstance(audio, np.ndarray):
+            audio = self.model_audio(audio) if self.vocals is not None else audio
+        elif self.vocals is not None:
+            raise EmoteError(LIVE_VOCALS)
+        portrait = self.bind_portrait(image, face_box, **inputs)
         yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress)
 
     def _marker(self):
