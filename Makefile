@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := build/demo
-EXTRAS  := export,test,bench,openvino,serve
+EXTRAS  := export,test,bench,openvino,serve,ray
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo tune test test-fast lint lock weights gpu-check clean

@@ -404,7 +404,28 @@ def _serve(args) -> int:
         backend=args.backend,
         precision=args.precision,
     )
-    serve(cfg, host=args.host, port=args.port)
+    ray_only = {"--replicas": args.replicas, "--max-replicas": args.max_replicas, "--replica-cpus": args.replica_cpus}
+    ray_only |= {"--target-sessions": args.target_sessions, "--ray-address": args.ray_address}
+    if not args.ray:
+        given = [k for k, v in ray_only.items() if v is not None]
+        if given:
+            raise EmoteError(f"{', '.join(given)} need --ray")
+        serve(cfg, host=args.host, port=args.port)
+        return 0
+    from .serve.ray_app import Scale, serve_ray
+    from .serve.server import is_loopback
+
+    if cfg.api_key is None and not is_loopback(args.host):
+        raise EmoteError(f"--host {args.host} is reachable from other machines: give --api-key KEY (or serve on 127.0.0.1)")
+    if args.port == 0:
+        raise EmoteError("--ray needs a fixed --port (Ray's proxy does not take 0)")
+    scale = Scale(
+        replicas=args.replicas or 2,
+        max_replicas=args.max_replicas,
+        cpus=args.replica_cpus or 1.0,
+        target_sessions=args.target_sessions,
+    )
+    serve_ray(cfg, scale, host=args.host, port=args.port, address=args.ray_address)
     return 0
 
 
@@ -691,6 +712,18 @@ def _args_serve(d) -> None:
     d.add_argument("--max-buffered-seconds", type=float, default=10.0, help="audio a session may hold unplayed; more ends it (default 10)")
     d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="default: as `emote generate`")
     d.add_argument("--precision", help="fp32, fp16, bf16, int8 (default: the backend's chosen one)")
+    d.add_argument(
+        "--ray", action="store_true", help="serve through Ray Serve: replicas of this server behind one address (docs/scaling.md)"
+    )
+    d.add_argument("--replicas", type=int, help="--ray: replicas at start, and at least (default 2)")
+    d.add_argument(
+        "--max-replicas", type=int, help="--ray: autoscale up to this many replicas on sessions per replica (default: no autoscaling)"
+    )
+    d.add_argument("--replica-cpus", type=float, help="--ray: CPUs per replica; its backend runs that many threads (default 1)")
+    d.add_argument(
+        "--target-sessions", type=int, help="--ray: autoscaling's target of sessions per replica (default: --max-sessions, else 1)"
+    )
+    d.add_argument("--ray-address", help="--ray: join this Ray cluster (e.g. auto, or ray://HOST:10001) instead of starting one here")
 
 
 def _args_client(d) -> None:

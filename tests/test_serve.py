@@ -209,6 +209,38 @@ def vanish(ws, url) -> None:
     ws.socket.close()  # no close handshake: the client is gone
 
 
+def test_a_client_that_never_reads_is_ended_for_backpressure(server):
+    """A client that reads nothing (a 4 KB receive buffer, at most one message queued by the client library): the
+    server's sends wait, and after its send timeout (5 s) it ends the session, says why to a later connect, and
+    stays up for everyone else."""
+    import socket
+
+    url, _ = server
+    info = create_session(url, KEY, example="portrait")
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    stream = url.replace("http://", "ws://") + info["stream"]
+    with websockets_sync.connect(stream, sock=sock, open_timeout=10, close_timeout=1, max_size=None, max_queue=1) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        t0 = time.monotonic()
+        wait_sessions(url, 0, timeout=90)  # the idle frames (25 a second) fill the buffers; nothing is read
+        elapsed = time.monotonic() - t0
+    print(f"never-reading client: ended for backpressure {elapsed:.1f} s after its stream opened")
+    assert elapsed >= 5.0  # not before the send timeout
+    with connect(url, info) as (ws, event):
+        assert event["type"] == "error"
+        assert f"session {info['id']} has ended (backpressure: the client read nothing for 5 s)" == event["message"]
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+        assert r.status == 200
+    other = create_session(url, KEY, example="portrait")
+    with connect(url, other) as (ws, event):
+        assert event["type"] == "ready"
+        frames, _ = frames_until(ws, lambda f, e: len(f) >= 5)
+        assert len(frames) >= 5
+
+
 def test_admission_refuses_past_the_limit_with_retry_after(server):
     url, ready = server
     made = [create_session(url, KEY, example="portrait") for _ in range(ready["session_limit"])]

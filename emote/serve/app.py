@@ -91,7 +91,17 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
+class Placement:
+    """Where a session lives when several servers share one address (a Ray Serve deployment,
+    emote/serve/ray_app.py): this server's name, the header that routes a session's requests to
+    the server holding it (its value: the session id), and ``hold(sid)``, called once a session is
+    created here, which tells the router so."""
+
+    def __init__(self, name: str, header: str, hold):
+        self.name, self.header, self.hold = name, header, hold
+
+
+def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Placement | None = None):
     metrics = Metrics()
     sessions = sessions or Sessions(cfg, metrics)
     voices: dict = {}
@@ -161,7 +171,8 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             return error(503, f"not ready: {sessions.ready_error}")
         if not sessions.ready:
             return error(503, "not ready: measuring the real-time factor")
-        return {"status": "ready", "real_time_factor": sessions.rtf, "session_limit": sessions.limit, "sessions": len(sessions.all())}
+        ready = {"status": "ready", "real_time_factor": sessions.rtf, "session_limit": sessions.limit, "sessions": len(sessions.all())}
+        return ready if placement is None else {**ready, "replica": placement.name}
 
     @app.get("/metrics")
     async def prometheus():
@@ -239,7 +250,11 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
             return error(422 if "face" in str(e) else 400, str(e))
         metrics.created.inc()
         pipe = s.pipe
-        return {
+        where = {}
+        if placement is not None:  # the session's later requests must come back here: the router learns it now
+            await placement.hold(s.id)
+            where = {"replica": placement.name, "headers": {placement.header: s.id}}
+        return where | {
             "id": s.id,
             "token": s.token,
             "expires_in": round(s.token_expires - time.monotonic(), 1),
@@ -302,8 +317,15 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None):
         if why is None and s.streaming:
             why = "the session already has a stream open"
         if why is not None:
+            code = 4401 if why.startswith(("no token", "wrong token", "the session's token")) else 4404
+            if s is None and placement is not None and why.startswith("no session"):  # held by another server, or gone with it
+                why = (
+                    f"session {sid} is not on {placement.name}: send the header {placement.header}: {sid} "
+                    "(if you did, its server has gone or the router has not caught up: retry once, else create a new session)"
+                )
+                code = 4409
             await ws.send_text(json.dumps({"type": "error", "message": why}))
-            await ws.close(code=4401 if why.startswith(("no token", "wrong token", "the session's token")) else 4404)
+            await ws.close(code=code)
             return
         s.streaming = True
         s.last_message = time.monotonic()

@@ -30,6 +30,8 @@ from .protocol import decode_jpeg, unpack_frame
 CHUNK_SECONDS = 0.02
 AHEAD = 2.0  # --fast: seconds of audio sent ahead of the frames received
 MAX_LAG = 0.25  # seconds searched either way for the audio/video offset
+STREAM_TRIES = 4  # a stream that reached a server without its session (servers behind one address): retried
+RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,19 @@ class ClientSummary:
 
 
 def http(
-    method: str, url: str, *, api_key: str | None, body: bytes | None = None, content_type: str | None = None, timeout: float = 60.0
+    method: str,
+    url: str,
+    *,
+    api_key: str | None,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    timeout: float = 60.0,
+    headers: dict | None = None,
 ) -> dict:
-    """One request; the server's one-line error as an EmoteError."""
-    headers = {"X-API-Key": api_key} if api_key else {}
+    """One request; the server's one-line error as an EmoteError. ``headers``: a session's routing headers (POST /sessions gives them)."""
+    headers = dict(headers or {})
+    if api_key:
+        headers["X-API-Key"] = api_key
     if content_type:
         headers["Content-Type"] = content_type
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
@@ -112,6 +123,27 @@ def offset_ms(received: np.ndarray, sent: np.ndarray) -> float:
     return float(lags[int(np.argmax(values))]) * 1000 / SAMPLE_RATE
 
 
+async def open_stream(base: str, info: dict, tries: int = STREAM_TRIES):
+    """The session's WebSocket, past its "ready" event. It carries the headers POST /sessions gave
+    (servers behind one address route a session's requests by them, emote/serve/ray_app.py); a
+    stream refused as "not on" the server it reached (the router not caught up yet) is retried."""
+    import websockets
+
+    for attempt in range(tries):
+        ws = await websockets.connect(
+            base + info["stream"], max_size=None, open_timeout=10, close_timeout=2, additional_headers=info.get("headers") or {}
+        )
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if ready.get("type") == "ready":
+            return ws
+        await ws.close()
+        if " is not on " in str(ready.get("message")) and attempt + 1 < tries:
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        raise EmoteError(f"the server refused the stream: {ready.get('message', ready)}")
+    raise AssertionError("unreachable")
+
+
 async def stream_file(url: str, api_key: str | None, image, audio, *, example=None, fast=False, seed=0, timeout=None):
     """Returns (frames uint8 (N, H, W, 3), received audio 16 kHz, fps, ClientSummary)."""
     import websockets
@@ -142,10 +174,7 @@ async def stream_file(url: str, api_key: str | None, image, audio, *, example=No
     received_seconds = 0.0
     stats = {"dropped_video": 0, "underruns": 0, "underruns_seen": 0, "dropped_seen": 0}
     try:
-        async with websockets.connect(base + info["stream"], max_size=None, open_timeout=10, close_timeout=2) as ws:
-            ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            if ready.get("type") != "ready":
-                raise EmoteError(f"the server refused the stream: {ready.get('message', ready)}")
+        async with await open_stream(base, info) as ws:
 
             async def send():
                 nonlocal first_sent

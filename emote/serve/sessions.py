@@ -41,6 +41,7 @@ class ServeConfig:
     send_timeout: float = 5.0  # seconds a frame may wait for a client that does not read
     backend: str | None = None
     precision: str | None = None
+    threads: int | None = None  # CPU threads of each pipeline's backend (default: all usable cores)
 
     def __post_init__(self) -> None:
         for name in ("token_ttl", "idle_timeout", "max_session_seconds", "max_buffered_seconds", "send_timeout"):
@@ -48,6 +49,8 @@ class ServeConfig:
                 raise EmoteError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_upload_bytes <= 0:
             raise EmoteError("--max-upload-mb must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise EmoteError(f"--threads must be at least 1, got {self.threads}")
         if self.max_sessions is not None and self.max_sessions < 1:
             raise EmoteError(f"--max-sessions must be at least 1, got {self.max_sessions}")
 
@@ -86,7 +89,11 @@ class Sessions:
         self.rtf: float | None = None
         self.limit: int | None = None
         self.ready_error: str | None = None
-        self._pipeline_options = {"backend": cfg.backend, "precision": cfg.precision}
+        self._pipeline_options = {
+            "backend": cfg.backend,
+            "precision": cfg.precision,
+            "backend_options": {"threads": cfg.threads} if cfg.threads else None,
+        }
 
     # -- start-up: the measured limit ---------------------------------------------------------
     def _new_pipeline(self):
@@ -131,6 +138,12 @@ class Sessions:
         with self._lock:
             left = [s.seconds_left(self.cfg) for s in self._sessions.values()]
         return int(min(60, max(1, math.ceil(min(left, default=1)))))
+
+    @property
+    def taken(self) -> int:
+        """Slots in use: live sessions and those being created."""
+        with self._lock:
+            return len(self._sessions) + self._creating
 
     def admit(self) -> bool:
         """Reserve a slot (True) or refuse (False): active + being created < limit."""
