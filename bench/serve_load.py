@@ -193,7 +193,8 @@ def part_load(args, speech):
 
 
 def part_soak(args, speech):
-    s = Server(args.bundle, *args.server_args, "--idle-timeout", str(args.soak_seconds + 60))
+    longer = str(args.soak_seconds + 60)  # neither watchdog may end the soak's session
+    s = Server(args.bundle, *args.server_args, "--idle-timeout", longer, "--max-session-seconds", longer)
     samples = []
     try:
 

@@ -10,6 +10,15 @@ then attacked through PyAV. For every attack: detection rate at the decision thr
 same attacked clips unmarked and with wrong keys, the highest z and how many were (falsely)
 detected. Cost: luma PSNR and SSIM of marked against unmarked frames; embed and detect
 milliseconds per frame (one thread: OpenCV and numpy limited to one).
+
+Baselines (``--baselines dwtDctSvd,rivaGan``): the `invisible-watermark` package's DWT-DCT-SVD
+and RivaGAN marks through the same clips and attacks, each frame carrying the same 32 bits
+(the package's own embed and decode, per frame, on frames of at least 256x256: it refuses
+smaller ones, so not at 128 px). A clip's bits are the frames' majority vote; it is "detected"
+when at least BASELINE_MATCH of the 32 bits match the payload, the smallest count whose chance
+on an unmarked clip (independent fair bits) is under 1e-4, the project's false-positive bar.
+Install without its dependencies (it requires opencv-python, which would replace the headless
+OpenCV the project uses): ``pip install --no-deps invisible-watermark==0.2.0 PyWavelets``.
 """
 
 from __future__ import annotations
@@ -103,6 +112,100 @@ ATTACKS = {
 }
 
 
+BASELINE_BITS = 32
+FPR = 1e-4
+
+
+def baseline_match(bits: int = BASELINE_BITS, fpr: float = FPR) -> int:
+    """The fewest matching bits of ``bits`` whose chance under fair coin flips is at most ``fpr``."""
+    from math import comb
+
+    for k in range(bits + 1):
+        if sum(comb(bits, j) for j in range(k, bits + 1)) / 2**bits <= fpr:
+            return k
+    return bits + 1
+
+
+BASELINE_MATCH = baseline_match()  # 27 of 32 (chance 5.7e-5)
+
+
+class Baseline:
+    """One of invisible-watermark's methods, per frame: embed 32 bits, decode them back (RGB uint8 frames)."""
+
+    def __init__(self, method: str, stride: int = 1):
+        self.stride = stride
+        try:
+            from imwatermark import WatermarkDecoder, WatermarkEncoder
+        except ImportError:
+            raise SystemExit("--baselines: pip install --no-deps invisible-watermark==0.2.0 PyWavelets") from None
+        self.method, self._enc, self._dec = method, WatermarkEncoder, WatermarkDecoder
+        if method == "rivaGan":
+            WatermarkEncoder.loadModel()
+
+    def embed(self, frames: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        enc = self._enc()
+        enc.set_watermark("bits", [int(b) for b in bits])
+        return np.stack([cv2.cvtColor(enc.encode(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), self.method), cv2.COLOR_BGR2RGB) for f in frames])
+
+    def decode(self, frames: np.ndarray) -> np.ndarray | None:
+        """The clip's bits by the majority vote of every ``stride``-th frame, or None when the frames are under 256x256 (refused)."""
+        h, w = frames.shape[1:3]
+        if h * w < 256 * 256:
+            return None
+        dec = self._dec("bits", BASELINE_BITS)
+        votes = [np.asarray(dec.decode(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), self.method), np.float32) for f in frames[:: self.stride]]
+        return np.mean(votes, axis=0) > 0.5
+
+
+def run_baseline(name: str, baseline: Baseline, size: int, clips: list[np.ndarray], attacks: dict) -> dict:
+    """Detection, exact payload, bit accuracy and false positives of a baseline over the clips and attacks."""
+    rng = np.random.default_rng(size)
+    rows = {k: {"found": 0, "exact": 0, "bits": [], "null_found": 0, "refused": 0} for k in attacks}
+    psnrs, embed_ms, detect_ms = [], [], []
+    for plain in clips:
+        bits = rng.integers(0, 2, BASELINE_BITS).astype(bool)
+        t0 = time.perf_counter()
+        marked = baseline.embed(plain, bits)
+        embed_ms.append((time.perf_counter() - t0) * 1000 / len(plain))
+        psnrs.append(float(10 * np.log10(255**2 / np.mean((wm._luma(plain) - wm._luma(marked)) ** 2))))
+        delivered_marked, delivered_plain = h264(marked, 18), h264(plain, 18)
+        for attack, fn in attacks.items():
+            got = fn(delivered_marked)
+            t0 = time.perf_counter()
+            decoded = baseline.decode(got)
+            r = rows[attack]
+            if decoded is None:
+                r["refused"] += 1
+                continue
+            detect_ms.append((time.perf_counter() - t0) * 1000 / len(got[:: baseline.stride]))
+            matches = int(np.sum(decoded == bits))
+            r["found"] += matches >= BASELINE_MATCH
+            r["exact"] += matches == BASELINE_BITS
+            r["bits"].append(matches / BASELINE_BITS)
+            null = baseline.decode(fn(delivered_plain))
+            r["null_found"] += int(np.sum(null == bits)) >= BASELINE_MATCH
+        print(f"  {name} {size} px clip done", flush=True)
+    n = len(clips)
+    return {
+        "psnr_db": [round(min(psnrs), 2), round(float(np.mean(psnrs)), 2)],
+        "embed_ms_per_frame": round(float(np.median(embed_ms)), 2),
+        "detect_ms_per_frame": round(float(np.median(detect_ms)), 2) if detect_ms else None,
+        "attacks": {
+            k: (
+                {"refused": f"{r['refused']}/{n} (frames under 256x256)"}
+                if r["refused"] == n
+                else {
+                    "detected": f"{r['found']}/{n}",
+                    "exact_payload": f"{r['exact']}/{n}",
+                    "bit_accuracy": round(float(np.mean(r["bits"])), 3),
+                    "false_positives": f"{r['null_found']}/{n}",
+                }
+            )
+            for k, r in rows.items()
+        },
+    }
+
+
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM of luma (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5)."""
     x, y = a.astype(np.float64), b.astype(np.float64)
@@ -160,8 +263,13 @@ def main() -> int:
     ap.add_argument("--wrong-keys", type=int, default=40, help="wrong-key trials per size, spread over the attacked clips")
     ap.add_argument("--images", help="folder of portraits (default: the example portrait)")
     ap.add_argument("--attacks", help="comma-separated subset of the attack names")
+    ap.add_argument("--baselines", help="comma-separated: dwtDctSvd, rivaGan (invisible-watermark; see above)")
+    ap.add_argument(
+        "--baseline-stride", type=int, default=1, help="baselines vote over every N-th frame (RivaGAN: about 1 s a frame on a CPU)"
+    )
     ap.add_argument("-o", "--out", default="build/bench-watermark/results.json")
     args = ap.parse_args()
+    baselines = {b: Baseline(b, args.baseline_stride) for b in args.baselines.split(",")} if args.baselines else {}
 
     from PIL import Image
 
@@ -188,8 +296,9 @@ def main() -> int:
         rows = {name: {"found": 0, "exact": 0, "bits": [], "z": [], "null_z": [], "null_found": 0, "null_trials": 0} for name in attacks}
         psnrs, ssims, embed_ms, detect_ms = [], [], [], []
         wrong_per_clip = max(1, args.wrong_keys // max(1, 2 * args.clips * len(attacks)))  # on the marked clip and its unmarked twin
+        plains = [make_clip(images[c % len(images)], size, args.frames, seed=c) for c in range(args.clips)]
         for c in range(args.clips):
-            plain = make_clip(images[c % len(images)], size, args.frames, seed=c)
+            plain = plains[c]
             face = np.zeros((size, size), np.float32)
             face[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
             payload = pl.Payload(pl.GENERATOR_EMOTE, 1000 + c)
@@ -244,6 +353,11 @@ def main() -> int:
                 for k, r in rows.items()
             },
         }
+        for name, baseline in baselines.items():
+            if size * size < 256 * 256:
+                record["sizes"][size].setdefault("baselines", {})[name] = "refused: frames under 256x256"
+                continue
+            record["sizes"][size].setdefault("baselines", {})[name] = run_baseline(name, baseline, size, plains, attacks)
     record["null_fit"] = fit_null(trials)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +374,20 @@ def main() -> int:
             print(
                 f"| {k} | {a['detected']} | {zs} | {a['exact_payload']} | {a['bit_accuracy']} | {a['false_positives']} | {a['max_null_z']} |"
             )
+        for name, b in s.get("baselines", {}).items():
+            if isinstance(b, str):
+                print(f"\n{name} at {size} px: {b}")
+                continue
+            print(
+                f"\n{name} at {size} px (detected: >= {BASELINE_MATCH}/32 bits): luma PSNR {b['psnr_db']}, embed {b['embed_ms_per_frame']} ms/frame"
+            )
+            print("| attack | detected | exact payload | bit accuracy | false positives |")
+            print("| --- | --- | --- | --- | --- |")
+            for k, a in b["attacks"].items():
+                if "refused" in a:
+                    print(f"| {k} | {a['refused']} | | | |")
+                else:
+                    print(f"| {k} | {a['detected']} | {a['exact_payload']} | {a['bit_accuracy']} | {a['false_positives']} |")
     print(f"\nnull fit: {record['null_fit']}")
     print(f"\nwrote {out}")
     return 0
