@@ -420,9 +420,9 @@ def _serve(args) -> int:
     if args.port == 0:
         raise EmoteError("--ray needs a fixed --port (Ray's proxy does not take 0)")
     scale = Scale(
-        replicas=args.replicas or 2,
+        replicas=2 if args.replicas is None else args.replicas,
         max_replicas=args.max_replicas,
-        cpus=args.replica_cpus or 1.0,
+        cpus=1.0 if args.replica_cpus is None else args.replica_cpus,
         target_sessions=args.target_sessions,
     )
     serve_ray(cfg, scale, host=args.host, port=args.port, address=args.ray_address)

@@ -9,15 +9,16 @@ replica still alive. Bounded: every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import time
 
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 websockets = pytest.importorskip("websockets")
 
@@ -28,8 +29,7 @@ from emote.errors import EmoteError  # noqa: E402
 from emote.runtime.examples import SPEECH  # noqa: E402
 from emote.serve.client import create_session, open_stream  # noqa: E402
 from emote.serve.protocol import unpack_frame  # noqa: E402
-from emote.serve.ray_app import HEADER, Scale, start, wait_ready  # noqa: E402
-from emote.serve.sessions import ServeConfig  # noqa: E402
+from emote.serve.ray_app import HEADER, wait_ready  # noqa: E402
 
 REPLICAS = 2
 PER_REPLICA = 1  # --max-sessions of each replica: the total limit is 2
@@ -43,22 +43,40 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_url(tiny_bundle):
-    from ray import serve
+    """`emote serve --ray` as users run it: a subprocess (its own local Ray instance) on 127.0.0.1; (url, /readyz of each replica).
 
-    pinned = os.sched_getaffinity(0)  # make test pins each pytest worker to a core: Ray's processes get both
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    The process group is killed at the end: Ray's own processes go with it, whatever state the test left them in.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "emote.cli", "serve", "--bundle", str(tiny_bundle), "--ray", "--replicas", str(REPLICAS)]
+    cmd += ["--port", str(port), "--api-key", SERVE_KEY, "--max-sessions", str(PER_REPLICA), "--backend", "onnxruntime"]
+    everything = range(os.cpu_count() or 1)  # make test pins each worker to a core: Ray's processes get all of them
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, everything),
+    )
     try:
-        ray.init(num_cpus=REPLICAS, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        cfg = ServeConfig(bundle=tiny_bundle, api_key=SERVE_KEY, max_sessions=PER_REPLICA, backend="onnxruntime")
-        url = start(cfg, Scale(replicas=REPLICAS, cpus=1), host="127.0.0.1", port=free_port())
+        said = []  # Ray's own notes come first (token authentication, ...)
+        while not (said and said[-1].startswith("emote serve --ray: http://127.0.0.1:")):
+            said.append(proc.stdout.readline())
+            assert said[-1] and len(said) < 200, "".join(said)  # "" is the end of the output: the process ended
+        url = said[-1].split()[3]
+        yield url, wait_ready(url, REPLICAS, timeout=240)
     finally:
-        os.sched_setaffinity(0, pinned)
-    try:
-        ready = wait_ready(url, REPLICAS, timeout=240)
-        yield url, ready
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        proc.send_signal(signal.SIGTERM)  # Serve shuts down, the sessions end
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(45)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 async def first_frame(url: str, info: dict, seconds: float = 1.0) -> tuple[float, int]:
@@ -127,16 +145,14 @@ def test_sessions_spread_stick_and_fail_over(ray_url, server):
     # a replica killed mid-session: the client's stream ends, within a bound; nothing hangs
     # (a stream's end ends its session: a, and b, whose stream an unrouted client opened, are over)
     d = create_session(url, SERVE_KEY, example="portrait")
-    victim = d["replica"].split()[-1]
+    pids = {r["replica"]: r["pid"] for r in ready}
 
     async def killed_mid_stream():
         ws = await open_stream(url.replace("http://", "ws://"), d)
         try:
             await ws.send(np.zeros(SAMPLE_RATE // 10, "<i2").tobytes())
             await asyncio.wait_for(ws.recv(), 10)
-            names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True) if victim in x["name"]]
-            assert len(names) == 1, names
-            ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+            os.kill(pids[d["replica"]], signal.SIGKILL)  # the replica's process dies
             t0 = time.monotonic()
             try:
                 while True:
@@ -163,15 +179,18 @@ def test_sessions_spread_stick_and_fail_over(ray_url, server):
     print(f"new session after the kill on {c['replica']} (killed: {d['replica']})")
 
 
-def test_ray_options_are_checked_before_any_work(tiny_bundle, capsys):
+def test_ray_options_are_checked_before_any_work(tiny_bundle, capsys, monkeypatch):
     from emote.cli import main
     from emote.serve.ray_app import app_builder
+
+    monkeypatch.setattr("emote.serve.ray_app.serve_ray", lambda *a, **k: pytest.fail("a bad option started a server"))
 
     for argv, message in [
         (["--replicas", "2"], "--replicas need --ray"),
         (["--ray", "--port", "0"], "--ray needs a fixed --port"),
         (["--ray", "--replicas", "0"], "--replicas must be at least 1, got 0"),
         (["--ray", "--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
+        (["--ray", "--replica-cpus", "0"], "--replica-cpus must be positive, got 0.0"),
     ]:
         assert main(["serve", "--bundle", str(tiny_bundle), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -12,6 +12,7 @@ Every error is a JSON body ``{"error": "one line"}`` with its status; the server
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -172,7 +173,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Pl
         if not sessions.ready:
             return error(503, "not ready: measuring the real-time factor")
         ready = {"status": "ready", "real_time_factor": sessions.rtf, "session_limit": sessions.limit, "sessions": len(sessions.all())}
-        return ready if placement is None else {**ready, "replica": placement.name}
+        return ready if placement is None else {**ready, "replica": placement.name, "pid": os.getpid()}
 
     @app.get("/metrics")
     async def prometheus():

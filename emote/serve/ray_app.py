@@ -222,4 +222,8 @@ def serve_ray(cfg: ServeConfig, scale: Scale, *, host: str, port: int, address: 
     try:
         stop.wait()
     finally:
+        import ray
+
+        print("emote serve --ray: stopping (open sessions end)", flush=True)
         serve.shutdown()
+        ray.shutdown()
