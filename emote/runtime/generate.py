@@ -75,17 +75,14 @@ def generate_video(
     if out_fps <= 0:
         raise EmoteError(f"--fps must be positive, got {out_fps}")
     track, rate = read_audio(audio)  # muxed as the user gave it; the model hears 16 kHz mono
-    if pipe.vocals is not None:
-        bar = tqdm(unit="chunk", desc="vocals", disable=not progress)
+    bar = tqdm(unit="chunk", desc="vocals", disable=not progress or pipe.vocals is None)
 
-        def separated(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def separated(done: int, total: int) -> None:  # called by the vocal model only
+        bar.total = total
+        bar.update(done - bar.n)
 
-        samples = pipe.model_audio(track, rate, separated)
-        bar.close()
-    else:
-        samples = pipe.model_audio(track, rate)
+    samples = pipe.model_audio(track, rate, separated)
+    bar.close()
     portrait = pipe.prepare(image, face_box)
     plan = pipe.plan(len(samples))
     bar = tqdm(total=plan.clips * len(pipe.sampler.rows), unit="step", desc="generate", disable=not progress)

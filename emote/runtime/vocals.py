@@ -142,8 +142,7 @@ class VocalSeparator:
             weight[start:end] += window
             if progress is not None:
                 progress(k + 1, len(starts))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(weight > 0, result / np.maximum(weight, 1e-12), 0.0)
+        out = np.where(weight > 0, result / np.maximum(weight, 1e-12), 0.0)  # zero weight: the padding only
         return out[:, trim:-trim][:, :n].astype(np.float32)
 
     def __call__(self, track: np.ndarray, rate: int, progress=None) -> np.ndarray:

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
-from .protocol import encode_jpeg, pack_frame
+from .protocol import NOT_HERE, encode_jpeg, pack_frame
 from .sessions import ServeConfig, Session, Sessions
 
 STATIC = Path(__file__).parent / "static"  # the kiosk page: plain HTML, CSS and JavaScript, no build step
@@ -324,7 +324,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Pl
                     f"session {sid} is not on {placement.name}: send the header {placement.header}: {sid} "
                     "(if you did, its server has gone or the router has not caught up: retry once, else create a new session)"
                 )
-                code = 4409
+                code = NOT_HERE
             await ws.send_text(json.dumps({"type": "error", "message": why}))
             await ws.close(code=code)
             return

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..bundle import SAMPLE_RATE
 from ..errors import EmoteError
-from .protocol import decode_jpeg, unpack_frame
+from .protocol import NOT_HERE, decode_jpeg, unpack_frame
 
 CHUNK_SECONDS = 0.02
 AHEAD = 2.0  # --fast: seconds of audio sent ahead of the frames received
@@ -126,22 +126,22 @@ def offset_ms(received: np.ndarray, sent: np.ndarray) -> float:
 async def open_stream(base: str, info: dict, tries: int = STREAM_TRIES):
     """The session's WebSocket, past its "ready" event. It carries the headers POST /sessions gave
     (servers behind one address route a session's requests by them, emote/serve/ray_app.py); a
-    stream refused as "not on" the server it reached (the router not caught up yet) is retried."""
+    stream closed as not on the server it reached (NOT_HERE: the router not caught up yet) is retried."""
     import websockets
 
-    for attempt in range(tries):
+    for attempt in range(1, tries + 1):
         ws = await websockets.connect(
             base + info["stream"], max_size=None, open_timeout=10, close_timeout=2, additional_headers=info.get("headers") or {}
         )
         ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if ready.get("type") == "ready":
             return ws
+        with contextlib.suppress(asyncio.TimeoutError):  # the server closes after its error: read its code
+            await asyncio.wait_for(ws.wait_closed(), 5)
         await ws.close()
-        if " is not on " in str(ready.get("message")) and attempt + 1 < tries:
-            await asyncio.sleep(RETRY_SECONDS)
-            continue
-        raise EmoteError(f"the server refused the stream: {ready.get('message', ready)}")
-    raise AssertionError("unreachable")
+        if ws.close_code != NOT_HERE or attempt == tries:
+            raise EmoteError(f"the server refused the stream: {ready.get('message', ready)}")
+        await asyncio.sleep(RETRY_SECONDS)
 
 
 async def stream_file(url: str, api_key: str | None, image, audio, *, example=None, fast=False, seed=0, timeout=None):

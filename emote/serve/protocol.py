@@ -28,6 +28,9 @@ import numpy as np
 
 MAGIC = b"EMF1"
 JPEG_QUALITY = 90
+# The stream's close code when the session is not on the server it reached (servers behind one
+# address, emote/serve/ray_app.py): the router has not learnt the session yet, or its server is gone.
+NOT_HERE = 4409
 
 
 def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
