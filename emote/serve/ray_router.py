@@ -34,6 +34,8 @@ class SessionRouter(FIFOMixin, MultiplexMixin, RequestRouter):
         self._sent: dict = {}  # replica id -> send times of new sessions not yet in its report
 
     def _free(self, replica: RunningReplica) -> float:
+        """The replica's free slots: its report, less the sessions sent since that it may not hold yet
+        (and the sends its report already holds are forgotten here)."""
         stats = replica.routing_stats or {}
         reported = stats.get("at", 0.0)
         recent = [t for t in self._sent.get(replica.replica_id, []) if t + SETTLE > reported]
