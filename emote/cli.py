@@ -276,6 +276,7 @@ def _generate(args) -> int:
             png_dir=args.png,
             npy_path=args.npy,
             progress=not args.quiet,
+            first_clip=args.first_clip,
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
@@ -615,6 +616,12 @@ def _args_generate(d) -> None:
     d.add_argument("--guidance", type=float, help="audio guidance scale (1 = none)")
     d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
     d.add_argument("--seed", type=int, default=0, help="seed of the starting noise (same seed, same video; default 0)")
+    d.add_argument(
+        "--first-clip",
+        type=int,
+        metavar="K",
+        help="the first clip keeps K frames (motion frames .. a clip), as a live session's does (default: a whole clip)",
+    )
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
     d.add_argument(
         "--backend",

@@ -67,7 +67,8 @@ def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs):
         s.end()
         frames = play(s, idle=False, until=stopped)
         assert s.counters.first_frame_latency
-    expected = pipe.generate(portrait, speech)
+        assert s.first_clip == pipe.frames // 2  # the first frames sooner: half a clip's audio and its look-ahead
+    expected = pipe.generate(portrait, speech, first_clip=s.first_clip)
     assert len(frames) == len(expected) == frame_count(len(speech), pipe.fps)
     np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
     # one clock: frame k plays samples [k * spf, (k + 1) * spf) of the utterance, its pts counted in samples

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..runtime.clips import ClipPlan, audio_window, clip_noise
+from ..runtime.clips import ClipPlan, ClipWindows, audio_window, clip_noise
 from ..runtime.sampler import FAMILIES
 from .emo import ClipCondition, EMOModel
 
@@ -80,16 +80,10 @@ class ReferencePipeline:
         if self.sampler.family == "lcm":
             raise ValueError("the reference pipeline draws no per-step noise: LCM runs in the runtime only")
 
-    def plan(self, n_samples: int) -> ClipPlan:
+    def plan(self, n_samples: int, first_clip: int | None = None) -> ClipPlan:
         c = self.model.config
-        return ClipPlan.for_samples(
-            n_samples,
-            clip_frames=c.frames,
-            motion_frames=c.motion_frames,
-            fps=c.fps,
-            left_context=c.audio.left_context,
-            lookahead=c.audio.right_context,
-        )
+        windows = ClipWindows(c.frames, c.motion_frames, c.fps, c.audio.left_context, c.audio.right_context, first_clip)
+        return windows.plan(n_samples)
 
     @torch.no_grad()
     def __call__(
@@ -101,8 +95,11 @@ class ReferencePipeline:
         seed: int = 0,
         speed: float | None = None,
         progress: bool = False,
+        first_clip: int | None = None,
     ) -> np.ndarray:
-        """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8."""
+        """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8.
+
+        ``first_clip``: frames the first clip keeps (a live session's short first clip, runtime.clips)."""
         if self.model.config.uncond_branch != "audio":
             from ..errors import EmoteError
 
@@ -111,7 +108,7 @@ class ReferencePipeline:
                 "Hallo models run in the bundle runtime (emote generate)"
             )
         m, cfg, spec = self.model, self.model.config, self.sampler
-        plan = self.plan(len(audio))
+        plan = self.plan(len(audio), first_clip)
         f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size
         speed_t = torch.full((f,), cfg.speed_default if speed is None else speed)
         face_mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -144,8 +141,8 @@ class ReferencePipeline:
                 x = scheduler.step(eps, t, x).prev_sample
                 bar.update()
             frames = m.decode_latents(x).numpy()
-            keep = plan.kept(c)
-            out[c * f : c * f + keep] = frames[:keep]
-            motion_latents = m.encode_image(to_pixels(frames[f - n :]))
+            keep, start, length = plan.kept(c), plan.start(c), plan.clip_length(c)
+            out[start : start + keep] = frames[:keep]
+            motion_latents = m.encode_image(to_pixels(frames[length - n : length]))
         bar.close()
         return out

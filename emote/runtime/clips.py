@@ -12,6 +12,11 @@ three cut the same clips from the same audio.
 - clip c's audio window is [c*f - L, c*f + f + m) frames (L frames of left context,
   m = 2 frames of look-ahead), zero outside the track; so a stream can start clip c
   as soon as sample (c*f + f + m) * 640 has arrived (25 fps).
+- a short first clip (``first`` = k < f, live sessions): clip 0 keeps its first k frames
+  and hears only the audio of frames [-L, k + m) (the rest of its window is silence, so a
+  file and a stream cut it alike); clip c >= 1 covers [k + (c-1)*f, k + c*f). The first
+  frames then wait for k + m frames of audio instead of f + m (240 ms instead of 400 ms
+  for the demo model), for one more clip per video.
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ class ClipWindows:
     fps: int
     left_context: int  # L, audio frames before a clip
     lookahead: int  # m, audio frames after a clip
+    first: int | None = None  # k: frames the first clip keeps (None: a whole clip, f)
+
+    def __post_init__(self) -> None:
+        if self.first is not None and not self.motion_frames <= self.first <= self.clip_frames:
+            raise ValueError(
+                f"a first clip of {self.first} frames: give {self.motion_frames}..{self.clip_frames} "
+                "(at least the motion frames the next clip continues from, at most a clip)"
+            )
+
+    @property
+    def first_frames(self) -> int:
+        return self.clip_frames if self.first is None else self.first
+
+    def start(self, clip: int) -> int:
+        """The clip's first video frame."""
+        return 0 if clip == 0 else self.first_frames + (clip - 1) * self.clip_frames
+
+    def clip_length(self, clip: int) -> int:
+        """Frames the clip contributes before the track's end trims it (the first clip's may be short)."""
+        return self.first_frames if clip == 0 else self.clip_frames
 
     @property
     def samples_per_frame(self) -> int:
@@ -50,24 +75,31 @@ class ClipWindows:
 
     def window_range(self, clip: int) -> tuple[int, int]:
         """Sample range [start, stop) of the clip's audio window (may reach outside the track)."""
-        start = (clip * self.clip_frames - self.left_context) * self.samples_per_frame
+        start = (self.start(clip) - self.left_context) * self.samples_per_frame
         return start, start + self.window_samples
 
-    def samples_needed(self, clip: int) -> int:
-        """Samples that must have arrived before ``clip`` can start (its window's end)."""
+    def heard_until(self, clip: int) -> int:
+        """The end of the audio the clip hears: its window's end, or a short first clip's look-ahead."""
+        if clip == 0 and self.first_frames < self.clip_frames:
+            return (self.first_frames + self.lookahead) * self.samples_per_frame
         return self.window_range(clip)[1]
+
+    def samples_needed(self, clip: int) -> int:
+        """Samples that must have arrived before ``clip`` can start."""
+        return self.heard_until(clip)
 
     def plan(self, samples: int, ceil: bool = False) -> ClipPlan:
         """The clips of a track of ``samples`` samples (``ceil``: its frames counted as Hallo counts them)."""
         frames = frame_count(samples, self.fps, ceil)
-        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, frames=frames)
+        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, self.first, frames=frames)
 
 
 @dataclass(frozen=True)
 class ClipPlan(ClipWindows):
-    frames: int  # total video frames
+    frames: int = 0  # total video frames
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.frames < 1:
             raise ValueError("the audio is shorter than one video frame")
 
@@ -77,11 +109,12 @@ class ClipPlan(ClipWindows):
 
     @property
     def clips(self) -> int:
-        return -(-self.frames // self.clip_frames)
+        k = self.first_frames
+        return 1 + -(-max(0, self.frames - k) // self.clip_frames)
 
     def kept(self, clip: int) -> int:
         """Frames of ``clip`` that are part of the video (the last clip is trimmed)."""
-        return min(self.clip_frames, self.frames - clip * self.clip_frames)
+        return min(self.clip_length(clip), self.frames - self.start(clip))
 
 
 def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int, offset: int = 0) -> np.ndarray:
@@ -90,9 +123,10 @@ def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int, offset: int 
     ``offset``: the track sample ``samples[0]`` is (a live stream keeps only its recent samples).
     """
     start, stop = plan.window_range(clip)
+    heard = plan.heard_until(clip) - offset
     start, stop = start - offset, stop - offset
     out = np.zeros(stop - start, dtype=np.float32)
-    lo, hi = max(start, 0), min(stop, len(samples))
+    lo, hi = max(start, 0), min(stop, heard, len(samples))
     if hi > lo:
         out[lo - start : hi - start] = samples[lo:hi]
     return out[None]

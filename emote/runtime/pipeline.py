@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -281,12 +281,23 @@ class Pipeline:
             return self.vocals(track, rate, progress)
         return np.ascontiguousarray(resample(to_mono(np.asarray(track, np.float32)), rate))
 
-    def plan(self, samples: int) -> ClipPlan:
-        """The clips of a track of ``samples`` samples (16 kHz)."""
+    def plan(self, samples: int, windows: ClipWindows | None = None) -> ClipPlan:
+        """The clips of a track of ``samples`` samples (16 kHz), cut by ``windows`` (default: the bundle's)."""
         try:
-            return self.windows.plan(samples, ceil=self.track is not None)  # Hallo's bundles count frames as Hallo
+            return (windows or self.windows).plan(samples, ceil=self.track is not None)  # Hallo's bundles count frames as Hallo
         except ValueError as e:
             raise EmoteError(f"{e}: nothing to generate") from None
+
+    def windows_for(self, first_clip: int | None) -> ClipWindows:
+        """The clip windows with a first clip of ``first_clip`` frames (None: whole clips, the bundle's)."""
+        if first_clip is None or first_clip == self.frames:
+            return self.windows
+        if self.track is not None:
+            raise EmoteError("a short first clip needs per-clip audio windows: this bundle's audio is the whole track's")
+        try:
+            return replace(self.windows, first=first_clip)
+        except ValueError as e:
+            raise EmoteError(str(e)) from None
 
     # -- generation ----------------------------------------------------------------------
     def bind_portrait(self, image, face_box=None, **inputs):
@@ -327,12 +338,12 @@ class Pipeline:
             self._features = out[0]
         return clip_windows(self._features, 0, clip, f, m, len(self._features) - 1)
 
-    def _start_clip(self, clip: int, source: AudioSource, seed: int, live: bool) -> None:
+    def _start_clip(self, clip: int, source: AudioSource, seed: int, live: bool, windows: ClipWindows) -> None:
         """Per clip: the audio window, the motion latents (from clip 1 on), the clip's conditioning, the noise."""
         be, b, table = self.backend, self.buf, self.sampler
         if self.track is None:
-            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
-            source.trim(self.windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
+            be.from_host(b["audio"], audio_window(source.samples, windows, clip, source.offset))
+            source.trim(windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
         else:  # the whole track's features (a file) or a chunk of context (live): nothing trimmed
             be.from_host(b["audio_windows"], self._track_windows(clip, source, live))
         self._timed("audio_encoder", self.call_audio)
@@ -346,23 +357,33 @@ class Pipeline:
         if self.step_plan.noise is not None:
             self.loop.set_noise(np.stack([step_noise(seed, clip, i, shape) for i in range(self.step_plan.k)]))
 
-    def _decode(self):
-        """Queue the clip's decode, the next clip's motion frames and the copy out; a function that waits for the frames."""
-        be, f, n = self.backend, self.frames, self.motion
+    def _decode(self, length: int):
+        """Queue the clip's decode, the next clip's motion frames (the last of its ``length`` frames) and the
+        copy out; a function that waits for the frames."""
+        be, n = self.backend, self.motion
         with be.side_stream():
             self._timed("vae_decoder", self.call_decode[self.step_plan.result])
-            be.copy(self.motion_frames_buf, self.out_frames, start=f - n)
+            be.copy(self.motion_frames_buf, self.out_frames, start=length - n)
             return be.to_host_async(self.out_frames)
 
     def stream(
-        self, image, audio: str | Path | np.ndarray | Iterable[np.ndarray], *, seed: int = 0, face_box=None, progress=None, **inputs
+        self,
+        image,
+        audio: str | Path | np.ndarray | Iterable[np.ndarray],
+        *,
+        seed: int = 0,
+        face_box=None,
+        progress=None,
+        first_clip: int | None = None,
+        **inputs,
     ) -> Iterator[np.ndarray]:
         """Yield each clip's frames (kept frames only) as soon as they are decoded.
 
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
         (512,) or (1, 512) floats, else the pipeline's own or its face model's). A whole track (a
         path, or 16 kHz samples) goes through the vocal model when the pipeline has one; a live
-        stream (an iterator of chunks) cannot, and is refused then.
+        stream (an iterator of chunks) cannot, and is refused then. ``first_clip``: frames the first
+        clip keeps (``clips``).
         """
         if isinstance(audio, (str, Path)):
             from .audio import read_audio
@@ -373,7 +394,7 @@ class Pipeline:
         elif self.vocals is not None:
             raise EmoteError(LIVE_VOCALS)
         portrait = self.bind_portrait(image, face_box, **inputs)
-        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress)
+        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress, first_clip=first_clip)
 
     def _marker(self):
         """The watermark embedder of one video (its payload: now), or None when unmarked."""
@@ -386,18 +407,21 @@ class Pipeline:
         self.last_payload = Payload.now()
         return Embedder(self.watermark_key, self.last_payload, fps=self.fps)
 
-    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None) -> Iterator[np.ndarray]:
+    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None, first_clip: int | None = None) -> Iterator[np.ndarray]:
         """One video's clips from ``source`` over the portrait bound last (``bind_portrait``), marked
         (the watermark, one payload per call) unless the pipeline is ``unmarked_research``.
 
         ``progress(clip, step)`` is called after every step (at the end of the clip when the loop
-        is one captured graph); an exception it raises abandons the video there.
+        is one captured graph); an exception it raises abandons the video there. ``first_clip``:
+        frames the first clip keeps (motion frames .. a clip; default a whole clip): its frames
+        wait for that much audio and its look-ahead only (runtime.clips), live sessions' first frame.
         """
+        windows = self.windows_for(first_clip)
         mark = self._marker()
-        for frames in self._unmarked_clips(portrait, source, seed, progress):
+        for frames in self._unmarked_clips(portrait, source, seed, progress, windows):
             yield frames if mark is None else mark.mark(frames, portrait.mask)
 
-    def _unmarked_clips(self, portrait, source: AudioSource, seed: int, progress) -> Iterator[np.ndarray]:
+    def _unmarked_clips(self, portrait, source: AudioSource, seed: int, progress, windows: ClipWindows) -> Iterator[np.ndarray]:
         """The clips as the model makes them (the motion frames fed back stay unmarked: these are copies)."""
         live, self._features = not source.ended, None  # a live stream's clips cannot wait for the whole track
         self._bind_first_motion(portrait)
@@ -405,20 +429,20 @@ class Pipeline:
         pending = None  # (wait for the frames, frames to keep) of the clip decoding on the side stream
         clip = 0
         while plan is None or clip < plan.clips:
-            if not source.wait_for(self.windows.samples_needed(clip)) and plan is None:
-                plan = self.plan(source.length)
+            if not source.wait_for(windows.samples_needed(clip)) and plan is None:
+                plan = self.plan(source.length, windows)
                 if clip >= plan.clips:
                     break
-            keep = self.frames if plan is None else plan.kept(clip)
+            keep = windows.clip_length(clip) if plan is None else plan.kept(clip)
             # Overlap only when the whole audio is here: with a live stream, holding clip i back
             # until clip i+1's audio has arrived would delay its frames by a clip.
             self._sync_stages = not (self.overlap and self.backend.asynchronous and source.ended)
-            self._start_clip(clip, source, seed, live)
+            self._start_clip(clip, source, seed, live, windows)
             self._run_loop(clip, progress)
             # the previous clip's frames are copied out while this clip's loop runs on the device,
             # before this clip's decode may reuse the host staging of the frames buffer
             previous = np.array(pending[0]()[: pending[1]]) if pending is not None else None
-            pending = (self._decode(), keep)
+            pending = (self._decode(windows.clip_length(clip)), keep)
             if previous is not None:
                 yield previous
             if self._sync_stages:
