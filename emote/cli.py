@@ -305,7 +305,7 @@ def _bench(args) -> int:
 
     from .bench.report import write_reports
     from .bench.run import benchmark
-    from .bench.variants import default_variants, gpu_variants, select
+    from .bench.variants import compare_variants, default_variants, gpu_variants, select
     from .bundle import SAMPLE_RATE, Bundle
     from .export.bundle import ensure_bundle
     from .runtime.examples import example_inputs
@@ -325,6 +325,15 @@ def _bench(args) -> int:
     else:
         raise EmoteError("give --bundle BUNDLE or --preset NAME (or --quick for the tiny preset)")
     specs = default_variants(bundle, quick=args.quick) + (gpu_variants(bundle) if args.gpu else [])
+    if args.compare:
+        other = Path(args.compare)
+        if not other.is_dir():  # a preset name: its bundle exported (cached) beside the results
+            from .models.config import PRESETS
+
+            if args.compare not in PRESETS:
+                raise EmoteError(f"--compare {args.compare}: neither a bundle folder nor a preset ({', '.join(PRESETS)})")
+            other = ensure_bundle(out / f"bundle-{args.compare}", args.compare)
+        specs += compare_variants(Bundle.open(other))
     names = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     specs = select(specs, backend=args.backend, precision=args.precision, device=args.device, names=names)
     portrait, audio = example_inputs(bundle.geometry.resolution)
@@ -670,7 +679,16 @@ def _args_generate(d) -> None:
 def _args_bench(d) -> None:
     d.add_argument("--bundle", help="bundle to benchmark")
     d.add_argument("--preset", help="export this preset's bundle (cached in the output folder) and benchmark it")
-    d.add_argument("--variants", help="comma-separated variant names (default: all that apply)")
+    d.add_argument(
+        "--variants",
+        help="comma-separated variant names (default: all that apply); without the PyTorch reference, the first is the baseline",
+    )
+    d.add_argument(
+        "--compare",
+        metavar="BUNDLE_OR_PRESET",
+        help="also run another bundle (or preset) at its own sampler defaults, in the same interleaved rounds: "
+        "variants named PRESET:NAME (e.g. --preset demo-fast --compare demo: the student against its teacher)",
+    )
     d.add_argument("--repeat", type=int, help="measured runs per variant (default 3; --quick 2)")
     d.add_argument("--warmup", type=int, help="unmeasured runs per variant first (default 1)")
     d.add_argument("--seconds", type=float, help="seconds of the example speech to use (default all; --quick 1)")

@@ -56,6 +56,44 @@ def test_bench_refuses_unknown_variants(tiny_bundle, tmp_path, capsys):
     assert "unknown variant(s) warp-drive" in capsys.readouterr().err
 
 
+def test_bench_compare_runs_another_bundle_at_its_own_defaults_in_the_same_rounds(tiny_bundle, tmp_path, capsys):
+    """--compare: a second bundle (here the same one) at its sampler defaults, named PRESET:NAME; the first
+    variant named is the baseline, so the same weights at the same settings give the same frames."""
+    out = tmp_path / "bench"
+    argv = ["bench", "--bundle", str(tiny_bundle), "--compare", str(tiny_bundle), "--variants", "ort-fp32-dpm4,tiny:ort-fp32-dpm4"]
+    assert main([*argv, "--seconds", "0.5", "--repeat", "2", "--warmup", "0", "--quiet", "-o", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["baseline"] == "ort-fp32-dpm4" and list(record["results"]) == ["ort-fp32-dpm4", "tiny:ort-fp32-dpm4"]
+    other = record["results"]["tiny:ort-fp32-dpm4"]
+    assert other["spec"]["bundle"] == str(tiny_bundle) and other["spec"]["guidance_scale"] == 2.0
+    assert other["psnr_vs_baseline_db"] == float("inf")
+    assert other["stages"]["denoise_step"]["n"] == 2 * 4 * 4  # 2 runs x 4 clips x 4 guided steps, as its defaults say
+    assert [r["round"] for r in record["samples"]["tiny:ort-fp32-dpm4"]] == [0, 1]  # interleaved with the others
+    assert record["compared"][str(tiny_bundle)]["preset"] == "tiny"
+    assert main(["bench", "--bundle", str(tiny_bundle), "--compare", str(tmp_path / "nowhere"), "-o", str(out)]) == 2
+    assert "neither a bundle folder nor a preset" in capsys.readouterr().err
+
+
+def test_a_distilled_bundle_is_benched_at_its_own_one_step_defaults():
+    from types import SimpleNamespace
+
+    from emote.bench.variants import defaults_variant
+    from emote.bundle import SamplerDefaults
+
+    d = SamplerDefaults("ddim", 1, 1.0, None, "v_prediction", "trailing", True, "scaled_linear", True)
+    student = SimpleNamespace(sampler=d, preset="demo-fast", path="b/fast")
+    v = defaults_variant(student, "openvino")
+    assert (v.name, v.sampler, v.steps, v.guidance_scale, v.bundle) == ("ov-fp32-ddim1", "ddim", 1, 1.0, None)
+    assert v.describe() == "openvino fp32, ddim 1, unguided"
+    teacher = SimpleNamespace(
+        sampler=SamplerDefaults("dpmpp_2m", 4, 2.5, 1, "v_prediction", "trailing", True, "scaled_linear", False),
+        preset="demo",
+        path="b/demo",
+    )
+    v = defaults_variant(teacher, other=True)
+    assert (v.name, v.guidance_steps, v.bundle) == ("demo:ort-fp32-dpm4-g1", 1, "b/demo")
+
+
 def test_flop_count_of_known_graphs(tmp_path):
     w = onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
     m = onnx.numpy_helper.from_array(np.ones((16, 5), np.float32), "m")
@@ -88,7 +126,7 @@ def test_bench_on_a_cpu_without_bf16_selects_and_measures_only_what_it_runs(tiny
     monkeypatch.setattr(backend_choice, "openvino_native", lambda device="CPU": ["fp32", "int8"])
     specs = variants.default_variants(Bundle.open(tiny_bundle))
     ov = [s for s in specs if s.backend == "openvino"]
-    assert [s.precision for s in ov] == ["fp32"]  # no int8 graphs in this bundle, no bf16 on this CPU
+    assert {s.precision for s in ov} == {"fp32"}  # no int8 graphs in this bundle, no bf16 on this CPU
     asked = []
     monkeypatch.setattr("emote.bench.peak.measure_peak", lambda backend, dtype="float32": asked.append((backend.name, dtype)) or 1.0)
     peaks = measure_peaks(specs, threads=1)

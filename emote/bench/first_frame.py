@@ -44,6 +44,7 @@ def child(spec: VariantSpec, bundle: str, seconds: float) -> dict:
         precision=spec.precision,
         sampler=spec.sampler,
         steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
         guidance_steps=spec.guidance_steps,
         backend_options=spec.backend_options,
         unmarked_research=True,
@@ -88,7 +89,7 @@ def cold_and_warm(specs: list[VariantSpec], bundle: str, *, repeat: int = 3, sec
             with tempfile.TemporaryDirectory(prefix="emote-first-frame-") as cache:
                 spec = VariantSpec(**{**asdict(s), "backend_options": {**s.backend_options, "cache_dir": cache}})
                 for state in ("cold", "warm"):
-                    r = spawn(spec, bundle, seconds)
+                    r = spawn(spec, s.bundle or bundle, seconds)
                     samples[s.name][state].append(r)
                     progress(
                         f"first frame {i + 1}/{repeat}: {s.name} {state}: open {r['open_s']:.2f} s, first frame {r['first_frame_s']:.2f} s"

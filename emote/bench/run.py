@@ -114,14 +114,16 @@ def benchmark(
         def model_factory():
             return model_for_bundle(bundle)
 
+    bundles = {None: bundle} | {s.bundle: Bundle.open(s.bundle) for s in specs if s.bundle}  # bench --compare's
     if extras:
         from .flops import count_flops
 
-        flops = {key: count_flops(spec.path) for key, spec in bundle.graphs.items()}
+        flops_of = {k: {key: count_flops(g.path) for key, g in b.graphs.items()} for k, b in bundles.items()}
     else:
-        flops = {}
+        flops_of = {k: {} for k in bundles}
+    flops = flops_of[None]
     progress(f"preparing {len(specs)} variants")
-    variants = [Variant(s, bundle, model_factory, guidance, threads) for s in specs]
+    variants = [Variant(s, bundles[s.bundle], model_factory, guidance, threads) for s in specs]
     if extras:
         from .peak import measure_peaks
 
@@ -158,7 +160,7 @@ def benchmark(
         runs = samples[s.name]
         secs = [r["seconds"] for r in runs]
         n_frames = len(frames[s.name])
-        stages = {}
+        stages, flops = {}, flops_of[s.bundle]
         for stage in STAGES:
             calls = [t for r in runs for t in r["stages"].get(stage, [])]
             if not calls:
@@ -195,7 +197,8 @@ def benchmark(
         "threads": threads,
         "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset, "weights": dict(bundle.weights)},
         "config": {"repeat": repeat, "warmup": warmup, "seed": seed, "audio_seconds": audio_seconds, "guidance_scale": guidance},
-        "flops": {"per_graph": flops, "counted": "MatMul, Gemm, Conv only (2*M*N*K); elementwise, norms and softmax not counted"},
+        "compared": {k: {"preset": b.preset, "hash": b.hash, "weights": dict(b.weights)} for k, b in bundles.items() if k},
+        "flops": {"per_graph": flops_of[None], "counted": "MatMul, Gemm, Conv only (2*M*N*K); elementwise, norms and softmax not counted"},
         "peak_gflops": peaks,
         "baseline": base,
         "results": results,

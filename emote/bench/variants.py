@@ -28,12 +28,47 @@ class VariantSpec:
     backend: str = "onnxruntime"
     precision: str = "fp32"
     backend_options: dict[str, Any] = field(default_factory=dict)
+    guidance_scale: float | None = None  # None: the bundle's default
+    bundle: str | None = None  # another bundle than the one benchmarked (bench --compare); None: that one
 
     def describe(self) -> str:
         g = "every step" if self.guidance_steps is None else f"first {self.guidance_steps} step(s)"
+        guided = "unguided" if self.guidance_scale == 1.0 else f"guidance on {g}"
         if self.kind == "reference":
-            return f"PyTorch eager, {self.sampler} {self.steps}, guidance on {g}, fp32"
-        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, guidance on {g}"
+            return f"PyTorch eager, {self.sampler} {self.steps}, {guided}, fp32"
+        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, {guided}" + (f" ({self.bundle})" if self.bundle else "")
+
+
+SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "dpmpp_2m": "dpm"}
+
+
+def defaults_variant(bundle, backend: str = "onnxruntime", precision: str = "fp32", *, other: bool = False) -> VariantSpec:
+    """The bundle's own sampler defaults on ``backend`` at ``precision``, named as the other variants are
+    (``ov-fp32-dpm4-g1``, ``ort-fp32-ddim1``); ``other``: a compared bundle's, named ``<preset>:<name>``."""
+    d = bundle.sampler
+    tag = f"{SHORT.get(d.family, d.family)}{d.steps}"
+    if d.guidance_scale != 1.0 and d.guidance_steps is not None:
+        tag += f"-g{d.guidance_steps}"
+    name = f"{SHORT[backend]}-{precision}-{tag}"
+    return VariantSpec(
+        f"{bundle.preset}:{name}" if other else name,
+        "runtime",
+        d.family,
+        d.steps,
+        d.guidance_steps,
+        backend=backend,
+        precision=precision,
+        guidance_scale=float(d.guidance_scale),
+        bundle=str(bundle.path) if other else None,
+    )
+
+
+def compare_variants(other) -> list[VariantSpec]:
+    """Another bundle (a teacher, the weights a release replaces) at its own defaults, fp32, on each CPU backend here."""
+    from ..engines.probe import has_module
+
+    backends = ["onnxruntime"] + (["openvino"] if has_module("openvino") else [])
+    return [defaults_variant(other, b, other=True) for b in backends]
 
 
 def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
@@ -45,6 +80,9 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
         VariantSpec("ort-fp32-dpm4", "runtime", "dpmpp_2m", 4),
         VariantSpec("ort-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, guidance_steps=1),
     ]
+    own = defaults_variant(bundle)  # the bundle's own defaults, where they are none of these (a distilled student's)
+    if own.name not in {s.name for s in out}:
+        out.append(own)
     for prec in policy.runnable(bundle, "onnxruntime"):
         if prec != "fp32":
             out.append(VariantSpec(f"ort-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, precision=prec))
@@ -57,6 +95,9 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
             out.append(
                 VariantSpec(f"ov-{prec}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend="openvino", precision=prec, backend_options=opts)
             )
+            own = replace(defaults_variant(bundle, "openvino", prec), backend_options=opts)
+            if own.name not in {s.name for s in out}:
+                out.append(own)
     return out
 
 
@@ -140,6 +181,8 @@ class Variant:
     def __init__(self, spec: VariantSpec, bundle, model_factory, guidance_scale: float, threads: int):
         self.spec = spec
         self.threads = threads
+        if spec.guidance_scale is not None:
+            guidance_scale = spec.guidance_scale
         if spec.kind == "reference":
             import torch
 
