@@ -40,7 +40,7 @@ def test_torch_loop_is_the_runtime_step_graph_update():
 
 
 def test_student_sampler_is_unguided_ddim_landing_on_x0():
-    cfg = distill.student_config(preset("demo"), 1)
+    cfg = distill.student_config(1)
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     one = distill.table_of(cfg)
     assert one.family == "ddim" and not one.guided.any() and list(one.timesteps) == [999]
@@ -49,7 +49,7 @@ def test_student_sampler_is_unguided_ddim_landing_on_x0():
     out = model.model_output(x, torch.tensor(999.0), None, None, None)
     # zero terminal SNR, v-prediction: at t = 999, x0 = -v, returned as is (set_alpha_to_one)
     torch.testing.assert_close(distill.sample(Recorded(), one, x, None, None, None), -out)
-    two = distill.table_of(distill.student_config(preset("demo"), 2))
+    two = distill.table_of(distill.student_config(2))
     assert list(two.timesteps) == [999, 499] and not two.guided.any()
 
 

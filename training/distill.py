@@ -77,6 +77,7 @@ from tqdm import tqdm
 
 from emote.bundle import SAMPLE_RATE
 from emote.models.checkpoint import SHIPPED, WEIGHTS, load_checkpoint, save_checkpoint, shipped_checkpoint
+from emote.models.config import preset
 from emote.models.emo import ClipCondition, EMOModel
 from emote.runtime.clips import ClipPlan, audio_window, clip_noise
 from emote.runtime.face import crop_portrait
@@ -104,9 +105,9 @@ FAST = "demo-fast"  # the student's folder beside it
 
 
 # -- samplers ------------------------------------------------------------------------------------------------
-def student_config(cfg, steps: int = 1):
-    """The teacher's config with the student's sampler defaults: DDIM, ``steps``, unguided, landing on x0."""
-    return replace(cfg, sampler="ddim", steps=steps, guidance_scale=1.0, guidance_steps=None, set_alpha_to_one=True)
+def student_config(steps: int = 1):
+    """The student's preset (the teacher's architecture; DDIM, unguided, landing on x0) at ``steps``."""
+    return replace(preset(FAST), steps=steps)
 
 
 def table_of(cfg) -> SamplerTable:
@@ -275,7 +276,7 @@ class ClipEval:
     def __call__(self, student: EMOModel) -> dict:
         out = {}
         for steps in (1, 2):
-            table = table_of(student_config(student.config, steps))
+            table = table_of(student_config(steps))
             whole, mouth = [], []
             for c, feats, ref_frames in zip(self.inputs, self.feats, self.frames, strict=True):
                 x0 = sample(student, table, c.noise, *conditioned(student, feats), None)
@@ -329,7 +330,7 @@ def evaluate_videos(teacher: EMOModel, student: EMOModel, samples: int, out: Pat
     reader = MouthEstimator()
     variants = {"teacher": (teacher, table_of(teacher.config), teacher.uncond_audio_kv())}
     for steps in (1, 2):
-        variants[f"student{steps}"] = (student, table_of(student_config(student.config, steps)), None)
+        variants[f"student{steps}"] = (student, table_of(student_config(steps)), None)
     rows, i = [], 0
     while len(rows) < samples:
         s = make_sample(HELDOUT_SEED, i)
@@ -377,7 +378,7 @@ def train(work: Path, spec: Stage = SPEC, eval_every: int = EVAL_EVERY) -> None:
         rng, rewarm_from = np.random.default_rng([500, run.step]), run.step
         print(f"resumed from {PACKED.name} at step {run.step} (fresh optimiser)", file=sys.stderr)
     t_table, uncond = table_of(cfg), teacher.uncond_audio_kv()
-    one, two = table_of(student_config(cfg, 1)).rows[0], table_of(student_config(cfg, 2)).rows
+    one, two = table_of(student_config(1)).rows[0], table_of(student_config(2)).rows
     w_px = mouth_weight((cfg.latent_size,) * 2, 8)
     shadow = copy.deepcopy(student).requires_grad_(False)  # the EMA weights, for evaluation
     evaluator = ClipEval(teacher) if eval_every else None
@@ -492,7 +493,7 @@ def trained_student(work: Path) -> tuple[EMOModel, EMOModel, int]:
         load_backbone(student, ema)
     else:
         raise SystemExit(f"no distillation state: neither {path} nor a {PACKED.name} of these teacher weights")
-    student.config = student_config(teacher.config, 1)
+    student.config = student_config(1)
     return teacher, student, step
 
 

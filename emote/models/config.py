@@ -320,6 +320,15 @@ def _demo() -> ModelConfig:
     )
 
 
+def _demo_fast() -> ModelConfig:
+    # The demo model distilled to one step (training/distill.py): the same architecture and
+    # conditioning, sampled with one unguided DDIM step from pure noise at t = 999, landing on
+    # x0 (guidance is in the weights): 1 backbone pass a clip against the teacher's 5.
+    return dataclasses.replace(
+        _demo(), name="demo-fast", sampler="ddim", steps=1, guidance_scale=1.0, guidance_steps=None, set_alpha_to_one=True
+    )
+
+
 def _emo_sd15() -> ModelConfig:
     # EMO's published configuration: SD1.5 UNet, SD VAE, wav2vec2-base, 12 + 4 frames, DDIM 40.
     return ModelConfig(
@@ -514,6 +523,7 @@ def _echomimic_tiny() -> ModelConfig:
 PRESETS = {
     "tiny": _tiny,
     "demo": _demo,
+    "demo-fast": _demo_fast,
     "emo-sd15": _emo_sd15,
     "hallo": _hallo,
     "hallo-tiny": _hallo_tiny,
