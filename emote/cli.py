@@ -276,7 +276,7 @@ def _generate(args) -> int:
             png_dir=args.png,
             npy_path=args.npy,
             progress=not args.quiet,
-            first_clip=args.first_clip,
+            hop=args.hop,
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
@@ -400,7 +400,17 @@ def _serve(args) -> int:
     from .serve.server import serve
     from .serve.sessions import ServeConfig
 
-    Bundle.open(args.bundle)  # a bad bundle is one line now, not a server that never gets ready
+    bundle = Bundle.open(args.bundle)  # a bad bundle is one line now, not a server that never gets ready
+    if args.hop is not None:  # and a hop it cannot cut
+        from .runtime.clips import ClipWindows
+
+        g = bundle.geometry
+        try:
+            ClipWindows(g.frames, g.motion_frames, g.fps, g.left_context, g.lookahead, args.hop)
+        except ValueError as e:
+            raise EmoteError(f"--hop {args.hop}: {e}") from None
+        if g.audio_windowing == "track":
+            raise EmoteError(f"--hop {args.hop}: this bundle's audio is the whole track's; a hop needs per-clip audio windows")
     cfg = ServeConfig(
         bundle=Path(args.bundle),
         api_key=args.api_key or os.environ.get("EMOTE_API_KEY") or None,
@@ -411,6 +421,7 @@ def _serve(args) -> int:
         idle_timeout=args.idle_timeout,
         max_session_seconds=args.max_session_seconds,
         max_buffered_seconds=args.max_buffered_seconds,
+        hop=args.hop,
         backend=args.backend,
         precision=args.precision,
     )
@@ -626,10 +637,10 @@ def _args_generate(d) -> None:
     d.add_argument("--guidance-steps", type=int, help="guide only the first N steps (cheaper)")
     d.add_argument("--seed", type=int, default=0, help="seed of the starting noise (same seed, same video; default 0)")
     d.add_argument(
-        "--first-clip",
+        "--hop",
         type=int,
-        metavar="K",
-        help="the first clip keeps K frames (motion frames .. a clip), as a live session's does (default: a whole clip)",
+        metavar="H",
+        help="each clip keeps H frames (motion frames .. a clip): as `emote serve --hop` cuts a live stream (default: whole clips)",
     )
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
     d.add_argument(
@@ -735,6 +746,13 @@ def _args_serve(d) -> None:
     )
     d.add_argument("--max-session-seconds", type=float, default=1800.0, help="end a session after this many seconds (default 1800)")
     d.add_argument("--max-buffered-seconds", type=float, default=10.0, help="audio a session may hold unplayed; more ends it (default 10)")
+    d.add_argument(
+        "--hop",
+        type=int,
+        metavar="H",
+        help="each clip keeps H frames: a clip waits for H + look-ahead frames of audio, not a whole clip's, "
+        "for clip/H times the compute (counted in the session limit); default whole clips",
+    )
     d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="default: as `emote generate`")
     d.add_argument("--precision", help="fp32, fp16, bf16, int8 (default: the backend's chosen one)")
     d.add_argument(

@@ -85,7 +85,7 @@ CASES = {
     "output under a file": (["-o", "{d}/afile/out.mp4"], "does not exist"),
     "missing bundle": (["--bundle", "{d}/nobundle"], "is not a bundle"),
     "zero steps": (["--steps", "0"], "steps must be between 1 and 1000"),
-    "first clip past a clip": (["--first-clip", "9"], "a first clip of 9 frames: give 2..4 (at least the motion frames"),
+    "hop past a clip": (["--hop", "9"], "a hop of 9 frames: give 2..4 (at least the motion frames"),
     "unknown precision": (["--precision", "int4"], "unknown precision 'int4': one of fp32, fp16, bf16, int8"),
     "missing vocal model": (["--vocal-model", "{d}/Kim_Vocal_2.onnx"], "--vocal-model {d}/Kim_Vocal_2.onnx: no such file"),
     "text file as vocal model": (["--vocal-model", "{d}/notes.txt"], "--vocal-model {d}/notes.txt: not an ONNX model"),

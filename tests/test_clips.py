@@ -57,23 +57,24 @@ def test_audio_window_zero_pads_outside_the_track():
     assert last[16000 - start - 1] == 16000 and np.all(last[16000 - start :] == 0)
 
 
-def test_a_short_first_clip_keeps_k_frames_and_hears_only_their_audio():
-    """Live sessions' first clip (first = k): k frames for k + m frames of audio; the rest as whole clips."""
+def test_a_hop_keeps_h_frames_of_each_clip_and_hears_only_their_audio():
+    """hop = h (live latency): every clip keeps h frames for h + m frames of audio; silence after, as a stream that stopped there."""
     from emote.runtime.clips import ClipWindows
 
-    spf, w = 640, ClipWindows(8, 2, 25, 8, 2, first=4)
-    p = w.plan(50 * spf)  # 50 frames: 4 + 8 x 5 + 6
-    assert p.clips == 7 and [p.kept(c) for c in range(p.clips)] == [4, 8, 8, 8, 8, 8, 6]
-    assert [p.start(c) for c in range(3)] == [0, 4, 12] and sum(p.kept(c) for c in range(p.clips)) == 50
-    assert w.samples_needed(0) == (4 + 2) * spf  # 240 ms, not the whole clip's 400 ms
-    assert w.window_range(1) == ((4 - 8) * spf, (4 + 8 + 2) * spf) and w.samples_needed(1) == 14 * spf
+    spf, w = 640, ClipWindows(8, 2, 25, 8, 2, hop=4)
+    p = w.plan(50 * spf)  # 50 frames: 12 x 4 + 2
+    assert p.clips == 13 and [p.kept(c) for c in range(p.clips)] == [4] * 12 + [2]
+    assert [p.start(c) for c in range(3)] == [0, 4, 8] and sum(p.kept(c) for c in range(p.clips)) == 50
+    assert w.samples_needed(0) == (4 + 2) * spf  # 240 ms, not a whole clip's 400 ms
+    assert w.window_range(1) == ((4 - 8) * spf, (4 + 8 + 2) * spf) and w.samples_needed(1) == (8 + 2) * spf
     audio = np.ones(50 * spf, np.float32)
-    w0 = audio_window(audio, p, 0)[0]  # clip 0 hears frames [-8, 6): silence after, as a stream that stopped there
-    assert w0.shape == (18 * spf,) and w0[: 8 * spf].sum() == 0 and w0[8 * spf : 14 * spf].all() and w0[14 * spf :].sum() == 0
-    assert audio_window(audio[: 6 * spf], p, 0).tobytes() == audio_window(audio, p, 0).tobytes()
-    assert ClipWindows(8, 2, 25, 8, 2).plan(3 * spf).clips == w.plan(3 * spf).clips == 1
-    with pytest.raises(ValueError, match="a first clip of 1 frames: give 2..8"):
-        ClipWindows(8, 2, 25, 8, 2, first=1)
+    w1 = audio_window(audio, p, 1)[0]  # clip 1's window is frames [-4, 14); it hears [0, 10): silence before and after
+    assert w1.shape == (18 * spf,) and w1[: 4 * spf].sum() == 0 and w1[4 * spf : 14 * spf].all() and w1[14 * spf :].sum() == 0
+    assert audio_window(audio[: 10 * spf], p, 1).tobytes() == w1[None].tobytes()
+    whole = ClipWindows(8, 2, 25, 8, 2)
+    assert whole.samples_needed(0) == 10 * spf and whole.plan(50 * spf).clips == 7  # hop None: the clip's length
+    with pytest.raises(ValueError, match="a hop of 1 frames: give 2..8"):
+        ClipWindows(8, 2, 25, 8, 2, hop=1)
 
 
 def test_motion_frames_carried(tiny_model, tiny_inputs, monkeypatch):

@@ -67,8 +67,7 @@ def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs):
         s.end()
         frames = play(s, idle=False, until=stopped)
         assert s.counters.first_frame_latency
-        assert s.first_clip == pipe.frames // 2  # the first frames sooner: half a clip's audio and its look-ahead
-    expected = pipe.generate(portrait, speech, first_clip=s.first_clip)
+    expected = pipe.generate(portrait, speech)
     assert len(frames) == len(expected) == frame_count(len(speech), pipe.fps)
     np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
     # one clock: frame k plays samples [k * spf, (k + 1) * spf) of the utterance, its pts counted in samples
@@ -78,6 +77,18 @@ def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs):
     np.testing.assert_array_equal(audio[: len(speech)], speech)
     assert not audio[len(speech) :].any()
     assert frames[0].events[0]["type"] == "speaking_started"
+
+
+def test_a_hop_cuts_the_live_stream_as_generate_cuts_the_file(pipe, inputs):
+    portrait, speech = inputs
+    with LiveSession(pipe, portrait, options=LiveOptions(hop_frames=2)) as s:
+        for c in chunks(speech):
+            s.push(c)
+        s.end()
+        frames = play(s, idle=False, until=stopped)
+    np.testing.assert_array_equal(np.stack([f.image for f in frames]), pipe.generate(portrait, speech, hop=2))
+    with pytest.raises(EmoteError, match="a hop of 9 frames: give 2..4"):
+        LiveSession(pipe, portrait, options=LiveOptions(hop_frames=9))
 
 
 def test_pcm16_stereo_at_44k_is_resampled(pipe, inputs):

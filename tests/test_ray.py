@@ -191,6 +191,7 @@ def test_ray_options_are_checked_before_any_work(tiny_bundle, capsys, monkeypatc
         (["--ray", "--replicas", "0"], "--replicas must be at least 1, got 0"),
         (["--ray", "--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
         (["--ray", "--replica-cpus", "0"], "--replica-cpus must be positive, got 0.0"),
+        (["--ray", "--hop", "9"], "--hop 9: a hop of 9 frames: give 2..4"),
     ]:
         assert main(["serve", "--bundle", str(tiny_bundle), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()

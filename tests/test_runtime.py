@@ -73,12 +73,12 @@ def test_streaming_in_20ms_chunks_equals_whole_file(tiny_bundle, tiny_inputs, po
     assert first_after <= 6 * 640 < len(audio)
 
 
-def test_a_short_first_clip_matches_the_reference_and_streams_after_its_own_audio(tiny_bundle, tiny_model, tiny_inputs, portrait):
-    """first_clip = 2 (half the tiny clip): the runtime cuts the clips the PyTorch reference cuts, and a
-    stream's first frames come once 2 + 2 look-ahead frames of audio have arrived, not a whole clip's."""
+def test_a_hop_matches_the_reference_and_streams_after_its_own_audio(tiny_bundle, tiny_model, tiny_inputs, portrait):
+    """hop = 2 (half the tiny clip): the runtime cuts the clips the PyTorch reference cuts, and a stream's
+    first frames come once 2 + 2 look-ahead frames of audio have arrived, not a whole clip's."""
     image, mask, audio = tiny_inputs
     spec = SamplerSpec(family="dpmpp_2m", steps=4, guidance_scale=2.0)
-    ref = ReferencePipeline(tiny_model, spec)(image, mask, audio, seed=3, first_clip=2)
+    ref = ReferencePipeline(tiny_model, spec)(image, mask, audio, seed=3, hop=2)
     read = []
 
     def chunks():
@@ -89,16 +89,16 @@ def test_a_short_first_clip_matches_the_reference_and_streams_after_its_own_audi
     with Pipeline(
         tiny_bundle, backend="onnxruntime", sampler="dpmpp_2m", steps=4, guidance_scale=2.0, guidance_steps=None, unmarked_research=True
     ) as pipe:
-        whole = pipe.generate(portrait, audio, seed=3, first_clip=2)
+        whole = pipe.generate(portrait, audio, seed=3, hop=2)
         clips, first_after = [], None
-        for frames in pipe.stream(portrait, chunks(), seed=3, first_clip=2):
+        for frames in pipe.stream(portrait, chunks(), seed=3, hop=2):
             first_after = first_after or read[-1]
             clips.append(frames)
         plain = pipe.generate(portrait, audio, seed=3)
-        with pytest.raises(EmoteError, match="a first clip of 5 frames: give 2..4"):
-            pipe.generate(portrait, audio, first_clip=5)
+        with pytest.raises(EmoteError, match="a hop of 5 frames: give 2..4"):
+            pipe.generate(portrait, audio, hop=5)
     assert whole.shape == ref.shape == plain.shape == (30, 64, 64, 3)
-    assert [len(c) for c in clips] == [2] + [4] * 7
+    assert [len(c) for c in clips] == [2] * 15
     assert np.array_equal(np.concatenate(clips), whole)  # a file and a stream cut it alike
     assert psnr_db(ref, whole) >= 40.0
     assert first_after <= 4 * 640  # 2 frames + 2 of look-ahead

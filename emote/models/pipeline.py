@@ -80,9 +80,9 @@ class ReferencePipeline:
         if self.sampler.family == "lcm":
             raise ValueError("the reference pipeline draws no per-step noise: LCM runs in the runtime only")
 
-    def plan(self, n_samples: int, first_clip: int | None = None) -> ClipPlan:
+    def plan(self, n_samples: int, hop: int | None = None) -> ClipPlan:
         c = self.model.config
-        windows = ClipWindows(c.frames, c.motion_frames, c.fps, c.audio.left_context, c.audio.right_context, first_clip)
+        windows = ClipWindows(c.frames, c.motion_frames, c.fps, c.audio.left_context, c.audio.right_context, hop)
         return windows.plan(n_samples)
 
     @torch.no_grad()
@@ -95,11 +95,11 @@ class ReferencePipeline:
         seed: int = 0,
         speed: float | None = None,
         progress: bool = False,
-        first_clip: int | None = None,
+        hop: int | None = None,
     ) -> np.ndarray:
         """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8.
 
-        ``first_clip``: frames the first clip keeps (a live session's short first clip, runtime.clips)."""
+        ``hop``: frames each clip keeps (the runtime's live latency option, runtime.clips)."""
         if self.model.config.uncond_branch != "audio":
             from ..errors import EmoteError
 
@@ -108,7 +108,7 @@ class ReferencePipeline:
                 "Hallo models run in the bundle runtime (emote generate)"
             )
         m, cfg, spec = self.model, self.model.config, self.sampler
-        plan = self.plan(len(audio), first_clip)
+        plan = self.plan(len(audio), hop)
         f, n, h = cfg.frames, cfg.motion_frames, cfg.latent_size
         speed_t = torch.full((f,), cfg.speed_default if speed is None else speed)
         face_mask = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
@@ -141,7 +141,7 @@ class ReferencePipeline:
                 x = scheduler.step(eps, t, x).prev_sample
                 bar.update()
             frames = m.decode_latents(x).numpy()
-            keep, start, length = plan.kept(c), plan.start(c), plan.clip_length(c)
+            keep, start, length = plan.kept(c), plan.start(c), plan.step
             out[start : start + keep] = frames[:keep]
             motion_latents = m.encode_image(to_pixels(frames[length - n : length]))
         bar.close()

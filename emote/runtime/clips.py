@@ -12,11 +12,13 @@ three cut the same clips from the same audio.
 - clip c's audio window is [c*f - L, c*f + f + m) frames (L frames of left context,
   m = 2 frames of look-ahead), zero outside the track; so a stream can start clip c
   as soon as sample (c*f + f + m) * 640 has arrived (25 fps).
-- a short first clip (``first`` = k < f, live sessions): clip 0 keeps its first k frames
-  and hears only the audio of frames [-L, k + m) (the rest of its window is silence, so a
-  file and a stream cut it alike); clip c >= 1 covers [k + (c-1)*f, k + c*f). The first
-  frames then wait for k + m frames of audio instead of f + m (240 ms instead of 400 ms
-  for the demo model), for one more clip per video.
+- a hop (``hop`` = h < f, for live latency): every clip still generates f frames but keeps
+  its first h, covering [c*h, c*h + h); it hears the audio of frames [c*h - L, c*h + h + m)
+  and silence after (so a file and a stream cut it alike), and the next clip continues from
+  its last n kept frames. A clip then waits for h + m frames of audio instead of f + m
+  (240 ms instead of 400 ms for the demo models at h = 4), for f/h times the compute per
+  frame. Every clip must keep it: at real-time pace, playback without a stall cannot start
+  before the longest clip's audio has arrived, so a short first clip alone buys nothing.
 """
 
 from __future__ import annotations
@@ -44,26 +46,23 @@ class ClipWindows:
     fps: int
     left_context: int  # L, audio frames before a clip
     lookahead: int  # m, audio frames after a clip
-    first: int | None = None  # k: frames the first clip keeps (None: a whole clip, f)
+    hop: int | None = None  # h: frames each clip keeps (None: the whole clip, f)
 
     def __post_init__(self) -> None:
-        if self.first is not None and not self.motion_frames <= self.first <= self.clip_frames:
+        if self.hop is not None and not max(1, self.motion_frames) <= self.hop <= self.clip_frames:
             raise ValueError(
-                f"a first clip of {self.first} frames: give {self.motion_frames}..{self.clip_frames} "
+                f"a hop of {self.hop} frames: give {max(1, self.motion_frames)}..{self.clip_frames} "
                 "(at least the motion frames the next clip continues from, at most a clip)"
             )
 
     @property
-    def first_frames(self) -> int:
-        return self.clip_frames if self.first is None else self.first
+    def step(self) -> int:
+        """Frames each clip keeps: the hop, else the whole clip."""
+        return self.clip_frames if self.hop is None else self.hop
 
     def start(self, clip: int) -> int:
         """The clip's first video frame."""
-        return 0 if clip == 0 else self.first_frames + (clip - 1) * self.clip_frames
-
-    def clip_length(self, clip: int) -> int:
-        """Frames the clip contributes before the track's end trims it (the first clip's may be short)."""
-        return self.first_frames if clip == 0 else self.clip_frames
+        return clip * self.step
 
     @property
     def samples_per_frame(self) -> int:
@@ -79,10 +78,8 @@ class ClipWindows:
         return start, start + self.window_samples
 
     def heard_until(self, clip: int) -> int:
-        """The end of the audio the clip hears: its window's end, or a short first clip's look-ahead."""
-        if clip == 0 and self.first_frames < self.clip_frames:
-            return (self.first_frames + self.lookahead) * self.samples_per_frame
-        return self.window_range(clip)[1]
+        """The end of the audio the clip hears: the look-ahead past its kept frames."""
+        return (self.start(clip) + self.step + self.lookahead) * self.samples_per_frame
 
     def samples_needed(self, clip: int) -> int:
         """Samples that must have arrived before ``clip`` can start."""
@@ -91,7 +88,7 @@ class ClipWindows:
     def plan(self, samples: int, ceil: bool = False) -> ClipPlan:
         """The clips of a track of ``samples`` samples (``ceil``: its frames counted as Hallo counts them)."""
         frames = frame_count(samples, self.fps, ceil)
-        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, self.first, frames=frames)
+        return ClipPlan(self.clip_frames, self.motion_frames, self.fps, self.left_context, self.lookahead, self.hop, frames=frames)
 
 
 @dataclass(frozen=True)
@@ -109,12 +106,11 @@ class ClipPlan(ClipWindows):
 
     @property
     def clips(self) -> int:
-        k = self.first_frames
-        return 1 + -(-max(0, self.frames - k) // self.clip_frames)
+        return -(-self.frames // self.step)
 
     def kept(self, clip: int) -> int:
         """Frames of ``clip`` that are part of the video (the last clip is trimmed)."""
-        return min(self.clip_length(clip), self.frames - self.start(clip))
+        return min(self.step, self.frames - self.start(clip))
 
 
 def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int, offset: int = 0) -> np.ndarray:

@@ -63,7 +63,7 @@ def generate_video(
     png_dir: str | Path | None = None,
     npy_path: str | Path | None = None,
     progress: bool = True,
-    first_clip: int | None = None,
+    hop: int | None = None,
 ) -> Summary:
     from .audio import AudioSource, read_audio
     from .video import VideoWriter, check_writable, write_npy, write_png_frames
@@ -85,7 +85,7 @@ def generate_video(
     samples = pipe.model_audio(track, rate, separated)
     bar.close()
     portrait = pipe.prepare(image, face_box)
-    plan = pipe.plan(len(samples), pipe.windows_for(first_clip))
+    plan = pipe.plan(len(samples), pipe.windows_for(hop))
     bar = tqdm(total=plan.clips * len(pipe.sampler.rows), unit="step", desc="generate", disable=not progress)
     collected = [] if (png_dir or npy_path) else None
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def generate_video(
                 bar.set_postfix_str(f"clip {clip + 1}/{plan.clips}", refresh=False)
             bar.update()
 
-        for clip in pipe.clips(portrait, AudioSource(samples), seed=seed, progress=advance, first_clip=first_clip):
+        for clip in pipe.clips(portrait, AudioSource(samples), seed=seed, progress=advance, hop=hop):
             if first is None:
                 first = time.perf_counter() - start
             frames = retime(clip, pipe.fps, out_fps)

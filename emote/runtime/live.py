@@ -62,10 +62,9 @@ class LiveOptions:
     prebuffer_seconds: float = 0.08  # an utterance starts playing this long after its first clip is ready: jitter margin
     max_ready_frames: int = 250  # images of generated frames waiting to play (10 s at 25 fps); past it the oldest go
     max_buffered_seconds: float = 10.0  # audio received and not yet played; more is refused (a watchdog)
-    # frames the first clip of an utterance keeps: its frames wait for that much audio and the look-ahead,
-    # not a whole clip's (runtime.clips). None: half a clip (240 ms of audio for the demo models, not 400);
-    # the clip's length: whole clips. Bundles that encode the whole track's audio always run whole clips.
-    first_clip_frames: int | None = None
+    # frames each clip keeps (runtime.clips): a clip waits for that much audio and the look-ahead, not a whole
+    # clip's (4: 240 ms for the demo models, not 400), for clip/hop times the compute. None: whole clips.
+    hop_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.idle_seconds <= 0 or self.gap_seconds <= 0 or self.max_buffered_seconds <= 0:
@@ -178,15 +177,6 @@ def idle_loop(frames: np.ndarray, crossfade: int) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def first_clip_frames(pipe, asked: int | None) -> int | None:
-    """The first clip's kept frames for a session: ``asked``, else half a clip where the bundle's audio is cut per clip."""
-    if asked is not None:
-        if not pipe.motion <= asked <= pipe.frames:
-            raise EmoteError(f"first_clip_frames {asked}: give {pipe.motion}..{pipe.frames} (motion frames .. a clip)")
-        return asked
-    return None if pipe.track is not None else max(pipe.motion, pipe.frames // 2)
-
-
 class LiveSession:
     """``LiveSession(pipe, image)``: ``push(chunk)`` audio as it arrives, ``next_frame()`` once per frame, ``clear()``."""
 
@@ -200,7 +190,7 @@ class LiveSession:
         self.decoder = audio or PcmDecoder("f32le")
         self.fps = pipe.fps
         self.spf = SAMPLE_RATE // pipe.fps  # samples per frame: 640 at 25 fps
-        self.first_clip = first_clip_frames(pipe, self.options.first_clip_frames)
+        pipe.windows_for(self.options.hop_frames)  # a hop this bundle cannot cut: said now, not in the worker
         self.portrait = pipe.bind_portrait(image, face_box, **inputs)  # ReferenceNet once, for the session
         self.counters = Counters()
         self._cond = threading.Condition()
@@ -447,7 +437,7 @@ class LiveSession:
         source = AudioSource(chunks())
         first = True
         try:
-            for frames in self.pipe.clips(self.portrait, source, seed=o.seed, progress=check, first_clip=self.first_clip):
+            for frames in self.pipe.clips(self.portrait, source, seed=o.seed, progress=check, hop=o.hop_frames):
                 audio = np.concatenate(heard) if heard else np.zeros(0, np.float32)
                 need = len(frames) * spf
                 if len(audio) < need:  # the last frame's audio: the track's end, padded with silence

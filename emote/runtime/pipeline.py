@@ -288,14 +288,14 @@ class Pipeline:
         except ValueError as e:
             raise EmoteError(f"{e}: nothing to generate") from None
 
-    def windows_for(self, first_clip: int | None) -> ClipWindows:
-        """The clip windows with a first clip of ``first_clip`` frames (None: whole clips, the bundle's)."""
-        if first_clip is None or first_clip == self.frames:
+    def windows_for(self, hop: int | None) -> ClipWindows:
+        """The clip windows with clips that keep ``hop`` frames each (None: whole clips, the bundle's)."""
+        if hop is None or hop == self.frames:
             return self.windows
         if self.track is not None:
-            raise EmoteError("a short first clip needs per-clip audio windows: this bundle's audio is the whole track's")
+            raise EmoteError("a hop needs per-clip audio windows: this bundle's audio is the whole track's")
         try:
-            return replace(self.windows, first=first_clip)
+            return replace(self.windows, hop=hop)
         except ValueError as e:
             raise EmoteError(str(e)) from None
 
@@ -374,7 +374,7 @@ class Pipeline:
         seed: int = 0,
         face_box=None,
         progress=None,
-        first_clip: int | None = None,
+        hop: int | None = None,
         **inputs,
     ) -> Iterator[np.ndarray]:
         """Yield each clip's frames (kept frames only) as soon as they are decoded.
@@ -382,8 +382,8 @@ class Pipeline:
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
         (512,) or (1, 512) floats, else the pipeline's own or its face model's). A whole track (a
         path, or 16 kHz samples) goes through the vocal model when the pipeline has one; a live
-        stream (an iterator of chunks) cannot, and is refused then. ``first_clip``: frames the first
-        clip keeps (``clips``).
+        stream (an iterator of chunks) cannot, and is refused then. ``hop``: frames each clip keeps
+        (``clips``).
         """
         if isinstance(audio, (str, Path)):
             from .audio import read_audio
@@ -394,7 +394,7 @@ class Pipeline:
         elif self.vocals is not None:
             raise EmoteError(LIVE_VOCALS)
         portrait = self.bind_portrait(image, face_box, **inputs)
-        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress, first_clip=first_clip)
+        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress, hop=hop)
 
     def _marker(self):
         """The watermark embedder of one video (its payload: now), or None when unmarked."""
@@ -407,16 +407,16 @@ class Pipeline:
         self.last_payload = Payload.now()
         return Embedder(self.watermark_key, self.last_payload, fps=self.fps)
 
-    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None, first_clip: int | None = None) -> Iterator[np.ndarray]:
+    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None, hop: int | None = None) -> Iterator[np.ndarray]:
         """One video's clips from ``source`` over the portrait bound last (``bind_portrait``), marked
         (the watermark, one payload per call) unless the pipeline is ``unmarked_research``.
 
         ``progress(clip, step)`` is called after every step (at the end of the clip when the loop
-        is one captured graph); an exception it raises abandons the video there. ``first_clip``:
-        frames the first clip keeps (motion frames .. a clip; default a whole clip): its frames
-        wait for that much audio and its look-ahead only (runtime.clips), live sessions' first frame.
+        is one captured graph); an exception it raises abandons the video there. ``hop``: frames
+        each clip keeps (motion frames .. a clip; default a whole clip): a clip waits for that much
+        audio and the look-ahead only, for clip/hop times the compute (runtime.clips): live latency.
         """
-        windows = self.windows_for(first_clip)
+        windows = self.windows_for(hop)
         mark = self._marker()
         for frames in self._unmarked_clips(portrait, source, seed, progress, windows):
             yield frames if mark is None else mark.mark(frames, portrait.mask)
@@ -433,7 +433,7 @@ class Pipeline:
                 plan = self.plan(source.length, windows)
                 if clip >= plan.clips:
                     break
-            keep = windows.clip_length(clip) if plan is None else plan.kept(clip)
+            keep = windows.step if plan is None else plan.kept(clip)
             # Overlap only when the whole audio is here: with a live stream, holding clip i back
             # until clip i+1's audio has arrived would delay its frames by a clip.
             self._sync_stages = not (self.overlap and self.backend.asynchronous and source.ended)
@@ -442,7 +442,7 @@ class Pipeline:
             # the previous clip's frames are copied out while this clip's loop runs on the device,
             # before this clip's decode may reuse the host staging of the frames buffer
             previous = np.array(pending[0]()[: pending[1]]) if pending is not None else None
-            pending = (self._decode(windows.clip_length(clip)), keep)
+            pending = (self._decode(windows.step), keep)
             if previous is not None:
                 yield previous
             if self._sync_stages:

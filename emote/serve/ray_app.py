@@ -147,6 +147,7 @@ NUMBERS = {
     "idle_timeout": float,
     "max_session_seconds": float,
     "max_buffered_seconds": float,
+    "hop": int,
     "send_timeout": float,
 }
 

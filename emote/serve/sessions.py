@@ -42,6 +42,7 @@ class ServeConfig:
     backend: str | None = None
     precision: str | None = None
     threads: int | None = None  # CPU threads of each pipeline's backend (default: all usable cores)
+    hop: int | None = None  # frames each live clip keeps (runtime.clips): lower latency, more compute; None: whole clips
 
     def __post_init__(self) -> None:
         for name in ("token_ttl", "idle_timeout", "max_session_seconds", "max_buffered_seconds", "send_timeout"):
@@ -110,9 +111,9 @@ class Sessions:
             pipe = self._new_pipeline()
             portrait, speech = example_inputs(pipe.resolution)
             speech = speech[: int(MEASURE_SECONDS * SAMPLE_RATE)]
-            pipe.generate(portrait, speech[: pipe.windows.window_samples])  # warm-up: first calls allocate
+            pipe.generate(portrait, speech[: pipe.windows.window_samples], hop=self.cfg.hop)  # warm-up: first calls allocate
             t0 = time.perf_counter()
-            pipe.generate(portrait, speech)
+            pipe.generate(portrait, speech, hop=self.cfg.hop)  # a hop's cost counted in the limit
             rtf = (time.perf_counter() - t0) / (len(speech) / SAMPLE_RATE)
         except EmoteError as e:
             self.ready_error = str(e)
@@ -180,7 +181,7 @@ class Sessions:
                 live = LiveSession(
                     pipe,
                     image,
-                    options=LiveOptions(seed=seed, max_buffered_seconds=self.cfg.max_buffered_seconds),
+                    options=LiveOptions(seed=seed, max_buffered_seconds=self.cfg.max_buffered_seconds, hop_frames=self.cfg.hop),
                     face_box=face_box,
                     audio=decoder,
                 )
