@@ -5,10 +5,10 @@
 
 Prepares the bundle once, in OUT (or in place with --bundle): fp16 step graphs
 (`emote quantize --precision fp16`), calibration on the example portrait and speech
-plus three procedural portraits (`emote calibrate`), int8 Q/DQ step graphs
+plus three procedural portraits (`emote calibrate`: 10 timesteps, or a one-step bundle's one), int8 Q/DQ step graphs
 (`emote quantize --precision int8`). Then, on this machine, in one run:
 
-1. step: ``denoise_step`` in ONNX Runtime (fp32, fp16 graph, int8 graph) and OpenVINO
+1. step: the step graph the bundle's sampler runs (``denoise_step``; ``denoise_step_cond`` when unguided) in ONNX Runtime (fp32, fp16 graph, int8 graph) and OpenVINO
    (fp32, bf16 and fp16 where the CPU computes them, int8 graph with f32 or bf16 float
    parts), each bound to the same recorded inputs; ``--rounds`` rounds, each running
    every variant ``--calls`` times in a rotated order (noise hits all alike). Reported:
@@ -16,7 +16,7 @@ plus three procedural portraits (`emote calibrate`), int8 Q/DQ step graphs
    ONNX Runtime fp32, SQNR of x_next and x0 against ONNX Runtime fp32 on ``--samples``
    calibration samples spread over the trajectory;
 2. end to end: `emote bench`'s loop (same inputs, interleaved, warm-up excluded) with
-   the runtime's setting (dpm++2m, 4 steps, guidance on the first) in each backend and
+   the bundle's sampler defaults (demo: dpm++2m, 4 steps, guidance on the first; demo-fast: ddim 1) in each backend and
    precision: seconds, frames/s, PSNR of the frames against ONNX Runtime fp32.
 
 The default pick: the fastest (backend, precision) end to end whose step SQNR is at
@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +40,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 
 from emote import precision as policy  # noqa: E402
 from emote.bench.run import benchmark, machine  # noqa: E402
-from emote.bench.variants import VariantSpec  # noqa: E402
+from emote.bench.variants import defaults_variant  # noqa: E402
 from emote.bundle import SAMPLE_RATE, Bundle  # noqa: E402
 from emote.engines import open_backend  # noqa: E402
 from emote.export.parity import sqnr_db  # noqa: E402
 
-STEP = "denoise_step"
+STEP = "denoise_step"  # the guided step graph; a bundle sampled unguided (a distilled student) runs denoise_step_cond
+
+
+def step_graph(bundle: Bundle) -> str:
+    """The step graph the bundle's own sampler runs on every step."""
+    return "denoise_step_cond" if bundle.sampler.guidance_scale == 1.0 else STEP
 
 
 def prepare(args, out: Path) -> tuple[Bundle, Path]:
     """The bundle with fp16 and int8 step graphs, and its calibration folder (made where missing)."""
     from emote.calibration.fp16 import export_fp16
     from emote.calibration.quantize import quantize_bundle
-    from emote.calibration.record import calibrate
+    from emote.calibration.record import CALIB_STEPS, calibrate
 
     if args.bundle:
         path = Path(args.bundle)
@@ -60,7 +66,7 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
 
         path = ensure_bundle(out / f"bundle-{args.preset}", args.preset)
     bundle = Bundle.open(path)
-    if not bundle.has(STEP, "fp16"):
+    if not bundle.has(step_graph(bundle), "fp16"):
         print("adding fp16 step graphs", flush=True)
         bundle = export_fp16(bundle, progress=print)
     calib = Path(args.calib) if args.calib else out / "calib"
@@ -78,8 +84,10 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
         for i in range(3):
             Image.fromarray(render_portrait(random_params(rng), 256, mouth_open=0.25 * i)).save(images / f"face{i}.png")
         (audio / "speech.wav").write_bytes(SPEECH.read_bytes())
-        calibrate(bundle.path, images, audio, calib, samples=args.calib_samples, force=True)
-    if not bundle.has(STEP, "int8"):
+        # on the trajectory the bundle runs: 10 timesteps over [T, 0), or a one-step student's one
+        steps = min(CALIB_STEPS, bundle.sampler.steps) if bundle.sampler.steps < 2 else CALIB_STEPS
+        calibrate(bundle.path, images, audio, calib, samples=args.calib_samples, steps=steps, force=True)
+    if not bundle.has(step_graph(bundle), "int8"):
         bundle = quantize_bundle(bundle.path, calib, sensitivity=not args.no_sensitivity, progress=lambda m: print(m, flush=True))
     return Bundle.open(bundle.path), calib
 
@@ -98,7 +106,7 @@ def step_variants(bundle: Bundle) -> list[tuple[str, str, str, dict]]:
             out.append((f"ov-{p}", "openvino", p, inexact if p == "int8" else {}))
     if "int8" in cpu and "bf16" in cpu:
         out.append(("ov-int8+bf16", "openvino", "int8", {"inference_precision": "bf16", **inexact}))
-    return [v for v in out if bundle.has(STEP, policy.graph_precision(v[1], v[2]))]
+    return [v for v in out if bundle.has(step_graph(bundle), policy.graph_precision(v[1], v[2]))]
 
 
 class StepRunner:
@@ -106,7 +114,7 @@ class StepRunner:
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, options: dict, threads: int):
         self.backend = open_backend(backend, precision, threads=threads, **options)
-        self.graph = self.backend.load(policy.graph_for(bundle, STEP, backend, precision))
+        self.graph = self.backend.load(policy.graph_for(bundle, step_graph(bundle), backend, precision))
         self.ins = {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.graph.inputs.items()}
         self.outs = {n: np.zeros(shape, dtype) for n, (shape, dtype) in self.graph.outputs.items()}
         self.call = self.graph.bind(self.ins, self.outs)
@@ -122,7 +130,7 @@ def bench_steps(bundle: Bundle, calib: Path, args) -> dict:
     from emote.calibration.record import CalibrationSet
 
     with CalibrationSet.open(calib) as c:
-        feeds = c.feeds(STEP, limit=args.samples)
+        feeds = c.feeds(step_graph(bundle), limit=args.samples)
     variants = step_variants(bundle)
     runners = {name: StepRunner(bundle, be, p, opts, args.threads) for name, be, p, opts in variants}
     outs = {name: [r.outputs(f) for f in feeds] for name, r in runners.items()}  # warm-up and fidelity
@@ -162,15 +170,15 @@ def bench_steps(bundle: Bundle, calib: Path, args) -> dict:
             "speedup_vs_ort_fp32": float(np.median(times["ort-fp32"]) / np.median(times[name])),
             "sqnr_db": fidelity[name],
         }
-    return {"samples": len(feeds), "timesteps": sorted({float(f["row"][0]) for f in feeds}), "variants": rows}
+    return {"graph": step_graph(bundle), "samples": len(feeds), "timesteps": sorted({float(f["row"][0]) for f in feeds}), "variants": rows}
 
 
 def bench_end_to_end(bundle: Bundle, args) -> dict:
     from emote.runtime.examples import example_inputs
 
     specs = []
-    for name, be, p, opts in step_variants(bundle):
-        specs.append(VariantSpec(f"{name}-dpm4-g1", "runtime", "dpmpp_2m", 4, 1, backend=be, precision=p, backend_options=opts))
+    for name, be, p, opts in step_variants(bundle):  # the bundle's own sampler defaults (dpm4-g1 for demo, ddim1 for demo-fast)
+        specs.append(replace(defaults_variant(bundle, be, p), name=f"{name}-{sampler_tag(bundle)}", backend_options=opts))
     portrait, audio = example_inputs(bundle.geometry.resolution)
     return benchmark(
         bundle.path,
@@ -184,11 +192,16 @@ def bench_end_to_end(bundle: Bundle, args) -> dict:
     )
 
 
-def choose(step: dict, e2e: dict, min_sqnr: float, min_psnr: float) -> tuple[str | None, list[str]]:
+def sampler_tag(bundle: Bundle) -> str:
+    """The bundle's sampler defaults as variant names spell them: dpm4-g1, ddim1."""
+    return defaults_variant(bundle).name.split("-", 2)[2]
+
+
+def choose(step: dict, e2e: dict, min_sqnr: float, min_psnr: float, tag: str) -> tuple[str | None, list[str]]:
     """The fastest end-to-end variant within both fidelity bounds, and why the others were not chosen."""
     reasons, ok = [], []
     for name, r in step["variants"].items():
-        e = e2e["results"][f"{name}-dpm4-g1"]
+        e = e2e["results"][f"{name}-{tag}"]
         worst = min(r["sqnr_db"].values())
         psnr = e["psnr_vs_baseline_db"]
         if worst < min_sqnr:
@@ -207,7 +220,7 @@ def markdown(record: dict) -> str:
         f"Bundle `{record['bundle']['preset']}` ({record['bundle']['hash']}, weights: {record['bundle']['weights']}); "
         f"{m['cpu']}, {record['threads']} threads; OpenVINO {m['versions'].get('openvino')}, ONNX Runtime {m['versions'].get('onnxruntime')}.",
         "",
-        f"`denoise_step`: {step['samples']} recorded inputs (t = {', '.join(f'{t:.0f}' for t in step['timesteps'])}); "
+        f"`{step['graph']}`: {step['samples']} recorded inputs (t = {', '.join(f'{t:.0f}' for t in step['timesteps'])}); "
         f"{record['config']['rounds']} interleaved rounds x {record['config']['calls']} calls per variant.",
         "",
         "| variant | backend | precision | ms min | ms p50 | ms p90 | p50 vs fp32 same backend | p50 vs ORT fp32 | SQNR x_next dB | SQNR x0 dB |",
@@ -222,7 +235,7 @@ def markdown(record: dict) -> str:
     cfg = e2e["config"]
     lines += [
         "",
-        f"End to end: {cfg['audio_seconds']:.1f} s of the example speech, dpm++2m 4 steps, guidance on step 1; "
+        f"End to end: {cfg['audio_seconds']:.1f} s of the example speech, at the bundle's sampler defaults ({record['end_to_end']['sampler']}); "
         f"{cfg['warmup']} warm-up + {cfg['repeat']} interleaved runs per variant; PSNR against ort-fp32 frames.",
         "",
         "| variant | s p50 | s p90 | frames/s | real-time factor | step ms p50 | PSNR dB |",
@@ -271,7 +284,7 @@ def main() -> None:
     bundle, calib = prepare(args, out)
     step = bench_steps(bundle, calib, args)
     e2e = bench_end_to_end(bundle, args)
-    choice, not_chosen = choose(step, e2e, args.min_sqnr, args.min_psnr)
+    choice, not_chosen = choose(step, e2e, args.min_sqnr, args.min_psnr, sampler_tag(bundle))
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
@@ -279,7 +292,7 @@ def main() -> None:
         "bundle": {"path": str(bundle.path), "hash": bundle.hash, "preset": bundle.preset, "weights": bundle.weights.get("source")},
         "config": {k: getattr(args, k) for k in ("rounds", "calls", "samples", "seconds", "repeat", "min_sqnr", "min_psnr")},
         "step": step,
-        "end_to_end": {k: e2e[k] for k in ("config", "results", "peak_gflops", "flops")},
+        "end_to_end": {k: e2e[k] for k in ("config", "results", "peak_gflops", "flops")} | {"sampler": sampler_tag(bundle)},
         "choice": choice,
         "not_chosen": not_chosen,
     }

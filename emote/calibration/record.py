@@ -150,9 +150,10 @@ def calibrate(
 
     if samples < 1:
         raise EmoteError(f"--samples {samples}: record at least one step")
-    if steps < 2:
-        raise EmoteError(f"--steps {steps}: at least 2 steps, so that the samples span the trajectory")
     bundle = Bundle.open(bundle_path)
+    least = min(2, bundle.sampler.steps)  # a one-step model's trajectory is that one step
+    if steps < least:
+        raise EmoteError(f"--steps {steps}: at least {least} step{'s' * (least > 1)}, so that the samples span the trajectory")
     image_files = list_files(images, IMAGE_SUFFIXES, "image", "--images")
     audio_files = list_files(audio, AUDIO_SUFFIXES, "audio", "--audio")
     out = Path(out)
