@@ -59,15 +59,17 @@ def stopped(frames) -> bool:
     return any(e["type"] == "speaking_stopped" for f in frames for e in f.events)
 
 
-def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs):
+@pytest.mark.parametrize("hop", [None, 2], ids=["whole clips", "hop 2"])
+def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs, hop):
+    """Without barge-in an utterance's frames are `emote generate`'s (cut alike: whole clips, or --hop)."""
     portrait, speech = inputs
-    with LiveSession(pipe, portrait) as s:
+    with LiveSession(pipe, portrait, options=LiveOptions(hop_frames=hop)) as s:
         for c in chunks(speech):
             s.push(c)
         s.end()
         frames = play(s, idle=False, until=stopped)
         assert s.counters.first_frame_latency
-    expected = pipe.generate(portrait, speech)
+    expected = pipe.generate(portrait, speech, hop=hop)
     assert len(frames) == len(expected) == frame_count(len(speech), pipe.fps)
     np.testing.assert_array_equal(np.stack([f.image for f in frames]), expected)
     # one clock: frame k plays samples [k * spf, (k + 1) * spf) of the utterance, its pts counted in samples
@@ -79,16 +81,9 @@ def test_live_utterance_equals_generate_and_carries_its_audio(pipe, inputs):
     assert frames[0].events[0]["type"] == "speaking_started"
 
 
-def test_a_hop_cuts_the_live_stream_as_generate_cuts_the_file(pipe, inputs):
-    portrait, speech = inputs
-    with LiveSession(pipe, portrait, options=LiveOptions(hop_frames=2)) as s:
-        for c in chunks(speech):
-            s.push(c)
-        s.end()
-        frames = play(s, idle=False, until=stopped)
-    np.testing.assert_array_equal(np.stack([f.image for f in frames]), pipe.generate(portrait, speech, hop=2))
+def test_a_hop_the_bundle_cannot_cut_is_refused_before_the_session_starts(pipe, inputs):
     with pytest.raises(EmoteError, match="a hop of 9 frames: give 2..4"):
-        LiveSession(pipe, portrait, options=LiveOptions(hop_frames=9))
+        LiveSession(pipe, inputs[0], options=LiveOptions(hop_frames=9))
 
 
 def test_pcm16_stereo_at_44k_is_resampled(pipe, inputs):
