@@ -57,7 +57,7 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
     """The bundle with fp16 and int8 step graphs, and its calibration folder (made where missing)."""
     from emote.calibration.fp16 import export_fp16
     from emote.calibration.quantize import quantize_bundle
-    from emote.calibration.record import CALIB_STEPS, calibrate
+    from emote.calibration.record import calibrate
 
     if args.bundle:
         path = Path(args.bundle)
@@ -84,9 +84,7 @@ def prepare(args, out: Path) -> tuple[Bundle, Path]:
         for i in range(3):
             Image.fromarray(render_portrait(random_params(rng), 256, mouth_open=0.25 * i)).save(images / f"face{i}.png")
         (audio / "speech.wav").write_bytes(SPEECH.read_bytes())
-        # on the trajectory the bundle runs: 10 timesteps over [T, 0), or a one-step student's one
-        steps = min(CALIB_STEPS, bundle.sampler.steps) if bundle.sampler.steps < 2 else CALIB_STEPS
-        calibrate(bundle.path, images, audio, calib, samples=args.calib_samples, steps=steps, force=True)
+        calibrate(bundle.path, images, audio, calib, samples=args.calib_samples, force=True)  # a one-step bundle: its one timestep
     if not bundle.has(step_graph(bundle), "int8"):
         bundle = quantize_bundle(bundle.path, calib, sensitivity=not args.no_sensitivity, progress=lambda m: print(m, flush=True))
     return Bundle.open(bundle.path), calib

@@ -567,7 +567,9 @@ def _args_calibrate(d) -> None:
     d.add_argument("--audio", required=True, help="folder of speech or song files")
     d.add_argument("-o", "--out", required=True, help="calibration folder to write (calibration.json + shards)")
     d.add_argument("--samples", type=int, default=64, help="denoising-step calls to record (default 64)")
-    d.add_argument("--steps", type=int, default=10, help="sampler steps per clip: the timesteps covered (default 10)")
+    d.add_argument(
+        "--steps", type=int, help="sampler steps per clip: the timesteps covered (default 10; 1 for a bundle that samples in one step)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="replace an existing calibration folder")
     d.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -132,7 +132,7 @@ def calibrate(
     out: str | Path,
     *,
     samples: int = 64,
-    steps: int = CALIB_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     shard_bytes: int = SHARD_BYTES,
     force: bool = False,
@@ -151,7 +151,9 @@ def calibrate(
     if samples < 1:
         raise EmoteError(f"--samples {samples}: record at least one step")
     bundle = Bundle.open(bundle_path)
-    least = min(2, bundle.sampler.steps)  # a one-step model's trajectory is that one step
+    if steps is None:  # 10 timesteps over [T, 0); a one-step model's trajectory is its one step
+        steps = 1 if bundle.sampler.steps == 1 else CALIB_STEPS
+    least = min(2, bundle.sampler.steps)
     if steps < least:
         raise EmoteError(f"--steps {steps}: at least {least} step{'s' * (least > 1)}, so that the samples span the trajectory")
     image_files = list_files(images, IMAGE_SUFFIXES, "image", "--images")
