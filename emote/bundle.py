@@ -36,7 +36,8 @@ READS = ("emote-bundle/1", FORMAT)
 MANIFEST = "manifest.json"
 BUNDLE = FolderKind("bundle", MANIFEST, FORMAT, "make one with `emote export`")
 
-FAMILIES = ("emo", "hallo")  # runtime/families/: what each binds beyond the common graphs
+FAMILIES = ("emo", "hallo", "echomimic")
+WHISPER_LOOKAHEAD = 3  # video frames past a clip EchoMimic's last window needs at 25 fps: centre+5 < 2 (i+3)  # runtime/families/: what each binds beyond the common graphs
 WINDOWINGS = ("clip", "track")  # how the audio encoder sees the audio: per clip, or Hallo's whole track
 
 
@@ -261,7 +262,8 @@ def _parse(path: Path, data: dict) -> Bundle:
         motion_frames=model.get("motion_frames", int),
         fps=model.get("fps", int),
         left_context=audio.get("left_context", int),
-        lookahead=audio.get("window", int),
+        # the frames past a clip its audio window holds: wav2vec2's window of neighbours, or whisper's rows
+        lookahead=WHISPER_LOOKAHEAD if audio.get("encoder", str, "wav2vec2") == "whisper" else audio.get("window", int),
         speed_default=model.get("speed_default", float),
         first_motion=model.get("first_motion", str),
         face_embedding_dim=model.get("face_embedding_dim", int),

@@ -12,13 +12,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bundle import SAMPLE_RATE
+from ..bundle import SAMPLE_RATE, WHISPER_LOOKAHEAD
 
 VAE_SCALE_FACTOR = 8  # SD's AutoencoderKL: three 2x downsamplings
 VAE_SCALING = 0.18215  # SD's latent scaling constant (latents = mean * 0.18215)
 WHISPER_RATE = 50  # whisper's encoder states per second: 16 kHz / hop 160 = 100 mel frames, conv2 stride 2
 WHISPER_FRAME_WINDOW = 10  # EchoMimic: whisper frames centre-4 .. centre+5 per video frame
-WHISPER_LOOKAHEAD = 3  # video frames past a clip its last window needs at 25 fps: centre+5 < 2 (i+3)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class SamplerSpec:
     prediction_type: str = "epsilon"
     spacing: str = "leading"
     zero_snr: bool = False
+    beta_schedule: str = "scaled_linear"  # SD's; EchoMimic trains on "linear"
+    set_alpha_to_one: bool = False  # DDIM's last step to alpha-bar 1 (EchoMimic's, Hallo's) or alpha-bar_0 (SD's)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -51,14 +53,14 @@ def diffusers_scheduler(spec: SamplerSpec):
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
-        beta_schedule="scaled_linear",
+        beta_schedule=spec.beta_schedule,
         prediction_type=spec.prediction_type,
         timestep_spacing=spec.spacing,
         steps_offset=1,
         rescale_betas_zero_snr=spec.zero_snr,
     )
     if spec.family == "ddim":
-        return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **common)
+        return DDIMScheduler(clip_sample=False, set_alpha_to_one=spec.set_alpha_to_one, **common)
     if spec.family == "dpmpp_2m":
         return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
     if spec.family == "euler":
@@ -100,11 +102,11 @@ class ReferencePipeline:
         """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8.
 
         ``hop``: frames each clip keeps (the runtime's live latency option, runtime.clips)."""
-        if self.model.config.uncond_branch != "audio":
+        if self.model.config.uncond_branch == "hallo":
             from ..errors import EmoteError
 
             raise EmoteError(
-                f"the PyTorch reference pipeline runs the EMO presets, not {self.model.config.name!r}: "
+                f"the PyTorch reference pipeline runs the EMO and EchoMimic presets, not {self.model.config.name!r}: "
                 "Hallo models run in the bundle runtime (emote generate)"
             )
         m, cfg, spec = self.model, self.model.config, self.sampler
@@ -118,9 +120,15 @@ class ReferencePipeline:
 
         bar = tqdm(total=plan.clips * spec.steps, desc="reference", unit="step", disable=not progress)
         for c in range(plan.clips):
-            tokens = m.encode_audio(torch.from_numpy(audio_window(audio, plan, c)))
+            window = torch.from_numpy(audio_window(audio, plan, c))
+            if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper frames, clamped to the track
+                from ..runtime.families.echomimic import clip_index
+
+                tokens = m.encode_audio(window, torch.from_numpy(clip_index(plan, c, len(audio))))
+            else:
+                tokens = m.encode_audio(window)
             ref_tokens = m.reference_net.features(ref_latent).tokens
-            motion_hidden = m.reference_net.features(motion_latents).hidden
+            motion_hidden = m.reference_net.features(motion_latents).hidden if n else None
             speed_tokens = m.speed_encoder(speed_t) if m.speed_encoder is not None else None
             face = m.face_locator(face_mask)
 
@@ -131,7 +139,7 @@ class ReferencePipeline:
                 # as published: every key/value projected again inside the step
                 clip = ClipCondition(
                     audio=m.backbone.context_kv(tokens),
-                    motion=m.backbone.motion_kv(motion_hidden),
+                    motion=m.backbone.motion_kv(motion_hidden) if n else None,
                     speed=m.backbone.speed_kv(speed_tokens) if speed_tokens is not None else None,
                     face=face,
                 )
@@ -143,6 +151,7 @@ class ReferencePipeline:
             frames = m.decode_latents(x).numpy()
             keep, start, length = plan.kept(c), plan.start(c), plan.step
             out[start : start + keep] = frames[:keep]
-            motion_latents = m.encode_image(to_pixels(frames[length - n : length]))
+            if n:
+                motion_latents = m.encode_image(to_pixels(frames[length - n : length]))
         bar.close()
         return out

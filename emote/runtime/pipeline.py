@@ -58,14 +58,20 @@ def buffer_plan(graphs: dict[str, GraphSpec]) -> dict[str, tuple[tuple[int, ...]
     for side in (0, 1):
         plan[f"x[{side}]"] = plan[f"x0[{side}]"] = (x, "float32")
     plan["frames"] = next((t.shape, t.dtype) for t in graphs["vae_decoder"].outputs if t.name == "frames")
-    plan["motion_frames"] = next((t.shape, t.dtype) for t in graphs["vae_encoder"].inputs if t.name == "frames")
+    if "vae_encoder" in graphs:  # a model without motion frames (EchoMimic) has no encoder to feed
+        plan["motion_frames"] = next((t.shape, t.dtype) for t in graphs["vae_encoder"].inputs if t.name == "frames")
     return plan
+
+
+def graph_names(bundle: Bundle) -> tuple[str, ...]:
+    """The graphs a pipeline of ``bundle`` runs: all of GRAPHS, the motion-frame encoder only where there are motion frames."""
+    return tuple(n for n in GRAPHS if n != "vae_encoder" or bundle.geometry.motion_frames)
 
 
 def buffer_bytes(bundle: Bundle, backend: str, precision: str) -> int:
     """Bytes of the buffers a pipeline of ``bundle`` allocates on ``backend`` at ``precision``."""
     total = 0
-    for shape, dtype in buffer_plan(policy.graphs_for(bundle, backend, precision, GRAPHS)).values():
+    for shape, dtype in buffer_plan(policy.graphs_for(bundle, backend, precision, graph_names(bundle))).values():
         total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     return total
 
@@ -173,7 +179,7 @@ class Pipeline:
         self.precision = choice.precision
         self.sampler = self.make_table(sampler, steps, guidance_scale, guidance_steps)
         self.timings = Timings()
-        self.specs = policy.graphs_for(self.bundle, choice.backend, choice.precision, GRAPHS)
+        self.specs = policy.graphs_for(self.bundle, choice.backend, choice.precision, graph_names(self.bundle))
         self.backend = choice.open()
         self.graphs = {name: self.backend.load(spec) for name, spec in self.specs.items()}
         self.track: TrackAudio | None = None
@@ -193,7 +199,7 @@ class Pipeline:
         be, g = self.backend, self.graphs
         buf = {name: be.alloc(shape, dtype) for name, (shape, dtype) in buffer_plan(self.specs).items()}
         xs, x0s = [buf.pop(f"x[{p}]") for p in (0, 1)], [buf.pop(f"x0[{p}]") for p in (0, 1)]
-        frames, motion_frames = buf.pop("frames"), buf.pop("motion_frames")
+        frames, motion_frames = buf.pop("frames"), buf.pop("motion_frames", None)
         self.buf, self.xs, self.x0s, self.out_frames, self.motion_frames_buf = buf, xs, x0s, frames, motion_frames
 
         def bind(name: str, extra_in=None, extra_out=None):
@@ -215,7 +221,8 @@ class Pipeline:
 
         self.call_audio = bind("audio_encoder")
         self.call_reference = bind("reference_net")
-        self.call_motion = bind("vae_encoder", {"frames": motion_frames}, {"latents": buf["motion_latents"]})
+        if motion_frames is not None:
+            self.call_motion = bind("vae_encoder", {"frames": motion_frames}, {"latents": buf["motion_latents"]})
         self.call_condition = bind("clip_condition")
         # step p reads x[p], x0[p] and writes x[1-p], x0[1-p]
         self.call_step = {
@@ -317,6 +324,8 @@ class Pipeline:
     def _bind_first_motion(self, portrait) -> None:
         """The first clip's motion latents: the family's first frames encoded, else zeros."""
         be, b = self.backend, self.buf
+        if not self.motion:  # EchoMimic: no motion frames
+            return
         first = self.family.first_motion(portrait)
         if first is None:
             be.from_host(b["motion_latents"], np.zeros(b["motion_latents"].shape, np.float32))
@@ -343,11 +352,13 @@ class Pipeline:
         be, b, table = self.backend, self.buf, self.sampler
         if self.track is None:
             be.from_host(b["audio"], audio_window(source.samples, windows, clip, source.offset))
+            for name, value in self.family.clip_inputs(windows, clip, source).items():
+                be.from_host(b[name], value)
             source.trim(windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
         else:  # the whole track's features (a file) or a chunk of context (live): nothing trimmed
             be.from_host(b["audio_windows"], self._track_windows(clip, source, live))
         self._timed("audio_encoder", self.call_audio)
-        if clip > 0:
+        if clip > 0 and self.motion:
             be.join()  # the previous clip's decode (side stream) wrote the motion frames
             self._timed("vae_encoder", self.call_motion)
         self._timed("clip_condition", self.call_condition)
@@ -363,7 +374,8 @@ class Pipeline:
         be, n = self.backend, self.motion
         with be.side_stream():
             self._timed("vae_decoder", self.call_decode[self.step_plan.result])
-            be.copy(self.motion_frames_buf, self.out_frames, start=length - n)
+            if n:
+                be.copy(self.motion_frames_buf, self.out_frames, start=length - n)
             return be.to_host_async(self.out_frames)
 
     def stream(

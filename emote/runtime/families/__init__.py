@@ -12,7 +12,9 @@ come from:
   its blurred face mask, region masks, region weights and the face embedding);
   ``inputs`` are the per-call ones of ``Pipeline.stream(..., **inputs)``;
 - ``first_motion(portrait)``: the frames the first clip's motion latents come from,
-  or None for zero latents.
+  or None for zero latents;
+- ``clip_inputs(windows, clip, source)``: per clip, tensors beside the audio window
+  (EchoMimic: each frame's whisper rows, ``audio_index``).
 
 A new family is a module here and one line in ``FAMILIES``; ``Pipeline`` has no branch
 per family. The step graph stays "x_t in, x_{t-1} out": families bind per video and
@@ -55,11 +57,15 @@ class Family:
     def first_motion(self, portrait) -> np.ndarray | None:
         return None
 
+    def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
+        return {}
+
 
 def family_for(bundle: Bundle, **options: Any) -> Family:
     """The family of ``bundle`` with its options checked."""
+    from .echomimic import EchoMimic
     from .emo import EMO
     from .hallo import Hallo
 
-    families = {f.name: f for f in (EMO, Hallo)}
+    families = {f.name: f for f in (EMO, Hallo, EchoMimic)}
     return families[bundle.family](bundle, **options)

@@ -5,14 +5,43 @@ whole track, centre = int(i * 50 / fps), clamped to the track (src/utils/audio2f
 The audio-encoder graph computes whisper's states of one clip's window and gathers each
 frame's ten rows by ``whisper_index``: the clamping depends on where the clip sits in the
 track, so the runtime computes it, per clip, in integers.
+
+Rows are clamped to the audio received: a clip starts only once its whole window has
+arrived, so while a stream goes on none of its rows reaches past the end, and once it has
+ended the last clips are clamped as a file's are: a stream's frames are the file's.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...bundle import SAMPLE_RATE
+from . import Family
+
 WHISPER_RATE = 50  # whisper encoder states per second (16 kHz, hop 160, conv stride 2)
+SAMPLES_PER_STATE = SAMPLE_RATE // WHISPER_RATE  # 320
 FRAME_WINDOW = (-4, 6)  # EchoMimic's rows centre-4 .. centre+5 of each frame
+
+
+class EchoMimic(Family):
+    """EchoMimic v1: the face locator's mask per video (as EMO), whisper rows per clip, no motion frames."""
+
+    name = "echomimic"
+
+    def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
+        return {"audio_index": clip_index(windows, clip, source.length)}
+
+
+def whisper_states(samples: int) -> int:
+    """Whisper encoder states of ``samples`` samples: 10 ms mel frames, halved by the stride-2 conv."""
+    return -(-(samples // (SAMPLE_RATE // 100)) // 2)
+
+
+def clip_index(windows, clip: int, track_samples: int) -> np.ndarray:
+    """(f, 10) int64: the whisper rows of clip ``clip``'s frames in its audio window (runtime.clips),
+    clamped to a track of ``track_samples`` samples (the samples received so far, for a stream)."""
+    window_first = windows.window_range(clip)[0] // SAMPLES_PER_STATE
+    return whisper_index(windows.start(clip), windows.clip_frames, windows.fps, window_first, whisper_states(track_samples))
 
 
 def whisper_index(start: int, frames: int, fps: int, window_first: int, track_states: int) -> np.ndarray:
