@@ -152,6 +152,9 @@ def part_first_frame(args, speech):
         "limit": s.ready["session_limit"],
         "first_frame_realtime_s": live["first_frame"],
         "first_frame_at_once_s": buffered["first_frame"],
+        # a first frame that comes early only to stall later would show here: speech frames due but not made
+        "realtime_speech_frames": live["speech_frames"],
+        "realtime_underruns": live["underruns"],
     }
 
 
