@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from emote.models.checkpoint import load_checkpoint
 from emote.models.config import ModelConfig, preset
 from emote.runtime.sampler import apply_row
 from training import distill
@@ -67,3 +68,16 @@ def test_one_training_step_saves_and_resumes(tmp_path, monkeypatch):
     moved = sum(float((a - b).abs().sum()) for a, b in zip(teacher.backbone.parameters(), student.backbone.parameters()))
     assert moved > 0  # the backbone trained; the frozen parts are the teacher's
     assert all(torch.equal(a, b) for a, b in zip(teacher.reference_net.parameters(), student.reference_net.parameters()))
+
+
+def test_a_new_checkpoint_keeps_the_hand_written_model_card(tmp_path):
+    from emote.models.emo import build_model
+    from training.ship import save_keeping_card
+
+    dest = tmp_path / "demo-fast"
+    model = build_model(preset("tiny"), seed=0)
+    save_keeping_card(model, dest)
+    (dest / "README.md").write_text("# Model card\nfigures\n")
+    save_keeping_card(model, dest)  # a re-ship replaces the folder
+    assert (dest / "README.md").read_text() == "# Model card\nfigures\n"
+    assert load_checkpoint(dest, expect=preset("tiny")) is not None

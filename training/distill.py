@@ -76,7 +76,7 @@ import torch
 from tqdm import tqdm
 
 from emote.bundle import SAMPLE_RATE
-from emote.models.checkpoint import SHIPPED, WEIGHTS, load_checkpoint, save_checkpoint, shipped_checkpoint
+from emote.models.checkpoint import SHIPPED, WEIGHTS, load_checkpoint, shipped_checkpoint
 from emote.models.config import preset
 from emote.models.emo import ClipCondition, EMOModel
 from emote.runtime.clips import ClipPlan, audio_window, clip_noise
@@ -499,10 +499,10 @@ def trained_student(work: Path) -> tuple[EMOModel, EMOModel, int]:
 
 def ship(work: Path, dest: Path = SHIPPED / FAST) -> Path:
     """The student (1-step defaults in its config) as float16 safetensors in ``dest``, with its training facts."""
-    from training.ship import BUDGET_BYTES, stage_facts
+    from training.ship import BUDGET_BYTES, save_keeping_card, stage_facts
 
     teacher, student, step = trained_student(work)
-    save_checkpoint(student, dest, dtype=torch.float16)
+    save_keeping_card(student, dest)
     size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
     if size > BUDGET_BYTES:
         raise SystemExit(f"{dest} holds {size / 2**20:.1f} MiB, over the {BUDGET_BYTES / 2**20:.0f} MiB budget")

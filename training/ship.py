@@ -40,9 +40,19 @@ def stage_facts(work: Path) -> dict:
     }
 
 
+def save_keeping_card(model: EMOModel, dest: Path) -> None:
+    """The float16 checkpoint into ``dest``, keeping the model card (README.md, written by hand) a
+    previous one had: a new checkpoint replaces the folder, and the card's figures must be updated."""
+    card = dest / "README.md"
+    kept = card.read_text() if card.is_file() else None
+    save_checkpoint(model, dest, dtype=torch.float16)
+    if kept is not None:
+        card.write_text(kept)
+
+
 def ship(model: EMOModel, work: Path, data_meta: dict | None = None) -> Path:
     dest = SHIPPED / model.config.name
-    save_checkpoint(model, dest, dtype=torch.float16)
+    save_keeping_card(model, dest)
     size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
     if size > BUDGET_BYTES:
         raise SystemExit(f"{dest} holds {size / 2**20:.1f} MiB, over the {BUDGET_BYTES / 2**20:.0f} MiB budget")
