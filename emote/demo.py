@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import EmoteError
 from .runtime.examples import PORTRAIT, SPEECH, example_inputs
 
-PRESET = "demo"
+PRESET = "demo-fast"  # the one-step student of the demo model (the teacher: preset demo)
 
 
 def run_demo(out: str | Path = "build/demo", steps: int | None = None, unmarked_research: bool = False) -> int:
