@@ -70,5 +70,5 @@ def test_wrong_preset_and_missing_folder(tiny_model, tmp_path):
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown preset 'huge': choose one of tiny, demo, emo-sd15"):
+    with pytest.raises(ValueError, match="unknown preset 'huge': choose one of tiny, demo, demo-fast, emo-sd15"):
         preset("huge")

@@ -146,7 +146,7 @@ def test_hoisting_check_finds_per_clip_work():
 def test_export_errors(tiny_bundle, tmp_path, capsys):
     assert main(["export", "--preset", "huge", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("emote: error: unknown preset 'huge': choose one of tiny, demo, emo-sd15") and "\n" not in err
+    assert err.startswith("emote: error: unknown preset 'huge': choose one of tiny, demo, demo-fast, emo-sd15") and "\n" not in err
     assert main(["export", "--preset", "tiny", "--out", str(tiny_bundle)]) == 2
     assert "exists: pass --force" in capsys.readouterr().err
     assert main(["export", "--preset", "tiny", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
