@@ -63,17 +63,22 @@ def tiny_model(tiny_config):
     return build_model(tiny_config, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_inputs(tiny_config):
-    """A random portrait, a centred face mask and 1.2 s of speech-like noise."""
-    r = tiny_config.resolution
+def synthetic_inputs(resolution: int, seconds: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random portrait, a centred face mask and ``seconds`` of speech-like noise (a 180 Hz tone, 3 Hz syllables)."""
+    r = resolution
     rng = np.random.default_rng(0)
     image = (rng.random((r, r, 3)) * 255).astype(np.uint8)
     mask = np.zeros((r, r), np.float32)
     mask[r // 4 : 3 * r // 4, r // 4 : 3 * r // 4] = 1.0
-    t = np.arange(int(1.2 * 16000)) / 16000
+    t = np.arange(int(seconds * 16000)) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
     return image, mask, audio
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tiny_config):
+    """The tiny model's portrait, mask and 1.2 s of audio."""
+    return synthetic_inputs(tiny_config.resolution)
 
 
 @pytest.fixture(scope="session")

@@ -35,13 +35,10 @@ def bundle(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs():
+    from conftest import synthetic_inputs
+
     r = preset("echomimic-tiny").resolution
-    rng = np.random.default_rng(0)
-    image = (rng.random((r, r, 3)) * 255).astype(np.uint8)
-    mask = np.zeros((r, r), np.float32)
-    mask[r // 4 : 3 * r // 4, r // 4 : 3 * r // 4] = 1.0
-    t = np.arange(int(1.3 * 16000)) / 16000
-    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2).astype(np.float32)
+    image, mask, audio = synthetic_inputs(r, 1.3)
     return Portrait(image=image, mask=mask, box=(0, 0, r, r)), audio
 
 
