@@ -190,7 +190,10 @@ class Variant:
 
             torch.set_num_threads(threads)
             d = bundle.sampler
-            sampler = SamplerSpec(spec.sampler, spec.steps, guidance_scale, spec.guidance_steps, d.prediction_type, d.spacing, d.zero_snr)
+            sampler = SamplerSpec(
+                spec.sampler, spec.steps, guidance_scale, spec.guidance_steps, d.prediction_type, d.spacing, d.zero_snr,
+                d.beta_schedule, d.set_alpha_to_one,
+            )  # fmt: skip
             self.pipe = ReferencePipeline(model_factory(), sampler)
         else:
             from ..runtime.pipeline import Pipeline
