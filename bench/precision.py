@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 
 from emote import precision as policy  # noqa: E402
 from emote.bench.run import benchmark, machine  # noqa: E402
-from emote.bench.variants import defaults_variant  # noqa: E402
+from emote.bench.variants import defaults_variant, sampler_tag  # noqa: E402
 from emote.bundle import SAMPLE_RATE, Bundle  # noqa: E402
 from emote.engines import open_backend  # noqa: E402
 from emote.export.parity import sqnr_db  # noqa: E402
@@ -188,11 +188,6 @@ def bench_end_to_end(bundle: Bundle, args) -> dict:
         threads=args.threads,
         progress=lambda m: print(m, flush=True),
     )
-
-
-def sampler_tag(bundle: Bundle) -> str:
-    """The bundle's sampler defaults as variant names spell them: dpm4-g1, ddim1."""
-    return defaults_variant(bundle).name.split("-", 2)[2]
 
 
 def choose(step: dict, e2e: dict, min_sqnr: float, min_psnr: float, tag: str) -> tuple[str | None, list[str]]:

@@ -36,8 +36,8 @@ READS = ("emote-bundle/1", FORMAT)
 MANIFEST = "manifest.json"
 BUNDLE = FolderKind("bundle", MANIFEST, FORMAT, "make one with `emote export`")
 
-FAMILIES = ("emo", "hallo", "echomimic")
-WHISPER_LOOKAHEAD = 3  # video frames past a clip EchoMimic's last window needs at 25 fps: centre+5 < 2 (i+3)  # runtime/families/: what each binds beyond the common graphs
+FAMILIES = ("emo", "hallo", "echomimic")  # runtime/families/: what each binds beyond the common graphs
+WHISPER_LOOKAHEAD = 3  # video frames past a clip EchoMimic's last window needs at 25 fps: centre+5 < 2 (i+3)
 WINDOWINGS = ("clip", "track")  # how the audio encoder sees the audio: per clip, or Hallo's whole track
 
 

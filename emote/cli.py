@@ -402,15 +402,12 @@ def _serve(args) -> int:
 
     bundle = Bundle.open(args.bundle)  # a bad bundle is one line now, not a server that never gets ready
     if args.hop is not None:  # and a hop it cannot cut
-        from .runtime.clips import ClipWindows
+        from .runtime.pipeline import clip_windows_of
 
-        g = bundle.geometry
         try:
-            ClipWindows(g.frames, g.motion_frames, g.fps, g.left_context, g.lookahead, args.hop)
-        except ValueError as e:
+            clip_windows_of(bundle, args.hop)
+        except EmoteError as e:
             raise EmoteError(f"--hop {args.hop}: {e}") from None
-        if g.audio_windowing == "track":
-            raise EmoteError(f"--hop {args.hop}: this bundle's audio is the whole track's; a hop needs per-clip audio windows")
     cfg = ServeConfig(
         bundle=Path(args.bundle),
         api_key=args.api_key or os.environ.get("EMOTE_API_KEY") or None,

@@ -76,7 +76,9 @@ def test_echomimic_with_a_hop_matches_the_reference(model, bundle, inputs):
     ref = reference(model, portrait, audio, 2.5, hop=2)
     with Pipeline(bundle, backend="onnxruntime", guidance_steps=None, unmarked_research=True) as pipe:
         got = pipe.generate(portrait, audio, seed=3, hop=2)
+        streamed = np.concatenate(list(pipe.stream(portrait, iter(np.array_split(audio, 65)), seed=3, hop=2)))
     assert psnr_db(ref, got) >= 40.0
+    np.testing.assert_array_equal(streamed, got)  # the dropped frames' rows: silence in both, not clamped mid-stream
 
 
 def test_whisper_rows_are_clamped_to_the_track():
@@ -88,8 +90,8 @@ def test_whisper_rows_are_clamped_to_the_track():
     assert first[0].tolist() == [0, 0, 0, 0, 0, 1, 2, 3, 4, 5]  # frame 0: centre 0, rows -4 .. 5 clamped at 0
     last = clip_index(w, plan.clips - 1, 16000) + w.window_range(plan.clips - 1)[0] // 320
     assert last[0].tolist() == [44, 45, 46, 47, 48, 49, 49, 49, 49, 49]  # frame 24: centre 48, clamped to state 49
-    # while a stream goes on, a clip starts once its window has arrived: its rows never reach the end
+    # while a stream goes on (no end known: None), a clip starts once its window has arrived: its rows stay in it
     for c in range(plan.clips):
         received = w.samples_needed(c)
-        rows = clip_index(w, c, received) + w.window_range(c)[0] // 320
+        rows = clip_index(w, c, None) + w.window_range(c)[0] // 320
         assert rows.max() < whisper_states(received), c

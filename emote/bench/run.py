@@ -121,7 +121,6 @@ def benchmark(
         flops_of = {k: {key: count_flops(g.path) for key, g in b.graphs.items()} for k, b in bundles.items()}
     else:
         flops_of = {k: {} for k in bundles}
-    flops = flops_of[None]
     progress(f"preparing {len(specs)} variants")
     variants = [Variant(s, bundles[s.bundle], model_factory, guidance, threads) for s in specs]
     if extras:

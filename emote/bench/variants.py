@@ -42,14 +42,18 @@ class VariantSpec:
 SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "dpmpp_2m": "dpm"}
 
 
+def sampler_tag(bundle) -> str:
+    """The bundle's sampler defaults as variant names spell them: dpm4-g1 (guided on step 1), ddim1."""
+    d = bundle.sampler
+    tag = f"{SHORT.get(d.family, d.family)}{d.steps}"
+    return tag + (f"-g{d.guidance_steps}" if d.guidance_scale != 1.0 and d.guidance_steps is not None else "")
+
+
 def defaults_variant(bundle, backend: str = "onnxruntime", precision: str = "fp32", *, other: bool = False) -> VariantSpec:
     """The bundle's own sampler defaults on ``backend`` at ``precision``, named as the other variants are
     (``ov-fp32-dpm4-g1``, ``ort-fp32-ddim1``); ``other``: a compared bundle's, named ``<preset>:<name>``."""
     d = bundle.sampler
-    tag = f"{SHORT.get(d.family, d.family)}{d.steps}"
-    if d.guidance_scale != 1.0 and d.guidance_steps is not None:
-        tag += f"-g{d.guidance_steps}"
-    name = f"{SHORT[backend]}-{precision}-{tag}"
+    name = f"{SHORT[backend]}-{precision}-{sampler_tag(bundle)}"
     return VariantSpec(
         f"{bundle.preset}:{name}" if other else name,
         "runtime",

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..runtime.clips import ClipPlan, ClipWindows, audio_window, clip_noise
+from ..runtime.families.echomimic import clip_index
 from ..runtime.sampler import FAMILIES
 from .emo import ClipCondition, EMOModel
 
@@ -122,8 +123,6 @@ class ReferencePipeline:
         for c in range(plan.clips):
             window = torch.from_numpy(audio_window(audio, plan, c))
             if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper frames, clamped to the track
-                from ..runtime.families.echomimic import clip_index
-
                 tokens = m.encode_audio(window, torch.from_numpy(clip_index(plan, c, len(audio))))
             else:
                 tokens = m.encode_audio(window)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,18 @@ def buffer_plan(graphs: dict[str, GraphSpec]) -> dict[str, tuple[tuple[int, ...]
     if "vae_encoder" in graphs:  # a model without motion frames (EchoMimic) has no encoder to feed
         plan["motion_frames"] = next((t.shape, t.dtype) for t in graphs["vae_encoder"].inputs if t.name == "frames")
     return plan
+
+
+def clip_windows_of(bundle: Bundle, hop: int | None = None) -> ClipWindows:
+    """How ``bundle``'s clips cut the audio, each keeping ``hop`` frames (None: whole clips); a hop the
+    bundle cannot cut is an EmoteError."""
+    g = bundle.geometry
+    if hop is not None and hop != g.frames and g.audio_windowing == "track":
+        raise EmoteError("a hop needs per-clip audio windows: this bundle's audio is the whole track's")
+    try:
+        return ClipWindows(g.frames, g.motion_frames, g.fps, g.left_context, g.lookahead, None if hop == g.frames else hop)
+    except ValueError as e:
+        raise EmoteError(str(e)) from None
 
 
 def graph_names(bundle: Bundle) -> tuple[str, ...]:
@@ -171,9 +183,7 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         g = self.bundle.geometry
         self.frames, self.motion, self.resolution, self.fps = g.frames, g.motion_frames, g.resolution, g.fps
-        self.windows = ClipWindows(
-            clip_frames=g.frames, motion_frames=g.motion_frames, fps=g.fps, left_context=g.left_context, lookahead=g.lookahead
-        )
+        self.windows = clip_windows_of(self.bundle)
         self.family = family_for(self.bundle, **family_options)
         choice = resolve(backend, precision, backend_options, self.bundle)
         self.precision = choice.precision
@@ -297,14 +307,7 @@ class Pipeline:
 
     def windows_for(self, hop: int | None) -> ClipWindows:
         """The clip windows with clips that keep ``hop`` frames each (None: whole clips, the bundle's)."""
-        if hop is None or hop == self.frames:
-            return self.windows
-        if self.track is not None:
-            raise EmoteError("a hop needs per-clip audio windows: this bundle's audio is the whole track's")
-        try:
-            return replace(self.windows, hop=hop)
-        except ValueError as e:
-            raise EmoteError(str(e)) from None
+        return self.windows if hop is None else clip_windows_of(self.bundle, hop)
 
     # -- generation ----------------------------------------------------------------------
     def bind_portrait(self, image, face_box=None, **inputs):

@@ -6,9 +6,10 @@ The audio-encoder graph computes whisper's states of one clip's window and gathe
 frame's ten rows by ``whisper_index``: the clamping depends on where the clip sits in the
 track, so the runtime computes it, per clip, in integers.
 
-Rows are clamped to the audio received: a clip starts only once its whole window has
-arrived, so while a stream goes on none of its rows reaches past the end, and once it has
-ended the last clips are clamped as a file's are: a stream's frames are the file's.
+Rows are clamped at the track's end once it is known (a file, a stream that has ended);
+while a stream goes on they are not: a row past the audio a clip hears (a hop's dropped
+frames) is then the window's silence, as in the file, whose track goes on. So a stream's
+frames are the file's, with a hop too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import Family
 WHISPER_RATE = 50  # whisper encoder states per second (16 kHz, hop 160, conv stride 2)
 SAMPLES_PER_STATE = SAMPLE_RATE // WHISPER_RATE  # 320
 FRAME_WINDOW = (-4, 6)  # EchoMimic's rows centre-4 .. centre+5 of each frame
+UNKNOWN_END = 1 << 40  # the whisper states of a stream still going: no clamp at its end
 
 
 class EchoMimic(Family):
@@ -29,7 +31,7 @@ class EchoMimic(Family):
     name = "echomimic"
 
     def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
-        return {"audio_index": clip_index(windows, clip, source.length)}
+        return {"audio_index": clip_index(windows, clip, source.length if source.ended else None)}
 
 
 def whisper_states(samples: int) -> int:
@@ -37,11 +39,12 @@ def whisper_states(samples: int) -> int:
     return -(-(samples // (SAMPLE_RATE // 100)) // 2)
 
 
-def clip_index(windows, clip: int, track_samples: int) -> np.ndarray:
+def clip_index(windows, clip: int, track_samples: int | None) -> np.ndarray:
     """(f, 10) int64: the whisper rows of clip ``clip``'s frames in its audio window (runtime.clips),
-    clamped to a track of ``track_samples`` samples (the samples received so far, for a stream)."""
+    clamped to a track of ``track_samples`` samples (None: a stream still going, clamped at the start only)."""
     window_first = windows.window_range(clip)[0] // SAMPLES_PER_STATE
-    return whisper_index(windows.start(clip), windows.clip_frames, windows.fps, window_first, whisper_states(track_samples))
+    total = UNKNOWN_END if track_samples is None else whisper_states(track_samples)
+    return whisper_index(windows.start(clip), windows.clip_frames, windows.fps, window_first, total)
 
 
 def whisper_index(start: int, frames: int, fps: int, window_first: int, track_states: int) -> np.ndarray:
