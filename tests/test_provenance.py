@@ -69,6 +69,21 @@ def test_payload_code_corrects_two_bytes_and_refuses_noise():
     assert accepted <= 1
 
 
+def test_the_payload_minute_is_the_clocks_or_source_date_epochs(monkeypatch):
+    import datetime as dt
+
+    from emote.errors import EmoteError
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1790000059")  # 2026-09-21 14:14:19 UTC
+    assert pl.Payload.now().time == dt.datetime(2026, 9, 21, 14, 14, tzinfo=dt.timezone.utc)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    before = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
+    assert before <= pl.Payload.now().time <= dt.datetime.now(dt.timezone.utc)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(EmoteError, match="SOURCE_DATE_EPOCH='yesterday': give integer seconds"):
+        pl.Payload.now()
+
+
 def test_round_trip_cost_and_one_reencode(clip):
     frames, face = clip
     marked = wm.Embedder(KEY, PAYLOAD).mark(frames, face)

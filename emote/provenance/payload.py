@@ -4,20 +4,36 @@ Layout of the 4 payload bytes, big-endian: 8 bits generator id (1 = emote-edge),
 minute of generation counted from 2026-01-01 00:00 UTC (2^24 minutes: 31.9 years). Four
 Reed-Solomon parity bytes over GF(256) (``reedsolo``) follow: 8 bytes = 64 coded bits, which
 correct any 2 wrong bytes.
+
+The minute is the clock's, or ``SOURCE_DATE_EPOCH``'s where that is set (the reproducible-builds
+convention: seconds since 1970 UTC), so that two runs of one input can make the very same frames.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import EmoteError
 
 GENERATOR_EMOTE = 1
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 PAYLOAD_BYTES = 4
 PARITY_BYTES = 4
 CODED_BITS = 8 * (PAYLOAD_BYTES + PARITY_BYTES)  # 64
+
+
+def generation_time() -> dt.datetime:
+    """Now (UTC), or ``SOURCE_DATE_EPOCH`` (integer seconds since 1970 UTC) where it is set."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not fixed:
+        return dt.datetime.now(dt.timezone.utc)
+    if not fixed.isdigit():
+        raise EmoteError(f"SOURCE_DATE_EPOCH={fixed!r}: give integer seconds since 1970-01-01 UTC")
+    return dt.datetime.fromtimestamp(int(fixed), dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -27,7 +43,8 @@ class Payload:
 
     @classmethod
     def now(cls, generator: int = GENERATOR_EMOTE) -> Payload:
-        minutes = int((dt.datetime.now(dt.timezone.utc) - EPOCH).total_seconds() // 60)
+        """This minute, or ``SOURCE_DATE_EPOCH``'s (reproducible output) where that is set."""
+        minutes = int((generation_time() - EPOCH).total_seconds() // 60)
         return cls(generator, min(max(minutes, 0), (1 << 24) - 1))
 
     def __post_init__(self) -> None:
