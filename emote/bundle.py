@@ -155,6 +155,10 @@ class Geometry:
     audio_windowing: str = "clip"
     audio_chunk: int = 0
     audio_chunk_context: int = 0
+    # EchoMimic's context windows (runtime/context_windows.py): frames neighbouring windows share and
+    # frames the windows move per step; 0 (bundles made before they were recorded): clips only
+    context_overlap: int = 0
+    context_shift: int = 0
 
     @property
     def samples_per_frame(self) -> int:
@@ -270,6 +274,8 @@ def _parse(path: Path, data: dict) -> Bundle:
         audio_windowing=audio.get("windowing", str, "clip"),
         audio_chunk=audio.get("chunk", int, 0),
         audio_chunk_context=audio.get("chunk_context", int, 0),
+        context_overlap=model.get("context_overlap", int, 0),
+        context_shift=model.get("context_shift", int, 0),
     )
     if geometry.audio_windowing not in WINDOWINGS:
         raise EmoteError(

@@ -277,6 +277,7 @@ def _generate(args) -> int:
             npy_path=args.npy,
             progress=not args.quiet,
             hop=args.hop,
+            schedule=args.schedule,
         )
     print(f"wrote {args.out}: {summary.line()}")
     return 0
@@ -640,6 +641,13 @@ def _args_generate(d) -> None:
         type=int,
         metavar="H",
         help="each clip keeps H frames (motion frames .. a clip): as `emote serve --hop` cuts a live stream (default: whole clips)",
+    )
+    d.add_argument(
+        "--schedule",
+        choices=["clips", "windows"],
+        help="clips: clip by clip, each frame out as its clip is done (as a live stream runs); windows: EchoMimic's "
+        "context windows over the whole video, every step (EchoMimic bundles only; DDIM or Euler). Default: windows "
+        "where the bundle has them and no --hop is given, else clips",
     )
     d.add_argument("--fps", type=float, help="output frame rate (default: the model's; frames are retimed)")
     d.add_argument(

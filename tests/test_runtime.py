@@ -189,3 +189,11 @@ def test_generate_writes_a_video_a_user_can_open(tiny_bundle, tmp_path, capsys):
     assert probe_video(out)["frames"] == 33
     assert np.load(tmp_path / "f.npy").shape == (33, 64, 64, 3)
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mp4"] == ["out.mp4"]  # no temp files left
+
+
+def test_a_model_with_motion_frames_runs_clips_only(tiny_bundle, portrait, tiny_inputs):
+    """EMO's clips continue from motion frames: context windows are refused in one line, clips are the default."""
+    with Pipeline(tiny_bundle, backend="onnxruntime", unmarked_research=True) as pipe:
+        assert pipe.schedule_for(None) == "clips"
+        with pytest.raises(EmoteError, match="has no context windows .* run clips"):
+            pipe.generate(portrait, tiny_inputs[2], schedule="windows")

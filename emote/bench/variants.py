@@ -30,13 +30,15 @@ class VariantSpec:
     backend_options: dict[str, Any] = field(default_factory=dict)
     guidance_scale: float | None = None  # None: the bundle's default
     bundle: str | None = None  # another bundle than the one benchmarked (bench --compare); None: that one
+    schedule: str | None = None  # "clips" or "windows" (EchoMimic's context windows); None: the bundle's default
 
     def describe(self) -> str:
         g = "every step" if self.guidance_steps is None else f"first {self.guidance_steps} step(s)"
         guided = "unguided" if self.guidance_scale == 1.0 else f"guidance on {g}"
+        how = f", {self.schedule}" if self.schedule else ""
         if self.kind == "reference":
-            return f"PyTorch eager, {self.sampler} {self.steps}, {guided}, fp32"
-        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, {guided}" + (f" ({self.bundle})" if self.bundle else "")
+            return f"PyTorch eager, {self.sampler} {self.steps}, {guided}{how}, fp32"
+        return f"{self.backend} {self.precision}, {self.sampler} {self.steps}, {guided}{how}" + (f" ({self.bundle})" if self.bundle else "")
 
 
 SHORT = {"onnxruntime": "ort", "openvino": "ov", "tensorrt": "trt", "dpmpp_2m": "dpm"}
@@ -84,6 +86,12 @@ def default_variants(bundle, quick: bool = False) -> list[VariantSpec]:
         VariantSpec("ort-fp32-dpm4", "runtime", "dpmpp_2m", 4),
         VariantSpec("ort-fp32-dpm4-g1", "runtime", "dpmpp_2m", 4, guidance_steps=1),
     ]
+    if bundle.geometry.context_overlap:
+        # EchoMimic: its released schedules (30 steps guided; the acc weights' 6 unguided), each in both window modes
+        out.append(VariantSpec("reference-ddim30", "reference", "ddim", 30, schedule="windows"))
+        for how in ("windows", "clips"):
+            out.append(VariantSpec(f"ort-fp32-ddim30-{how}", "runtime", "ddim", 30, schedule=how))
+            out.append(VariantSpec(f"ort-fp32-ddim6-unguided-{how}", "runtime", "ddim", 6, guidance_scale=1.0, schedule=how))
     own = defaults_variant(bundle)  # the bundle's own defaults, where they are none of these (a distilled student's)
     if own.name not in {s.name for s in out}:
         out.append(own)
@@ -185,6 +193,8 @@ class Variant:
     def __init__(self, spec: VariantSpec, bundle, model_factory, guidance_scale: float, threads: int):
         self.spec = spec
         self.threads = threads
+        # the reference runs the schedule the runtime runs by default: EchoMimic's windows where the bundle has them
+        self.schedule = spec.schedule or ("windows" if bundle.geometry.context_overlap else "clips")
         if spec.guidance_scale is not None:
             guidance_scale = spec.guidance_scale
         if spec.kind == "reference":
@@ -219,7 +229,7 @@ class Variant:
     def run(self, portrait, audio: np.ndarray, seed: int) -> RunResult:
         if self.spec.kind == "reference":
             t0 = time.perf_counter()
-            frames = self.pipe(portrait.image, portrait.mask, audio, seed=seed)
+            frames = self.pipe(portrait.image, portrait.mask, audio, seed=seed, schedule=self.schedule)
             seconds = time.perf_counter() - t0
             # the reference returns the whole video at the end: its first frame comes with the last
             return RunResult(seconds, seconds, frames, {})
@@ -227,7 +237,7 @@ class Variant:
         clips = []
         t0 = time.perf_counter()
         first = None
-        for clip in self.pipe.stream(portrait, audio, seed=seed):
+        for clip in self.pipe.stream(portrait, audio, seed=seed, schedule=self.spec.schedule):
             if first is None:
                 first = time.perf_counter() - t0
             clips.append(clip)

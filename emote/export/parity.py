@@ -110,14 +110,22 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
     if track_windowing(cfg):
         feeds.update(track_feeds(model, audio))
     else:
-        feeds["audio_encoder"] = {"audio": audio_window(audio, plan, min(1, plan.clips - 1))}
+        clip = min(1, plan.clips - 1)
+        feeds["audio_encoder"] = {"audio": audio_window(audio, plan, clip)}
+        if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window
+            from ..runtime.families.echomimic import clip_index
+
+            feeds["audio_encoder"]["audio_index"] = clip_index(plan, clip, len(audio))
     feeds["reference_net"] = {"reference": portrait.image[None], **video}
-    feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], n, axis=0)}
+    # the portrait's latent stands for the motion frames' (EchoMimic has none: no vae_encoder to feed)
+    feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], max(n, 1), axis=0)}
     tokens = torch_outputs(AudioEncoderGraph(model), feeds["audio_encoder"])["audio_tokens"]
     latents = torch_outputs(VAEEncoderGraph(model), feeds["vae_encoder"])["latents"]
+    if not n:
+        del feeds["vae_encoder"]
     feeds["clip_condition"] = {
         "audio_tokens": tokens,
-        "motion_latents": latents,
+        "motion_latents": latents[:n],
         "face_mask": face_mask[None, None].astype(np.float32),
         "speed": np.full((f,), cfg.speed_default, np.float32),
         **video,

@@ -156,6 +156,10 @@ class ModelConfig:
     # (Hallo's: zero audio, zero face embedding, no reference attention, no face-locator features) or
     # "echomimic" (zero audio, no reference attention, no face-locator features)
     first_motion: str = "zeros"  # the first clip's motion frames: "zeros" (EMO) or the "reference" image (Hallo)
+    # EchoMimic's context windows over the whole video (runtime/context_windows.py): frames two neighbouring
+    # windows of `frames` share, and frames every window moves per step; 0: clips only (models with motion frames)
+    context_overlap: int = 0
+    context_shift: int = 0
     # sampler defaults (the runtime's fast default and the published baseline)
     sampler: str = "dpmpp_2m"
     steps: int = 4
@@ -191,6 +195,10 @@ class ModelConfig:
             raise ValueError("whisper states go straight into attn2: audio.hidden_size must equal unet.cross_attention_dim")
         if self.first_motion not in ("zeros", "reference"):
             raise ValueError(f"first_motion {self.first_motion!r}: one of 'zeros', 'reference'")
+        if self.context_overlap and not (self.motion_frames == 0 and 0 < self.context_overlap < self.frames and self.context_shift >= 0):
+            raise ValueError(
+                f"context windows need no motion frames and 0 < context_overlap < frames ({self.frames}), got {self.context_overlap}"
+            )
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise ValueError(f"beta_schedule {self.beta_schedule!r}: one of 'scaled_linear', 'linear'")
 
@@ -464,6 +472,8 @@ def _echomimic(name: str = "echomimic", steps: int = 30, guidance: float = 2.5) 
         resolution=512,
         frames=12,
         motion_frames=0,  # EchoMimic has no motion frames: overlapping context windows instead
+        context_overlap=3,  # infer_audio2vid.py: 12-frame windows overlapping by 3,
+        context_shift=2,  # moved by 2 x the step index (pipeline_echo_mimic_acc.py:495)
         fps=25,
         face_locator_channels=(16, 32, 96, 256),
         uncond_branch="echomimic",
@@ -510,6 +520,8 @@ def _echomimic_tiny() -> ModelConfig:
         resolution=32,
         frames=4,
         motion_frames=0,
+        context_overlap=1,  # 4-frame windows: a 9-frame video takes 3 of them, as 33 frames take 4 of 12
+        context_shift=2,
         fps=25,
         face_locator_channels=(4, 4, 4, 8),
         uncond_branch="echomimic",

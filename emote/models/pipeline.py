@@ -99,10 +99,12 @@ class ReferencePipeline:
         speed: float | None = None,
         progress: bool = False,
         hop: int | None = None,
+        schedule: str = "clips",
     ) -> np.ndarray:
         """image (R, R, 3) uint8, mask (R, R) float32, audio float32 at 16 kHz -> (frames, R, R, 3) uint8.
 
-        ``hop``: frames each clip keeps (the runtime's live latency option, runtime.clips)."""
+        ``hop``: frames each clip keeps (the runtime's live latency option, runtime.clips); ``schedule``
+        "windows": EchoMimic's context windows over the whole video (models without motion frames)."""
         if self.model.config.uncond_branch == "hallo":
             from ..errors import EmoteError
 
@@ -118,14 +120,12 @@ class ReferencePipeline:
         ref_latent = m.encode_image(to_pixels(image[None]))
         motion_latents = torch.zeros(n, 4, h, h)  # the first clip has no previous frames
         out = np.empty((plan.frames, cfg.resolution, cfg.resolution, 3), np.uint8)
+        if schedule == "windows":
+            return self._windows(audio, face_mask, ref_latent, seed, out, progress)
 
         bar = tqdm(total=plan.clips * spec.steps, desc="reference", unit="step", disable=not progress)
         for c in range(plan.clips):
-            window = torch.from_numpy(audio_window(audio, plan, c))
-            if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper frames, clamped to the track
-                tokens = m.encode_audio(window, torch.from_numpy(clip_index(plan, c, len(audio))))
-            else:
-                tokens = m.encode_audio(window)
+            tokens = self._tokens(audio, plan, c)
             ref_tokens = m.reference_net.features(ref_latent).tokens
             motion_hidden = m.reference_net.features(motion_latents).hidden if n else None
             speed_tokens = m.speed_encoder(speed_t) if m.speed_encoder is not None else None
@@ -154,3 +154,56 @@ class ReferencePipeline:
                 motion_latents = m.encode_image(to_pixels(frames[length - n : length]))
         bar.close()
         return out
+
+    def _tokens(self, audio: np.ndarray, plan: ClipPlan, clip: int) -> torch.Tensor:
+        """The clip's audio tokens, (f, T, D): from its audio window, as the runtime cuts it."""
+        m = self.model
+        window = torch.from_numpy(audio_window(audio, plan, clip))
+        if m.config.audio.encoder == "whisper":  # EchoMimic: each frame's whisper frames, clamped to the track
+            return m.encode_audio(window, torch.from_numpy(clip_index(plan, clip, len(audio))))
+        return m.encode_audio(window)
+
+    def _windows(self, audio, face_mask, ref_latent, seed: int, out: np.ndarray, progress: bool) -> np.ndarray:
+        """EchoMimic's denoising loop (pipeline_echo_mimic_acc.py): the whole video's latents; at step i the
+        model runs on each window of ``uniform_windows`` moved by shift x i, a frame's prediction is the mean
+        of its windows', and the scheduler steps every frame with it. A video shorter than a window is
+        padded to one clip (the runtime's graphs are static)."""
+        m, cfg, spec = self.model, self.model.config, self.sampler
+        if not cfg.context_overlap:
+            raise ValueError(f"{cfg.name} has no context windows (context_overlap 0)")
+        plan = self.plan(len(audio))
+        f, h = cfg.frames, cfg.latent_size
+        length = max(plan.frames, f)
+        tokens = torch.cat([self._tokens(audio, plan, c) for c in range(plan.clips)])[:length]
+        ref = m.backbone.reference_kv(m.reference_net.features(ref_latent).tokens)
+        face = m.face_locator(face_mask)
+        scheduler = diffusers_scheduler(spec)
+        scheduler.set_timesteps(spec.steps)
+        noise = np.concatenate([clip_noise(seed, c, (f, 4, h, h)) for c in range(plan.clips)])[:length]
+        x = torch.from_numpy(noise) * scheduler.init_noise_sigma
+        bar = tqdm(total=spec.steps, desc="reference (windows)", unit="step", disable=not progress)
+        for i, t in enumerate(scheduler.timesteps):
+            total, count = torch.zeros_like(x), torch.zeros(length)
+            g = spec.guidance_scale if spec.guided(i) else None
+            for window in uniform_windows(length, f, cfg.context_overlap):
+                index = [(k + cfg.context_shift * i) % length for k in window]
+                clip = ClipCondition(audio=m.backbone.context_kv(tokens[index]), motion=None, speed=None, face=face)
+                total[index] += m.model_output(scheduler.scale_model_input(x[index], t), t.float(), ref, clip, g)
+                count[index] += 1
+            x = scheduler.step(total / count[:, None, None, None], t, x).prev_sample
+            bar.update()
+        bar.close()
+        for c in range(plan.clips):
+            latents = x[c * f : c * f + f]
+            latents = torch.cat([latents, latents.new_zeros(f - len(latents), *latents.shape[1:])])
+            out[plan.start(c) : plan.start(c) + plan.kept(c)] = m.decode_latents(latents).numpy()[: plan.kept(c)]
+        return out
+
+
+def uniform_windows(frames: int, size: int, overlap: int) -> list[list[int]]:
+    """EchoMimic's context windows at step 0: its "uniform" schedule with stride 1, closed loop, as it calls
+    it: windows of ``size`` frames from 0 every ``size - overlap`` frames while before ``frames``, wrapping
+    modulo ``frames``; a video no longer than a window is one window of all its frames."""
+    if frames <= size:
+        return [list(range(frames))]
+    return [[e % frames for e in range(j, j + size)] for j in range(0, frames, size - overlap)]

@@ -64,6 +64,7 @@ def generate_video(
     npy_path: str | Path | None = None,
     progress: bool = True,
     hop: int | None = None,
+    schedule: str | None = None,
 ) -> Summary:
     from .audio import AudioSource, read_audio
     from .video import VideoWriter, check_writable, write_npy, write_png_frames
@@ -85,8 +86,10 @@ def generate_video(
     samples = pipe.model_audio(track, rate, separated)
     bar.close()
     portrait = pipe.prepare(image, face_box)
+    schedule = pipe.schedule_for(schedule, hop=hop)
     plan = pipe.plan(len(samples), pipe.windows_for(hop))
-    bar = tqdm(total=plan.clips * len(pipe.sampler.rows), unit="step", desc="generate", disable=not progress)
+    parts, part = (plan.clips, "clip") if schedule == "clips" else (pipe.window_count(len(samples)), "window")
+    bar = tqdm(total=parts * pipe.sampler.steps, unit="step", desc="generate", disable=not progress)
     collected = [] if (png_dir or npy_path) else None
     start = time.perf_counter()
     portrait = pipe.bind_portrait(portrait)  # the ReferenceNet, once: inside the timed run, as before its first clip
@@ -95,12 +98,11 @@ def generate_video(
     # the track carries the audio mark whenever the frames carry the watermark (same key)
     with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate, audio_mark=pipe.watermark_key) as video:
 
-        def advance(clip: int, step: int) -> None:
-            if step == 0:
-                bar.set_postfix_str(f"clip {clip + 1}/{plan.clips}", refresh=False)
+        def advance(clip: int, step: int) -> None:  # (window, step) under the window schedule
+            bar.set_postfix_str(f"{part} {clip + 1}/{parts}" + (f", step {step + 1}" if part == "window" else ""), refresh=False)
             bar.update()
 
-        for clip in pipe.clips(portrait, AudioSource(samples), seed=seed, progress=advance, hop=hop):
+        for clip in pipe.clips(portrait, AudioSource(samples), seed=seed, progress=advance, hop=hop, schedule=schedule):
             if first is None:
                 first = time.perf_counter() - start
             frames = retime(clip, pipe.fps, out_fps)

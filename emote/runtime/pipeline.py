@@ -34,6 +34,7 @@ from ..errors import EmoteError
 from .audio import AudioSource
 from .backend_choice import resolve
 from .clips import ClipPlan, ClipWindows, audio_window, clip_noise, step_noise
+from .context_windows import WindowMean, context_windows
 from .families import family_for
 from .sampler import SamplerTable, make_sampler
 from .track_audio import TrackAudio, clip_windows
@@ -73,6 +74,9 @@ def clip_windows_of(bundle: Bundle, hop: int | None = None) -> ClipWindows:
         return ClipWindows(g.frames, g.motion_frames, g.fps, g.left_context, g.lookahead, None if hop == g.frames else hop)
     except ValueError as e:
         raise EmoteError(str(e)) from None
+
+
+SCHEDULES = ("clips", "windows")  # clip by clip (EMO's, and any live stream), or EchoMimic's context windows
 
 
 def graph_names(bundle: Bundle) -> tuple[str, ...]:
@@ -199,6 +203,7 @@ class Pipeline:
                 stats, features, chunk=g.audio_chunk, context=g.audio_chunk_context, samples_per_frame=g.samples_per_frame
             )
         self._features: np.ndarray | None = None  # the file path's whole-track features, per stream
+        self._window_loops: list | None = None  # the window schedule's one-step loops, made on first use
         self._allocate()
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
@@ -305,6 +310,33 @@ class Pipeline:
         except ValueError as e:
             raise EmoteError(f"{e}: nothing to generate") from None
 
+    def schedule_for(self, schedule: str | None, live: bool = False, hop: int | None = None) -> str:
+        """``schedule`` checked ("clips" or "windows"; None: the bundle's: EchoMimic's context windows for a
+        whole track, clips for a live stream or a hop); one a bundle, stream or sampler cannot run is an EmoteError."""
+        can = bool(self.bundle.geometry.context_overlap)
+        if schedule is None:
+            return "windows" if can and not live and hop is None else "clips"
+        if schedule not in SCHEDULES:
+            raise EmoteError(f"schedule {schedule!r}: one of {', '.join(SCHEDULES)}")
+        if schedule == "windows":
+            if not can:
+                raise EmoteError(f"{self.bundle.describe()} has no context windows (its clips continue from motion frames): run clips")
+            if live:
+                raise EmoteError("context windows denoise the whole video at once: a live stream runs clips")
+            if hop is not None:
+                raise EmoteError("a hop cuts clips: context windows keep every frame of the video, give no hop")
+            if self.sampler.is_multistep or self.sampler.is_stochastic:
+                raise EmoteError(
+                    f"context windows average one-step updates: sampler {self.sampler.family} "
+                    f"{'keeps a history' if self.sampler.is_multistep else 'draws noise'}; run ddim or euler"
+                )
+        return schedule
+
+    def window_count(self, samples: int) -> int:
+        """Context windows per step over a track of ``samples`` samples (the window schedule)."""
+        g, frames = self.bundle.geometry, max(self.plan(samples).frames, self.frames)
+        return len(context_windows(frames, self.frames, g.context_overlap, g.context_shift, 0))
+
     def windows_for(self, hop: int | None) -> ClipWindows:
         """The clip windows with clips that keep ``hop`` frames each (None: whole clips, the bundle's)."""
         return self.windows if hop is None else clip_windows_of(self.bundle, hop)
@@ -390,6 +422,7 @@ class Pipeline:
         face_box=None,
         progress=None,
         hop: int | None = None,
+        schedule: str | None = None,
         **inputs,
     ) -> Iterator[np.ndarray]:
         """Yield each clip's frames (kept frames only) as soon as they are decoded.
@@ -397,8 +430,8 @@ class Pipeline:
         ``inputs``: per-video inputs of the bundle's family (EMO: ``speed``; Hallo: ``face_embedding``,
         (512,) or (1, 512) floats, else the pipeline's own or its face model's). A whole track (a
         path, or 16 kHz samples) goes through the vocal model when the pipeline has one; a live
-        stream (an iterator of chunks) cannot, and is refused then. ``hop``: frames each clip keeps
-        (``clips``).
+        stream (an iterator of chunks) cannot, and is refused then. ``hop``: frames each clip keeps;
+        ``schedule``: "clips" or "windows" (``clips``).
         """
         if isinstance(audio, (str, Path)):
             from .audio import read_audio
@@ -409,7 +442,7 @@ class Pipeline:
         elif self.vocals is not None:
             raise EmoteError(LIVE_VOCALS)
         portrait = self.bind_portrait(image, face_box, **inputs)
-        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress, hop=hop)
+        yield from self.clips(portrait, AudioSource(audio), seed=seed, progress=progress, hop=hop, schedule=schedule)
 
     def _marker(self):
         """The watermark embedder of one video (its payload: now), or None when unmarked."""
@@ -422,7 +455,9 @@ class Pipeline:
         self.last_payload = Payload.now()
         return Embedder(self.watermark_key, self.last_payload, fps=self.fps)
 
-    def clips(self, portrait, source: AudioSource, *, seed: int = 0, progress=None, hop: int | None = None) -> Iterator[np.ndarray]:
+    def clips(
+        self, portrait, source: AudioSource, *, seed: int = 0, progress=None, hop: int | None = None, schedule: str | None = None
+    ) -> Iterator[np.ndarray]:
         """One video's clips from ``source`` over the portrait bound last (``bind_portrait``), marked
         (the watermark, one payload per call) unless the pipeline is ``unmarked_research``.
 
@@ -430,10 +465,17 @@ class Pipeline:
         is one captured graph); an exception it raises abandons the video there. ``hop``: frames
         each clip keeps (motion frames .. a clip; default a whole clip): a clip waits for that much
         audio and the look-ahead only, for clip/hop times the compute (runtime.clips): live latency.
+        ``schedule`` (``schedule_for``): "windows" runs EchoMimic's context windows over the whole
+        track (its frames come once every step is done, clip by clip as they are decoded; ``progress``
+        is then called as (window, step) after every window of every step).
         """
         windows = self.windows_for(hop)
+        if self.schedule_for(schedule, not source.ended, hop) == "windows":
+            made = self._window_video(source, seed, progress)
+        else:
+            made = self._unmarked_clips(portrait, source, seed, progress, windows)
         mark = self._marker()
-        for frames in self._unmarked_clips(portrait, source, seed, progress, windows):
+        for frames in made:
             yield frames if mark is None else mark.mark(frames, portrait.mask)
 
     def _unmarked_clips(self, portrait, source: AudioSource, seed: int, progress, windows: ClipWindows) -> Iterator[np.ndarray]:
@@ -467,13 +509,66 @@ class Pipeline:
         if pending is not None:
             yield np.array(pending[0]()[: pending[1]])
 
+    def _window_video(self, source: AudioSource, seed: int, progress) -> Iterator[np.ndarray]:
+        """EchoMimic's context windows (runtime/context_windows.py) over the portrait bound last: every frame's
+        audio tokens first (the clips' audio windows, as clips hear them), the whole video's latents (each
+        clip's noise, as clips draw it), each step window by window (the audio keys/values per window, the
+        reference's bound once) with the windows' x_{t-1} averaged per frame; then decoded clip by clip."""
+        be, b, g, f = self.backend, self.buf, self.bundle.geometry, self.frames
+        plan = self.plan(source.length)
+        length = max(plan.frames, f)  # a video shorter than a window: one window over a padded clip
+        shape = tuple(self.xs[0].shape[1:])
+        tokens = []
+        for clip in range(plan.clips):
+            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
+            for name, value in self.family.clip_inputs(self.windows, clip, source).items():
+                be.from_host(b[name], value)
+            self._timed("audio_encoder", self.call_audio)
+            tokens.append(be.to_host(b["audio_tokens"]).copy())
+        tokens = np.concatenate(tokens)[:length]
+        noise = np.concatenate([clip_noise(seed, c, (f, *shape)) for c in range(plan.clips)])[:length]
+        x, zeros = noise * np.float32(self.sampler.init_scale), np.zeros((f, *shape), np.float32)
+        for step, loop in enumerate(self._one_step_loops()):
+            mean = WindowMean(x.shape)
+            for w, index in enumerate(context_windows(length, f, g.context_overlap, g.context_shift, step)):
+                be.from_host(b["audio_tokens"], tokens[index])
+                self._timed("clip_condition", self.call_condition)
+                be.from_host(self.xs[0], x[index])
+                be.from_host(self.x0s[0], zeros)
+                loop(timed=self._timed)
+                mean.add(index, be.to_host(self.xs[1]))
+                if progress is not None:
+                    progress(w, step)
+            x = mean.mean()
+        for clip in range(plan.clips):
+            latents = x[clip * f : clip * f + f]
+            be.from_host(self.xs[0], np.concatenate([latents, zeros[len(latents) :]]))
+            self._timed("vae_decoder", self.call_decode[0])
+            yield np.array(be.to_host(self.out_frames)[: plan.kept(clip)])
+
+    def _one_step_loops(self) -> list:
+        """Step i of the sampler alone, x[0] -> x[1], as a loop of its own (one CUDA graph each on GPU): the
+        window schedule runs step i once per window."""
+        if self._window_loops is None:
+            table, loops = self.sampler, []
+            for i, guided in enumerate(table.guided):
+                name = "denoise_step" if guided else "denoise_step_cond"
+                loop = self.backend.loop(
+                    StepPlan((Step(self.call_step[bool(guided)][0], name, 0, 1),), self.buf["row"], table.rows[i : i + 1])
+                )
+                if self.observe is not None:
+                    loop.refuse("an observe callback reads every call's inputs on the host, which stream capture forbids")
+                loops.append(loop)
+            self._window_loops = loops
+        return self._window_loops
+
     def generate(self, image, audio, **kw) -> np.ndarray:
         """All frames of the video: (round(seconds x fps), H, W, 3) uint8."""
         clips = list(self.stream(image, audio, **kw))
         return np.concatenate(clips) if clips else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
 
     def close(self) -> None:
-        self.backend.close()
+        self.backend.close()  # and the loops it made
 
     def __enter__(self) -> Pipeline:
         return self
