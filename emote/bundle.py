@@ -159,6 +159,7 @@ class Geometry:
     # frames the windows move per step; 0 (bundles made before they were recorded): clips only
     context_overlap: int = 0
     context_shift: int = 0
+    noise_clamp: float = 0.0  # > 0: the initial noise clipped to +-noise_clamp (EchoMimic's 1.5)
 
     @property
     def samples_per_frame(self) -> int:
@@ -276,6 +277,7 @@ def _parse(path: Path, data: dict) -> Bundle:
         audio_chunk_context=audio.get("chunk_context", int, 0),
         context_overlap=model.get("context_overlap", int, 0),
         context_shift=model.get("context_shift", int, 0),
+        noise_clamp=model.get("noise_clamp", float, 0.0),
     )
     if geometry.audio_windowing not in WINDOWINGS:
         raise EmoteError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emote.runtime.clips import ClipPlan, audio_window, frame_count
+from emote.runtime.clips import ClipPlan, audio_window, clip_noise, frame_count
 
 
 @pytest.mark.parametrize("seconds, frames", [(0.1, 3), (1.0, 25), (7.3, 183)])
@@ -91,8 +91,15 @@ def test_motion_frames_carried(tiny_model, tiny_inputs, monkeypatch):
     pipe = ReferencePipeline(tiny_model, SamplerSpec(steps=2, guidance_scale=1.0))
     speech = audio[: int(0.36 * 16000)]  # 9 frames: clips of 4, 4 and 1 (the last padded, then trimmed)
     a = pipe(image, mask, speech, seed=0)
-    monkeypatch.setattr(reference_module, "clip_noise", lambda seed, c, shape: clip_noise(seed + (c == 0), c, shape))
+    monkeypatch.setattr(reference_module, "clip_noise", lambda seed, c, shape, clamp=0.0: clip_noise(seed + (c == 0), c, shape, clamp))
     b = pipe(image, mask, speech, seed=0)
     assert a.shape == b.shape == (9, 64, 64, 3) and a.dtype == np.uint8
     assert not np.array_equal(a[:4], b[:4])  # clip 0: other noise
     assert np.abs(a[4:8].astype(int) - b[4:8]).mean() > 0.5  # clip 1: other motion frames
+
+
+def test_clip_noise_clamped_as_echomimic_draws_it():
+    plain, clamped = clip_noise(3, 1, (4, 4, 8, 8)), clip_noise(3, 1, (4, 4, 8, 8), 1.5)
+    assert np.abs(plain).max() > 1.5 and np.abs(clamped).max() == np.float32(1.5)
+    inside = np.abs(plain) < 1.5
+    np.testing.assert_array_equal(clamped[inside], plain[inside])

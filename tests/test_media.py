@@ -120,6 +120,27 @@ def test_no_face_names_the_option():
         prepare_portrait(np.full((120, 120, 3), 128, np.uint8), 64)
 
 
+def test_echomimic_framing_is_its_mask_and_square_crop(caplog):
+    """EchoMimic's rules on a 400x300 image, face box x 150, y 100, w 80, h 100 (worked by hand): mask rows
+    90:210, cols 142:238 (10% of h and w); crop rect x 110..270, y 50..240 (50% each side, the bottom by 50%
+    of w), so the square of side 160 centred at (190, 145): x 110..270, y 65..225; both resized bilinear."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    p = prepare_portrait(rgb, 32, face_box=(150, 100, 80, 100), framing="echomimic")
+    np.testing.assert_array_equal(p.image, cv2.resize(rgb[65:225, 110:270], (32, 32), interpolation=cv2.INTER_LINEAR))
+    mask = np.zeros((300, 400), np.uint8)
+    mask[90:210, 142:238] = 255
+    np.testing.assert_allclose(p.mask, cv2.resize(mask[65:225, 110:270], (32, 32), interpolation=cv2.INTER_LINEAR) / 255.0)
+    assert p.mask[15, 15] == 1.0 and p.mask[0, 0] == 0.0 and p.box == (150, 100, 80, 100)
+    found = prepare_portrait(PORTRAIT, 64, framing="echomimic")  # the example's face, by the Haar detector
+    assert found.detector == "haar" and 0.2 < found.mask.mean() < 0.8
+    blank = prepare_portrait(np.full((90, 120, 3), 128, np.uint8), 32, framing="echomimic")  # no face: EchoMimic's whole image
+    assert blank.detector == "none" and blank.mask.min() == 1.0 and blank.image.shape == (32, 32, 3)
+    assert "no face found in the image" in caplog.text
+
+
 def test_prepare_portrait_of_the_example():
     p = prepare_portrait(PORTRAIT, 128)
     assert p.image.shape == (128, 128, 3) and p.mask.max() == 1.0

@@ -160,6 +160,7 @@ class ModelConfig:
     # windows of `frames` share, and frames every window moves per step; 0: clips only (models with motion frames)
     context_overlap: int = 0
     context_shift: int = 0
+    noise_clamp: float = 0.0  # > 0: the initial noise clipped to +-noise_clamp (EchoMimic: 1.5); 0: none
     # sampler defaults (the runtime's fast default and the published baseline)
     sampler: str = "dpmpp_2m"
     steps: int = 4
@@ -474,6 +475,7 @@ def _echomimic(name: str = "echomimic", steps: int = 30, guidance: float = 2.5) 
         motion_frames=0,  # EchoMimic has no motion frames: overlapping context windows instead
         context_overlap=3,  # infer_audio2vid.py: 12-frame windows overlapping by 3,
         context_shift=2,  # moved by 2 x the step index (pipeline_echo_mimic_acc.py:495)
+        noise_clamp=1.5,  # its initial latents: randn clamped to +-1.5 (prepare_latents)
         fps=25,
         face_locator_channels=(16, 32, 96, 256),
         uncond_branch="echomimic",
@@ -522,6 +524,7 @@ def _echomimic_tiny() -> ModelConfig:
         motion_frames=0,
         context_overlap=1,  # 4-frame windows: a 9-frame video takes 3 of them, as 33 frames take 4 of 12
         context_shift=2,
+        noise_clamp=1.5,
         fps=25,
         face_locator_channels=(4, 4, 4, 8),
         uncond_branch="echomimic",

@@ -133,7 +133,7 @@ class ReferencePipeline:
 
             scheduler = diffusers_scheduler(spec)
             scheduler.set_timesteps(spec.steps)
-            x = torch.from_numpy(clip_noise(seed, c, (f, 4, h, h))) * scheduler.init_noise_sigma
+            x = torch.from_numpy(clip_noise(seed, c, (f, 4, h, h), cfg.noise_clamp)) * scheduler.init_noise_sigma
             for i, t in enumerate(scheduler.timesteps):
                 # as published: every key/value projected again inside the step
                 clip = ClipCondition(
@@ -179,7 +179,7 @@ class ReferencePipeline:
         face = m.face_locator(face_mask)
         scheduler = diffusers_scheduler(spec)
         scheduler.set_timesteps(spec.steps)
-        noise = np.concatenate([clip_noise(seed, c, (f, 4, h, h)) for c in range(plan.clips)])[:length]
+        noise = np.concatenate([clip_noise(seed, c, (f, 4, h, h), cfg.noise_clamp) for c in range(plan.clips)])[:length]
         x = torch.from_numpy(noise) * scheduler.init_noise_sigma
         bar = tqdm(total=spec.steps, desc="reference (windows)", unit="step", disable=not progress)
         for i, t in enumerate(scheduler.timesteps):

@@ -128,9 +128,11 @@ def audio_window(samples: np.ndarray, plan: ClipWindows, clip: int, offset: int 
     return out[None]
 
 
-def clip_noise(seed: int, clip: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The initial noise of one clip: standard normal float32, a pure function of (seed, clip)."""
-    return np.random.default_rng([seed, clip]).standard_normal(shape, dtype=np.float32)
+def clip_noise(seed: int, clip: int, shape: tuple[int, ...], clamp: float = 0.0) -> np.ndarray:
+    """The initial noise of one clip: standard normal float32, a pure function of (seed, clip); ``clamp`` > 0:
+    clipped to +-clamp (EchoMimic draws its latents so: 1.5, pipeline_echo_mimic_acc.py prepare_latents)."""
+    noise = np.random.default_rng([seed, clip]).standard_normal(shape, dtype=np.float32)
+    return np.clip(noise, -clamp, clamp) if clamp > 0 else noise
 
 
 def step_noise(seed: int, clip: int, step: int, shape: tuple[int, ...]) -> np.ndarray:

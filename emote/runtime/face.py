@@ -6,6 +6,12 @@ OpenCV's bundled Haar cascades (no downloads) or given, and the portrait cropped
 model's square, the face found by MediaPipe's face mesh (``runtime/face_mesh.py``), whose
 silhouette and lip points give Hallo's face and lip boxes; where the mesh finds no face the
 Haar box stands in (a warning says so) and the lip box comes from a frontal face's proportions.
+"echomimic" (EchoMimic, ``infer_audio2vid_acc.py`` and ``src/utils/util.py`` ``crop_and_pad``):
+the largest face (EchoMimic's MTCNN boxes at probability > 0.8; here OpenCV's Haar box, brows to
+chin, or the one given); the mask is the box grown by 10% of its height and width each side, the
+crop the box grown by 50% (its bottom by 50% of the width, as EchoMimic writes it), clipped to the
+image, then the centred square of the shorter side, resized (bilinear) to the model's size with the
+mask. No face: the whole image resized, the mask all ones, as EchoMimic does (a warning says so).
 
 EMO crops around the face with a generous margin so that head, hair and neck
 show: the crop is a square of side ``margin`` x the face box's larger side,
@@ -31,18 +37,19 @@ CENTRE_SHIFT = 0.1  # crop centre moved down by this fraction of the face height
 CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml")
 
 
-FRAMINGS = ("crop", "whole")
+FRAMINGS = ("crop", "whole", "echomimic")
+MASK_GROWTH, CROP_GROWTH = 0.1, 0.5  # EchoMimic's facemask_dilation_ratio, facecrop_dilation_ratio
 
 
 @dataclass(frozen=True)
 class Portrait:
     image: np.ndarray  # (R, R, 3) uint8, the model's input
-    mask: np.ndarray  # (R, R) float32 in {0, 1}: the face region
+    mask: np.ndarray  # (R, R) float32 in [0, 1]: the face region (1 inside; EchoMimic's resized edges between)
     box: tuple[int, int, int, int]  # x, y, w, h of the face in the source image
     lips: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 of the lips in ``image`` (from landmarks)
     five: np.ndarray | None = None  # (5, 2) eyes, nose tip, mouth corners in ``source`` (from landmarks)
     source: np.ndarray | None = None  # the user's image, where ``five`` lies
-    detector: str = "given"  # where the face box came from: "face mesh", "haar" or "given"
+    detector: str = "given"  # where the face box came from: "face mesh", "haar", "given" or "none" (EchoMimic: no face)
 
 
 def parse_face_box(text: str) -> tuple[int, int, int, int]:
@@ -124,12 +131,39 @@ def whole_portrait(rgb: np.ndarray, size: int, name: str, face_box: tuple[int, i
     return Portrait(image, mask, box, lips=lips, five=five, source=rgb, detector=detector)
 
 
+def echomimic_portrait(rgb: np.ndarray, size: int, name: str, face_box: tuple[int, int, int, int] | None) -> Portrait:
+    """EchoMimic's framing (module docstring): its mask and square crop around the largest face."""
+    import cv2
+
+    H, W = rgb.shape[:2]
+    box, detector = (face_box, "given") if face_box is not None else (detect_face(rgb), "haar")
+    if box is None:
+        logging.getLogger("emote").warning("no face found in %s: the whole image is the portrait and the mask all of it, as EchoMimic does", name)
+        image = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=cv2.INTER_LINEAR)
+        return Portrait(image, np.ones((size, size), np.float32), (0, 0, W, H), detector="none")
+    cb, rb = box[0], box[1]
+    ce, re = cb + box[2], rb + box[3]
+    mask = np.zeros((H, W), np.uint8)
+    r_pad, c_pad = int((re - rb) * MASK_GROWTH), int((ce - cb) * MASK_GROWTH)
+    mask[max(rb - r_pad, 0) : re + r_pad, max(cb - c_pad, 0) : ce + c_pad] = 255
+    r_crop, c_crop = int((re - rb) * CROP_GROWTH), int((ce - cb) * CROP_GROWTH)
+    x0, y0, x1, y1 = max(0, cb - c_crop), max(0, rb - r_crop), min(ce + c_crop, W), min(re + c_crop, H)
+    side = min(x1 - x0, y1 - y0)  # the centred square of the shorter side, kept in the image
+    sx0, sy0 = max(0, (x0 + x1) // 2 - side // 2), max(0, (y0 + y1) // 2 - side // 2)
+    side = min(side, W - sx0, H - sy0)
+
+    def square(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(np.ascontiguousarray(a[sy0 : sy0 + side, sx0 : sx0 + side]), (size, size), interpolation=cv2.INTER_LINEAR)
+
+    return Portrait(square(rgb), square(mask).astype(np.float32) / 255.0, tuple(int(v) for v in box), detector=detector)
+
+
 def prepare_portrait(
     image: str | Path | np.ndarray, size: int, face_box: tuple[int, int, int, int] | None = None, framing: str = "crop"
 ) -> Portrait:
     """Load (if a path), find or take the face, frame and mask for a model of resolution ``size``.
 
-    ``framing``: "crop" around the face (EMO's presets) or the "whole" image (Hallo's).
+    ``framing``: "crop" around the face (EMO's presets), the "whole" image (Hallo's) or "echomimic" (EchoMimic's).
     """
     from .image import load_image
 
@@ -144,6 +178,8 @@ def prepare_portrait(
             raise EmoteError(f"--face-box {x},{y},{w},{h} lies outside {name} ({W}x{H} pixels)")
     if framing == "whole":
         return whole_portrait(rgb, size, name, face_box)
+    if framing == "echomimic":
+        return echomimic_portrait(rgb, size, name, face_box)
     if face_box is None:
         face_box = detect_face(rgb)
         if face_box is None:

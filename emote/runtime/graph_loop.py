@@ -96,7 +96,7 @@ class GraphLoop:
             if clip > 0:
                 tensors["motion_latents"] = self._call(tensors, "vae_encoder", {"frames": motion})["latents"]
             self._call(tensors, "clip_condition")
-            x = clip_noise(seed, clip, shape) * np.float32(table.init_scale)
+            x = clip_noise(seed, clip, shape, self.bundle.geometry.noise_clamp) * np.float32(table.init_scale)
             x0 = np.zeros(shape, np.float32)
             for i, guided in enumerate(table.guided):
                 tensors["row"] = np.ascontiguousarray(table.rows[i], np.float32)

@@ -398,7 +398,7 @@ class Pipeline:
             self._timed("vae_encoder", self.call_motion)
         self._timed("clip_condition", self.call_condition)
         shape = tuple(self.xs[0].shape)
-        be.from_host(self.xs[0], clip_noise(seed, clip, shape) * np.float32(table.init_scale))
+        be.from_host(self.xs[0], clip_noise(seed, clip, shape, self.bundle.geometry.noise_clamp) * np.float32(table.init_scale))
         be.from_host(self.x0s[0], np.zeros(shape, np.float32))
         if self.step_plan.noise is not None:
             self.loop.set_noise(np.stack([step_noise(seed, clip, i, shape) for i in range(self.step_plan.k)]))
@@ -526,7 +526,7 @@ class Pipeline:
             self._timed("audio_encoder", self.call_audio)
             tokens.append(be.to_host(b["audio_tokens"]).copy())
         tokens = np.concatenate(tokens)[:length]
-        noise = np.concatenate([clip_noise(seed, c, (f, *shape)) for c in range(plan.clips)])[:length]
+        noise = np.concatenate([clip_noise(seed, c, (f, *shape), g.noise_clamp) for c in range(plan.clips)])[:length]
         x, zeros = noise * np.float32(self.sampler.init_scale), np.zeros((f, *shape), np.float32)
         for step, loop in enumerate(self._one_step_loops()):
             mean = WindowMean(x.shape)

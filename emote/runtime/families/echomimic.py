@@ -29,6 +29,7 @@ class EchoMimic(Family):
     """EchoMimic v1: the face locator's mask per video (as EMO), whisper rows per clip, no motion frames."""
 
     name = "echomimic"
+    framing = "echomimic"  # its mask (box + 10%) and square crop (box + 50%): runtime/face.py
 
     def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
         return {"audio_index": clip_index(windows, clip, source.length if source.ended else None)}
