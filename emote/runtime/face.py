@@ -138,7 +138,9 @@ def echomimic_portrait(rgb: np.ndarray, size: int, name: str, face_box: tuple[in
     H, W = rgb.shape[:2]
     box, detector = (face_box, "given") if face_box is not None else (detect_face(rgb), "haar")
     if box is None:
-        logging.getLogger("emote").warning("no face found in %s: the whole image is the portrait and the mask all of it, as EchoMimic does", name)
+        logging.getLogger("emote").warning(
+            "no face found in %s: the whole image is the portrait and the mask all of it, as EchoMimic does", name
+        )
         image = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=cv2.INTER_LINEAR)
         return Portrait(image, np.ones((size, size), np.float32), (0, 0, W, H), detector="none")
     cb, rb = box[0], box[1]
