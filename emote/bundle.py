@@ -160,6 +160,7 @@ class Geometry:
     context_overlap: int = 0
     context_shift: int = 0
     noise_clamp: float = 0.0  # > 0: the initial noise clipped to +-noise_clamp (EchoMimic's 1.5)
+    whisper_positions: int = 0  # whisper (EchoMimic): rows of its positional table, a 30 s segment's states (1500)
 
     @property
     def samples_per_frame(self) -> int:
@@ -278,6 +279,7 @@ def _parse(path: Path, data: dict) -> Bundle:
         context_overlap=model.get("context_overlap", int, 0),
         context_shift=model.get("context_shift", int, 0),
         noise_clamp=model.get("noise_clamp", float, 0.0),
+        whisper_positions=audio.get("max_source_positions", int, 0) if audio.get("encoder", str, "wav2vec2") == "whisper" else 0,
     )
     if geometry.audio_windowing not in WINDOWINGS:
         raise EmoteError(

@@ -241,6 +241,36 @@ def test_whisper_states_against_transformers_and_the_final_norm_question():
     assert (out.last_hidden_state[0] - after_norm).abs().max().item() < 1e-4
 
 
+def test_whisper_30s_segments_as_echomimics_file_path():
+    """EchoMimic's file path with a 64-position encoder (segments of 128 mel frames, 1.28 s): a 3.1 s track is
+    segments of 128, 128 and 54 mel frames, each zero-padded and encoded (transformers' encoder on the padded
+    mel is the oracle), 64 + 64 + 27 states kept; the mel normalised once over the whole track."""
+    from emote.models.config import AudioConfig
+    from emote.models.whisper import log_mel
+
+    cfg = AudioConfig(encoder="whisper", hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, tokens=30,
+                      max_source_positions=64)  # fmt: skip
+    ours, theirs = whisper_pair(cfg)
+    rng = np.random.default_rng(4)
+    track = rng.standard_normal((1, 49600)).astype(np.float32) * 0.1  # 310 mel frames
+    track[:, :16000] *= 10  # a loud first second: its maximum sets the floor of every segment,
+    track[:, 256 * 160 :] *= 1e-4  # under which the quiet last segment's mel lies
+    samples = torch.from_numpy(track)
+    with torch.no_grad():
+        states = ours.segment_states(samples)
+        mel = log_mel(samples, 80)
+        expected = []
+        for seek, keep in ((0, 64), (128, 64), (256, 27)):
+            part = mel[..., seek : seek + 128]
+            padded = torch.nn.functional.pad(part, (0, 128 - part.shape[-1]))
+            hidden = theirs(padded, output_hidden_states=True).hidden_states
+            expected.append(torch.stack([hidden[0][0], hidden[1][0]], dim=1)[:keep])
+        alone = ours.segment_states(samples[:, 256 * 160 :])  # the last segment normalised on its own
+    assert states.shape == (155, 3, 16)
+    assert (states[:, :2] - torch.cat(expected)).abs().max().item() < 1e-4
+    assert (states[128:, 0] - alone[:27, 0]).abs().max().item() > 1e-2  # the whole track's floor, not the segment's
+
+
 def echomimic_window_numpy(features: np.ndarray, frame: int, fps: int) -> np.ndarray:
     """EchoMimic's audio2feature.py window, as plain numpy: (T, 5, D) -> (50, D) for one video frame."""
     centre = int(frame * 50 / fps)

@@ -173,3 +173,15 @@ def test_verify_and_generate_on_the_imported_bundle(bundle, tmp_path):
     assert main(["generate", "--bundle", str(bundle), "--image", str(PORTRAIT), "--audio", str(speech_wav), "-o", str(out), "--quiet"]) == 0
     info, seconds = probe_video(out), sf.info(str(speech_wav)).duration
     assert info["frames"] == round(seconds * 25) and info["width"] == 32 and info["audio_streams"] == 1
+
+
+def test_window_states_take_their_rows_in_echomimics_30s_segments():
+    """A window's whisper states take the positional rows they have in EchoMimic's file path: track state s at
+    row s mod 1500 (its 30 s segments), the first clip's left context (before the track) at row 0."""
+    from emote.runtime.clips import ClipWindows
+    from emote.runtime.families.echomimic import window_positions
+
+    w = ClipWindows(12, 0, 25, 2, 3)  # echomimic's clips: windows of 17 frames, 34 states
+    assert window_positions(w, 0, 1500).tolist() == [0] * 5 + list(range(1, 30))  # states -4 .. 29
+    clip = 62  # frames 744 .. 755: its window's states 1484 .. 1517 straddle the 30 s seam
+    assert window_positions(w, clip, 1500).tolist() == list(range(1484, 1500)) + list(range(18))

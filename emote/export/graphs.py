@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..bundle import SAMPLE_RATE
 from ..models.config import WHISPER_FRAME_WINDOW, ModelConfig
 from ..models.emo import ClipCondition, EMOModel, VideoCondition
+from ..runtime.families.echomimic import whisper_states
 from ..runtime.sampler import ROW
 
 
@@ -114,6 +115,9 @@ class Graph(nn.Module):
             elif s.name == "audio_index":  # rows of the window's whisper states (50 per second of samples)
                 states = self.cfg.audio_window_samples * 50 // SAMPLE_RATE
                 out[s.name] = np.sort(rng.integers(0, states, s.shape, dtype=np.int64), axis=None).reshape(s.shape)
+            elif s.name == "audio_positions":  # each window state's positional row: a run from a random start
+                start = int(rng.integers(0, self.cfg.audio.max_source_positions))
+                out[s.name] = (start + np.arange(s.shape[0], dtype=np.int64)) % self.cfg.audio.max_source_positions
             elif s.name in ("face_mask", "speed") or s.name.startswith("region_"):
                 out[s.name] = rng.random(s.shape, dtype=np.float32)
             else:
@@ -149,17 +153,19 @@ class AudioEncoderGraph(Graph):
         if track_windowing(c):
             return [TensorSpec("audio_windows", (c.frames, 2 * c.audio.window + 1, *wav2vec2_width(c)), "float32")]
         specs = [TensorSpec("audio", (1, c.audio_window_samples), "float32")]
-        if c.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window (runtime-made)
+        if c.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window and each
+            # window state's positional row (runtime-made: runtime/families/echomimic.py)
             specs.append(TensorSpec("audio_index", (c.frames, WHISPER_FRAME_WINDOW), "int64"))
+            specs.append(TensorSpec("audio_positions", (whisper_states(c.audio_window_samples),), "int64"))
         return specs
 
     def output_names(self):
         return ["audio_tokens"]
 
-    def forward(self, audio: Tensor, audio_index: Tensor | None = None) -> Tensor:
+    def forward(self, audio: Tensor, audio_index: Tensor | None = None, audio_positions: Tensor | None = None) -> Tensor:
         if track_windowing(self.cfg):
             return self.model.audio_encoder.project(audio)
-        return self.model.encode_audio(audio, audio_index)
+        return self.model.encode_audio(audio, audio_index, audio_positions)
 
 
 def chunk_input_samples(cfg: ModelConfig) -> int:

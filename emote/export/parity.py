@@ -113,9 +113,10 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
         clip = min(1, plan.clips - 1)
         feeds["audio_encoder"] = {"audio": audio_window(audio, plan, clip)}
         if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window
-            from ..runtime.families.echomimic import clip_index
+            from ..runtime.families.echomimic import clip_index, window_positions
 
             feeds["audio_encoder"]["audio_index"] = clip_index(plan, clip, len(audio))
+            feeds["audio_encoder"]["audio_positions"] = window_positions(plan, clip, cfg.audio.max_source_positions)
     feeds["reference_net"] = {"reference": portrait.image[None], **video}
     # the portrait's latent stands for the motion frames' (EchoMimic has none: no vae_encoder to feed)
     feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], max(n, 1), axis=0)}

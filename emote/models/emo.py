@@ -178,12 +178,13 @@ class EMOModel(nn.Module):
         return self.backbone.context_kv(self.face_projection(torch.zeros(1, self.config.face_embedding_dim, device=device)))
 
     # -- per clip -----------------------------------------------------------------------
-    def encode_audio(self, window: Tensor, index: Tensor | None = None) -> Tensor:
+    def encode_audio(self, window: Tensor, index: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """(1, S) samples of the clip's audio window -> (f, tokens, dim).
 
-        whisper (EchoMimic): ``index`` (f, 10), each frame's whisper frames in the window.
+        whisper (EchoMimic): ``index`` (f, 10), each frame's whisper frames in the window; ``positions``
+        (T,), each window state's row of the positional table.
         """
-        return self.audio_encoder(window) if index is None else self.audio_encoder(window, index)
+        return self.audio_encoder(window) if index is None else self.audio_encoder(window, index, positions)
 
     def clip_condition(
         self, tokens: Tensor, motion_latents: Tensor, face_mask: Tensor, speed: Tensor | None, face_embedding: Tensor | None = None

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..runtime.clips import ClipPlan, ClipWindows, audio_window, clip_noise
-from ..runtime.families.echomimic import clip_index
+from ..runtime.families.echomimic import clip_index, window_positions
 from ..runtime.sampler import FAMILIES
 from .emo import ClipCondition, EMOModel
 
@@ -160,7 +160,8 @@ class ReferencePipeline:
         m = self.model
         window = torch.from_numpy(audio_window(audio, plan, clip))
         if m.config.audio.encoder == "whisper":  # EchoMimic: each frame's whisper frames, clamped to the track
-            return m.encode_audio(window, torch.from_numpy(clip_index(plan, clip, len(audio))))
+            positions = window_positions(plan, clip, m.config.audio.max_source_positions)
+            return m.encode_audio(window, torch.from_numpy(clip_index(plan, clip, len(audio))), torch.from_numpy(positions))
         return m.encode_audio(window)
 
     def _windows(self, audio, face_mask, ref_latent, seed: int, out: np.ndarray, progress: bool) -> np.ndarray:

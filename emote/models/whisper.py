@@ -105,12 +105,33 @@ class WhisperAudioEncoder(nn.Module):
         self.cfg, self.clip_frames = cfg, clip_frames
         self.whisper = WhisperEncoder(whisper_config(cfg))
 
-    def states(self, samples: Tensor) -> Tensor:
-        """(1, S) -> (T, L+1, D): the stem + positions, then each block's output; ``layer_norm`` (ln_post) unused."""
-        w = self.whisper
+    def states(self, samples: Tensor, positions: Tensor | None = None) -> Tensor:
+        """(1, S) -> (T, L+1, D): the stem + positions, then each block's output; ``layer_norm`` (ln_post) unused.
+
+        ``positions`` (T,) int64: the positional table's row of each state (default 0 .. T-1; the runtime
+        gives a window's states their rows in EchoMimic's 30 s segments: ``window_positions``)."""
+        return self.mel_states(log_mel(samples, self.cfg.num_mel_bins), positions)
+
+    def segment_states(self, samples: Tensor) -> Tensor:
+        """(1, S) a whole track -> (T, L+1, D) as EchoMimic's file path makes them (its whisper ``transcribe``
+        and ``audio2feature.audio2feat``): the track's log-mel normalised once (its maximum over the whole
+        track), cut into segments of 2 x max_source_positions mel frames (30 s for whisper-tiny), each
+        zero-padded to that length and encoded with the whole positional table, of which the states of the
+        segment's own frames are kept (half its mel frames, rounded down). EchoMimic encodes in fp16; this
+        in fp32. The runtime's per-clip windows differ (bench/RESULTS.md measures how far)."""
         mel = log_mel(samples, self.cfg.num_mel_bins)
+        size = 2 * self.cfg.max_source_positions
+        out = []
+        for seek in range(0, mel.shape[-1], size):
+            part = mel[..., seek : seek + size]
+            out.append(self.mel_states(F.pad(part, (0, size - part.shape[-1])))[: part.shape[-1] // 2])
+        return torch.cat(out)
+
+    def mel_states(self, mel: Tensor, positions: Tensor | None = None) -> Tensor:
+        """(1, n_mels, M) normalised log-mel -> (ceil(M / 2), L+1, D) states."""
+        w = self.whisper
         h = F.gelu(w.conv2(F.gelu(w.conv1(mel)))).transpose(1, 2)
-        h = h + w.embed_positions.weight[: h.shape[1]]
+        h = h + (w.embed_positions.weight[: h.shape[1]] if positions is None else w.embed_positions.weight[positions])
         out = [h]
         for layer in w.layers:
             h = layer(h, None)
@@ -118,8 +139,8 @@ class WhisperAudioEncoder(nn.Module):
             out.append(h)
         return torch.stack(out, dim=2)[0]
 
-    def forward(self, samples: Tensor, index: Tensor) -> Tensor:
-        """``index`` (f, 10) int64: each frame's whisper frames, as rows of ``states(samples)``."""
-        s = self.states(samples)
+    def forward(self, samples: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
+        """``index`` (f, 10) int64: each frame's whisper frames, as rows of ``states(samples, positions)``."""
+        s = self.states(samples, positions)
         f = index.shape[0]
         return s[index.reshape(-1)].reshape(f, WHISPER_FRAME_WINDOW * s.shape[1], s.shape[2])

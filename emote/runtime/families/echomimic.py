@@ -6,6 +6,10 @@ The audio-encoder graph computes whisper's states of one clip's window and gathe
 frame's ten rows by ``whisper_index``: the clamping depends on where the clip sits in the
 track, so the runtime computes it, per clip, in integers.
 
+Each window state takes the positional-table row it has in EchoMimic's 30 s segments of the
+track (``window_positions``: track state s at row s mod 1500), not the row of its place in the
+window: the encoder's states then match EchoMimic's far closer (bench/whisper_windows.py).
+
 Rows are clamped at the track's end once it is known (a file, a stream that has ended);
 while a stream goes on they are not: a row past the audio a clip hears (a hop's dropped
 frames) is then the window's silence, as in the file, whose track goes on. So a stream's
@@ -32,7 +36,10 @@ class EchoMimic(Family):
     framing = "echomimic"  # its mask (box + 10%) and square crop (box + 50%): runtime/face.py
 
     def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
-        return {"audio_index": clip_index(windows, clip, source.length if source.ended else None)}
+        return {
+            "audio_index": clip_index(windows, clip, source.length if source.ended else None),
+            "audio_positions": window_positions(windows, clip, self.geometry.whisper_positions),
+        }
 
 
 def whisper_states(samples: int) -> int:
@@ -46,6 +53,14 @@ def clip_index(windows, clip: int, track_samples: int | None) -> np.ndarray:
     window_first = windows.window_range(clip)[0] // SAMPLES_PER_STATE
     total = UNKNOWN_END if track_samples is None else whisper_states(track_samples)
     return whisper_index(windows.start(clip), windows.clip_frames, windows.fps, window_first, total)
+
+
+def window_positions(windows, clip: int, table: int) -> np.ndarray:
+    """(T,) int64: the positional-table row of each whisper state of clip ``clip``'s audio window, the row
+    that state has in EchoMimic's file path (track state s sits at s mod ``table`` in its 30 s segment);
+    states of the window before the track (the first clip's left context) take row 0."""
+    first = windows.window_range(clip)[0] // SAMPLES_PER_STATE
+    return np.maximum(first + np.arange(whisper_states(windows.window_samples), dtype=np.int64), 0) % table
 
 
 def whisper_index(start: int, frames: int, fps: int, window_first: int, track_states: int) -> np.ndarray:
