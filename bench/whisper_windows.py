@@ -1,9 +1,10 @@
 """EchoMimic's whisper on 30 s segments (its file path) against the runtime's per-clip windows.
 
 EchoMimic encodes a file in 30 s segments of the whole track's log-mel, normalised once
-(``WhisperAudioEncoder.segment_states``); the runtime encodes, per clip, the clip's window
-with 2 frames of left context and 3 of look-ahead (normalised on its own, attending within
-the window), in the file as in a live stream, each state at the positional row it has in
+(``WhisperAudioEncoder.segment_states``, what the runtime runs for a file under the window
+schedule); under the clip schedule (a live stream) the runtime encodes, per clip, the clip's
+window with 2 frames of left context and 3 of look-ahead (normalised on its own, attending
+within the window), each state at the positional row it has in
 EchoMimic's segments (``window_positions``). This prints the SQNR of the runtime's per-frame
 audio tokens (what attn2 attends to) against EchoMimic's file path's, over the track, per
 state (the conv stem + positions, then blocks 1-4) and at the worst frame, and the same with

@@ -241,6 +241,19 @@ def test_whisper_states_against_transformers_and_the_final_norm_question():
     assert (out.last_hidden_state[0] - after_norm).abs().max().item() < 1e-4
 
 
+def test_the_runtimes_numpy_log_mel_is_the_exports():
+    from emote.models.whisper import log_mel
+    from emote.runtime.whisper_mel import segments, track_log_mel
+
+    x = np.random.default_rng(3).standard_normal(16000 * 3 + 123).astype(np.float32) * 0.1
+    ours = track_log_mel(x, 80)
+    assert ours.shape == (80, 300)
+    np.testing.assert_allclose(ours, log_mel(torch.from_numpy(x[None]), 80)[0].numpy(), atol=1e-5)
+    parts = list(segments(ours, 64))  # 128-frame segments: 128, 128, 44
+    assert [p.shape for p, _ in parts] == [(1, 80, 128)] * 3 and [k for _, k in parts] == [64, 64, 22]
+    assert not parts[-1][0][..., 44:].any()  # zero-padded, as whisper's pad_or_trim
+
+
 def test_whisper_30s_segments_as_echomimics_file_path():
     """EchoMimic's file path with a 64-position encoder (segments of 128 mel frames, 1.28 s): a 3.1 s track is
     segments of 128, 128 and 54 mel frames, each zero-padded and encoded (transformers' encoder on the padded

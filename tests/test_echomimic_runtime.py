@@ -125,7 +125,10 @@ def test_context_windows_run_as_echomimics_loop_and_differ_from_clips(model, bun
         assert pipe.schedule_for(None) == "windows" and pipe.window_count(len(audio)) == 11
         calls = []
         got = pipe.generate(portrait, audio, seed=3, progress=lambda w, i: calls.append((w, i)))
+        # the file's whisper as EchoMimic runs it: its segments (two of 1.28 s here), no clip window
+        segments, windowed = len(pipe.timings.calls["audio_segment"]), "audio_encoder" in pipe.timings.calls
         clips = pipe.generate(portrait, audio, seed=3, schedule="clips")
+    assert segments == 2 and not windowed
     assert calls == [(w, i) for i in range(model.config.steps) for w in range(11)]
     assert got.shape == ref.shape == (33, 32, 32, 3)
     assert psnr_db(ref, got) >= 40.0

@@ -29,6 +29,8 @@ from .variants import Variant, VariantSpec
 
 STAGES = (
     "reference_net",
+    "audio_features",  # Hallo's whole-track wav2vec2 (a file: once; live: per clip)
+    "audio_segment",  # EchoMimic's 30 s whisper segments (a file under the window schedule)
     "audio_encoder",
     "vae_encoder",
     "clip_condition",

@@ -11,6 +11,7 @@ encoders have); the conversion to [-1, 1] floats happens inside the graphs.
 |                    | ("track" windowing: audio_windows (f, 2m+1, L, H))  |                              |
 | audio_stats        | "track": audio (1, S_c), conv_mask (K,)             | conv_sums (2, C)             |
 | audio_features     | "track": audio, conv_mean, conv_var, resample, frame_mask | audio_features (c, L, H) |
+| audio_segment      | whisper: mel (1, 80, 3000), a 30 s segment's log-mel | segment_states (1500, 5, D) |
 | reference_net      | reference (1, H, W, 3) uint8                        | ref_k_i, ref_v_i             |
 | vae_encoder        | frames (n, H, W, 3) uint8                           | latents (n, 4, h, w)         |
 | clip_condition     | audio_tokens, motion_latents, face_mask, speed      | audio_k_i, audio_v_i, motion_k_j, motion_v_j, speed_k_j, speed_v_j, face |
@@ -20,7 +21,8 @@ encoders have); the conversion to [-1, 1] floats happens inside the graphs.
 
 Bundles of "track" audio windowing (Hallo's: ``runtime/track_audio.py``) add ``audio_stats`` and
 ``audio_features``, wav2vec2 over the whole track in static chunks of c frames, run once per video;
-their ``audio_encoder`` is then the projection alone, of each frame's neighbours.
+their ``audio_encoder`` is then the projection alone, of each frame's neighbours. Whisper bundles
+(EchoMimic's) add ``audio_segment``: a file's tokens under the window schedule, as EchoMimic makes them.
 
 The sampler row is ``emote.runtime.sampler.ROW``: (t, a_x, a_o, c_x, c_0, c_p, c_n, g).
 
@@ -227,6 +229,24 @@ class AudioFeaturesGraph(Graph):
 
     def forward(self, audio, conv_mean, conv_var, resample, frame_mask) -> Tensor:
         return self.model.audio_encoder.track_features(audio, conv_mean, conv_var, resample, frame_mask)
+
+
+class AudioSegmentGraph(Graph):
+    """whisper (EchoMimic): one 30 s segment of the whole track's normalised log-mel -> its encoder states, once
+    per segment of a file under the window schedule (runtime/whisper_mel.py: EchoMimic's file path)."""
+
+    components = ("audio_encoder",)
+    name = "audio_segment"
+
+    def inputs(self):
+        a = self.cfg.audio
+        return [TensorSpec("mel", (1, a.num_mel_bins, 2 * a.max_source_positions), "float32")]
+
+    def output_names(self):
+        return ["segment_states"]
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return self.model.audio_encoder.mel_states(mel)
 
 
 class ReferenceGraph(Graph):
@@ -481,6 +501,8 @@ def all_graphs(model: EMOModel, precisions: tuple[str, ...] = ("fp32",)) -> list
     """Every graph of a bundle, in the order the runtime first uses them; fp16 adds the step graphs."""
     extra = [DenoiseStepGraph(model, guided, "fp16") for guided in (True, False)] if "fp16" in precisions else []
     track = [AudioStatsGraph(model), AudioFeaturesGraph(model)] if track_windowing(model.config) else []
+    if model.config.audio.encoder == "whisper":  # EchoMimic's 30 s segments, for files under the window schedule
+        track.append(AudioSegmentGraph(model))
     return [
         *extra,
         *track,

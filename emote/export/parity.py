@@ -117,6 +117,11 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
 
             feeds["audio_encoder"]["audio_index"] = clip_index(plan, clip, len(audio))
             feeds["audio_encoder"]["audio_positions"] = window_positions(plan, clip, cfg.audio.max_source_positions)
+            from ..runtime.whisper_mel import segments, track_log_mel
+
+            feeds["audio_segment"] = {
+                "mel": next(segments(track_log_mel(audio, cfg.audio.num_mel_bins), cfg.audio.max_source_positions))[0]
+            }
     feeds["reference_net"] = {"reference": portrait.image[None], **video}
     # the portrait's latent stands for the motion frames' (EchoMimic has none: no vae_encoder to feed)
     feeds["vae_encoder"] = {"frames": np.repeat(portrait.image[None], max(n, 1), axis=0)}

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..runtime.clips import ClipPlan, ClipWindows, audio_window, clip_noise
-from ..runtime.families.echomimic import clip_index, window_positions
+from ..runtime.families.echomimic import clip_index, whisper_index, window_positions
 from ..runtime.sampler import FAMILIES
 from .emo import ClipCondition, EMOModel
 
@@ -165,7 +165,8 @@ class ReferencePipeline:
         return m.encode_audio(window)
 
     def _windows(self, audio, face_mask, ref_latent, seed: int, out: np.ndarray, progress: bool) -> np.ndarray:
-        """EchoMimic's denoising loop (pipeline_echo_mimic_acc.py): the whole video's latents; at step i the
+        """EchoMimic's denoising loop (pipeline_echo_mimic_acc.py): every frame's audio tokens (whisper: its file
+        path, the whole track in 30 s segments), the whole video's latents; at step i the
         model runs on each window of ``uniform_windows`` moved by shift x i, a frame's prediction is the mean
         of its windows', and the scheduler steps every frame with it. A video shorter than a window is
         padded to one clip (the runtime's graphs are static)."""
@@ -175,7 +176,12 @@ class ReferencePipeline:
         plan = self.plan(len(audio))
         f, h = cfg.frames, cfg.latent_size
         length = max(plan.frames, f)
-        tokens = torch.cat([self._tokens(audio, plan, c) for c in range(plan.clips)])[:length]
+        if cfg.audio.encoder == "whisper":  # EchoMimic's file path: the whole track in 30 s segments
+            states = m.audio_encoder.segment_states(torch.from_numpy(np.ascontiguousarray(audio, np.float32))[None])
+            rows = torch.from_numpy(whisper_index(0, length, cfg.fps, 0, len(states)))
+            tokens = states[rows.reshape(-1)].reshape(length, -1, states.shape[-1])
+        else:
+            tokens = torch.cat([self._tokens(audio, plan, c) for c in range(plan.clips)])[:length]
         ref = m.backbone.reference_kv(m.reference_net.features(ref_latent).tokens)
         face = m.face_locator(face_mask)
         scheduler = diffusers_scheduler(spec)

@@ -16,21 +16,14 @@ reference pipeline only.
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from ..bundle import SAMPLE_RATE
+from ..runtime.whisper_mel import HOP, LOG_FLOOR, N_FFT, dft_basis, mel_filters  # numpy: the runtime computes the file path's mel
 from .config import WHISPER_FRAME_WINDOW, AudioConfig
-
-N_FFT = 400  # whisper: 25 ms windows at 16 kHz
-HOP = 160  # 10 ms: 100 mel frames per second, 50 encoder states after conv2's stride 2
-LOG_FLOOR = 8.0  # whisper clamps the log10 mel to (its maximum - 8)
 
 
 def whisper_config(cfg: AudioConfig) -> WhisperConfig:
@@ -46,42 +39,6 @@ def whisper_config(cfg: AudioConfig) -> WhisperConfig:
         decoder_ffn_dim=cfg.intermediate_size,
         attn_implementation="eager",  # exports as plain MatMul/Softmax
     )
-
-
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default, whisper's filters): linear below 1 kHz, log above."""
-    f = np.asarray(f, dtype=np.float64)
-    mel = f / (200.0 / 3)
-    log = f >= 1000.0
-    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    log = m >= 15.0
-    return np.where(log, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
-
-
-@functools.cache
-def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
-    """(n_mels, 1 + n_fft // 2) triangular filters, Slaney-normalised: librosa.filters.mel as whisper ships them."""
-    freqs = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
-    ramps = edges[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / np.diff(edges)[:-1, None]
-    upper = ramps[2:] / np.diff(edges)[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
-
-
-@functools.cache
-def dft_basis(n_fft: int = N_FFT) -> np.ndarray:
-    """(2 (1 + n_fft/2), 1, n_fft): the Hann-windowed real and imaginary DFT rows, a Conv1d weight."""
-    n = np.arange(n_fft)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann, torch.hann_window's default
-    k = np.arange(1 + n_fft // 2)[:, None]
-    angle = 2 * np.pi * k * n[None, :] / n_fft
-    return np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])[:, None, :].astype(np.float32)
 
 
 def log_mel(samples: Tensor, n_mels: int) -> Tensor:

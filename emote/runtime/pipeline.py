@@ -204,6 +204,8 @@ class Pipeline:
             )
         self._features: np.ndarray | None = None  # the file path's whole-track features, per stream
         self._window_loops: list | None = None  # the window schedule's one-step loops, made on first use
+        self._unbound: dict[str, object] = {}  # graphs run unbound on a window schedule's file (EchoMimic's audio_segment)
+        self._choice = choice
         self._allocate()
 
     def make_table(self, family, steps, guidance_scale, guidance_steps) -> SamplerTable:
@@ -511,21 +513,14 @@ class Pipeline:
 
     def _window_video(self, source: AudioSource, seed: int, progress) -> Iterator[np.ndarray]:
         """EchoMimic's context windows (runtime/context_windows.py) over the portrait bound last: every frame's
-        audio tokens first (the clips' audio windows, as clips hear them), the whole video's latents (each
-        clip's noise, as clips draw it), each step window by window (the audio keys/values per window, the
-        reference's bound once) with the windows' x_{t-1} averaged per frame; then decoded clip by clip."""
+        audio tokens first (``_file_tokens``), the whole video's latents (each clip's noise, as clips draw it),
+        each step window by window (the audio keys/values per window, the reference's bound once) with the
+        windows' x_{t-1} averaged per frame; then decoded clip by clip."""
         be, b, g, f = self.backend, self.buf, self.bundle.geometry, self.frames
         plan = self.plan(source.length)
         length = max(plan.frames, f)  # a video shorter than a window: one window over a padded clip
         shape = tuple(self.xs[0].shape[1:])
-        tokens = []
-        for clip in range(plan.clips):
-            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
-            for name, value in self.family.clip_inputs(self.windows, clip, source).items():
-                be.from_host(b[name], value)
-            self._timed("audio_encoder", self.call_audio)
-            tokens.append(be.to_host(b["audio_tokens"]).copy())
-        tokens = np.concatenate(tokens)[:length]
+        tokens = self._file_tokens(source, plan, length)
         noise = np.concatenate([clip_noise(seed, c, (f, *shape), g.noise_clamp) for c in range(plan.clips)])[:length]
         x, zeros = noise * np.float32(self.sampler.init_scale), np.zeros((f, *shape), np.float32)
         for step, loop in enumerate(self._one_step_loops()):
@@ -545,6 +540,29 @@ class Pipeline:
             be.from_host(self.xs[0], np.concatenate([latents, zeros[len(latents) :]]))
             self._timed("vae_decoder", self.call_decode[0])
             yield np.array(be.to_host(self.out_frames)[: plan.kept(clip)])
+
+    def _file_tokens(self, source: AudioSource, plan: ClipPlan, length: int) -> np.ndarray:
+        """(length, T, D): every frame's audio tokens of a whole file, as the family encodes files (EchoMimic: its
+        30 s whisper segments), else from the clips' audio windows, as clips hear them."""
+        tokens = self.family.file_tokens(source.samples, length, self._run_unbound)
+        if tokens is not None:
+            return tokens
+        be, b, clips = self.backend, self.buf, []
+        for clip in range(plan.clips):
+            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
+            for name, value in self.family.clip_inputs(self.windows, clip, source).items():
+                be.from_host(b[name], value)
+            self._timed("audio_encoder", self.call_audio)
+            clips.append(be.to_host(b["audio_tokens"]).copy())
+        return np.concatenate(clips)[:length]
+
+    def _run_unbound(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Graph ``name`` once on host arrays (loaded on first use, kept): timed as its own stage."""
+        if name not in self._unbound:
+            self._unbound[name] = self.backend.load(policy.graph_for(self.bundle, name, self._choice.backend, self.precision))
+        out: list[dict[str, np.ndarray]] = []
+        self._timed(name, lambda: out.append(self._unbound[name].run(feeds)))
+        return out[0]
 
     def _one_step_loops(self) -> list:
         """Step i of the sampler alone, x[0] -> x[1], as a loop of its own (one CUDA graph each on GPU): the

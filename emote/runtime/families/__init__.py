@@ -14,7 +14,9 @@ come from:
 - ``first_motion(portrait)``: the frames the first clip's motion latents come from,
   or None for zero latents;
 - ``clip_inputs(windows, clip, source)``: per clip, tensors beside the audio window
-  (EchoMimic: each frame's whisper rows, ``audio_index``).
+  (EchoMimic: each frame's whisper rows, ``audio_index``, and their positional rows);
+- ``file_tokens(samples, frames, run)``: a whole file's audio tokens where the family encodes
+  files its own way (EchoMimic's 30 s segments, under the window schedule), else None.
 
 A new family is a module here and one line in ``FAMILIES``; ``Pipeline`` has no branch
 per family. The step graph stays "x_t in, x_{t-1} out": families bind per video and
@@ -59,6 +61,11 @@ class Family:
 
     def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
         return {}
+
+    def file_tokens(self, samples: np.ndarray, frames: int, run) -> np.ndarray | None:
+        """Every frame's audio tokens of a whole file, where the family encodes files its own way (EchoMimic:
+        30 s segments), by ``run(graph, feeds) -> outputs``; None: the clips' audio windows."""
+        return None
 
 
 def family_for(bundle: Bundle, **options: Any) -> Family:

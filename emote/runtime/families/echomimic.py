@@ -35,6 +35,22 @@ class EchoMimic(Family):
     name = "echomimic"
     framing = "echomimic"  # its mask (box + 10%) and square crop (box + 50%): runtime/face.py
 
+    def file_tokens(self, samples: np.ndarray, frames: int, run) -> np.ndarray | None:
+        """EchoMimic's file path (runtime/whisper_mel.py): the whole track's log-mel in 30 s segments through
+        ``audio_segment``, each frame's ten rows of the states clamped to the track; None for bundles without it."""
+        if not self.bundle.has("audio_segment"):
+            return None
+        from ..whisper_mel import segments, track_log_mel
+
+        n_mels = self.bundle.graph("audio_segment").inputs[0].shape[1]
+        kept = [
+            run("audio_segment", {"mel": part})["segment_states"][:keep]
+            for part, keep in segments(track_log_mel(samples, n_mels), self.geometry.whisper_positions)
+        ]
+        states = np.concatenate(kept)
+        rows = whisper_index(0, frames, self.geometry.fps, 0, len(states))
+        return states[rows.reshape(-1)].reshape(frames, -1, states.shape[2])
+
     def clip_inputs(self, windows, clip: int, source) -> dict[str, np.ndarray]:
         return {
             "audio_index": clip_index(windows, clip, source.length if source.ended else None),
