@@ -420,6 +420,7 @@ def _serve(args) -> int:
         max_session_seconds=args.max_session_seconds,
         max_buffered_seconds=args.max_buffered_seconds,
         hop=args.hop,
+        warm=args.warm,
         backend=args.backend,
         precision=args.precision,
     )
@@ -759,6 +760,12 @@ def _args_serve(d) -> None:
         metavar="H",
         help="each clip keeps H frames: a clip waits for H + look-ahead frames of audio, not a whole clip's, "
         "for clip/H times the compute (counted in the session limit); default whole clips",
+    )
+    d.add_argument(
+        "--warm",
+        action="store_true",
+        help="make a pipeline for every session of the limit at start, before /readyz says ready (memory: one per "
+        "session), so sessions that start together do not wait on model loads; default: made as sessions need them",
     )
     d.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt"], help="default: as `emote generate`")
     d.add_argument("--precision", help="fp32, fp16, bf16, int8 (default: the backend's chosen one)")

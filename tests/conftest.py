@@ -190,7 +190,7 @@ def server(tiny_bundle):
     import urllib.request
 
     cmd = [sys.executable, "-m", "emote.cli", "serve", "--bundle", str(tiny_bundle), "--port", "0", "--api-key", SERVE_KEY]
-    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime", "--cors-origin", SERVE_ORIGIN]
+    cmd += ["--max-sessions", "2", "--max-upload-mb", "0.5", "--backend", "onnxruntime", "--cors-origin", SERVE_ORIGIN, "--warm"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()

@@ -71,6 +71,7 @@ def test_ready_reports_the_measured_limit_and_metrics(server):
     url, ready = server
     assert ready["real_time_factor"] > 0
     assert ready["session_limit"] == min(2, max(1, int(0.8 / ready["real_time_factor"])))
+    assert ready["pipelines"] == ready["session_limit"]  # --warm: every session's pipeline made before ready
     with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
         assert json.loads(r.read()) == {"status": "ok"}
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:

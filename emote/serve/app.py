@@ -172,7 +172,13 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Pl
             return error(503, f"not ready: {sessions.ready_error}")
         if not sessions.ready:
             return error(503, "not ready: measuring the real-time factor")
-        ready = {"status": "ready", "real_time_factor": sessions.rtf, "session_limit": sessions.limit, "sessions": len(sessions.all())}
+        ready = {
+            "status": "ready",
+            "real_time_factor": sessions.rtf,
+            "session_limit": sessions.limit,
+            "sessions": len(sessions.all()),
+            "pipelines": sessions.pipelines,
+        }
         return ready if placement is None else {**ready, "replica": placement.name, "pid": os.getpid()}
 
     @app.get("/metrics")

@@ -43,6 +43,9 @@ class ServeConfig:
     precision: str | None = None
     threads: int | None = None  # CPU threads of each pipeline's backend (default: all usable cores)
     hop: int | None = None  # frames each live clip keeps (runtime.clips): lower latency, more compute; None: whole clips
+    # make the session limit's pipelines at start, before ready (memory: one pipeline per session), so sessions that
+    # start together do not wait on model loads (seconds each) while the first of them speaks; else made on demand
+    warm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("token_ttl", "idle_timeout", "max_session_seconds", "max_buffered_seconds", "send_timeout"):
@@ -121,9 +124,13 @@ class Sessions:
         limit = max(1, math.floor(LOAD / rtf))
         if self.cfg.max_sessions is not None:
             limit = min(limit, self.cfg.max_sessions)
+        warmed = [pipe]
+        while self.cfg.warm and len(warmed) < limit:
+            warmed.append(self._new_pipeline())
+            warmed[-1].generate(portrait, speech[: pipe.windows.window_samples], hop=self.cfg.hop)  # its first calls too
         with self._lock:
-            self._pool.append(pipe)
-            self._pipelines += 1
+            self._pool.extend(warmed)
+            self._pipelines += len(warmed)
             self.rtf, self.limit = rtf, limit
         if self.metrics is not None:
             self.metrics.rtf.set(rtf)
