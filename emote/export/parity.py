@@ -114,11 +114,10 @@ def real_inputs(model: EMOModel) -> dict[str, dict[str, np.ndarray]]:
         feeds["audio_encoder"] = {"audio": audio_window(audio, plan, clip)}
         if cfg.audio.encoder == "whisper":  # EchoMimic: each frame's whisper rows in the window
             from ..runtime.families.echomimic import clip_index, window_positions
+            from ..runtime.whisper_mel import segments, track_log_mel
 
             feeds["audio_encoder"]["audio_index"] = clip_index(plan, clip, len(audio))
             feeds["audio_encoder"]["audio_positions"] = window_positions(plan, clip, cfg.audio.max_source_positions)
-            from ..runtime.whisper_mel import segments, track_log_mel
-
             feeds["audio_segment"] = {
                 "mel": next(segments(track_log_mel(audio, cfg.audio.num_mel_bins), cfg.audio.max_source_positions))[0]
             }

@@ -178,8 +178,7 @@ class ReferencePipeline:
         length = max(plan.frames, f)
         if cfg.audio.encoder == "whisper":  # EchoMimic's file path: the whole track in 30 s segments
             states = m.audio_encoder.segment_states(torch.from_numpy(np.ascontiguousarray(audio, np.float32))[None])
-            rows = torch.from_numpy(whisper_index(0, length, cfg.fps, 0, len(states)))
-            tokens = states[rows.reshape(-1)].reshape(length, -1, states.shape[-1])
+            tokens = m.audio_encoder.frame_tokens(states, torch.from_numpy(whisper_index(0, length, cfg.fps, 0, len(states))))
         else:
             tokens = torch.cat([self._tokens(audio, plan, c) for c in range(plan.clips)])[:length]
         ref = m.backbone.reference_kv(m.reference_net.features(ref_latent).tokens)

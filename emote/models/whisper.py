@@ -98,6 +98,9 @@ class WhisperAudioEncoder(nn.Module):
 
     def forward(self, samples: Tensor, index: Tensor, positions: Tensor | None = None) -> Tensor:
         """``index`` (f, 10) int64: each frame's whisper frames, as rows of ``states(samples, positions)``."""
-        s = self.states(samples, positions)
-        f = index.shape[0]
-        return s[index.reshape(-1)].reshape(f, WHISPER_FRAME_WINDOW * s.shape[1], s.shape[2])
+        return self.frame_tokens(self.states(samples, positions), index)
+
+    @staticmethod
+    def frame_tokens(states: Tensor, index: Tensor) -> Tensor:
+        """(T, L+1, D) states, (f, 10) rows -> (f, 10 (L+1), D): each frame's rows, the state index fastest."""
+        return states[index.reshape(-1)].reshape(index.shape[0], WHISPER_FRAME_WINDOW * states.shape[1], states.shape[2])

@@ -388,9 +388,7 @@ class Pipeline:
         """Per clip: the audio window, the motion latents (from clip 1 on), the clip's conditioning, the noise."""
         be, b, table = self.backend, self.buf, self.sampler
         if self.track is None:
-            be.from_host(b["audio"], audio_window(source.samples, windows, clip, source.offset))
-            for name, value in self.family.clip_inputs(windows, clip, source).items():
-                be.from_host(b[name], value)
+            self._bind_clip_audio(clip, source, windows)
             source.trim(windows.window_range(clip + 1)[0])  # a live stream keeps a window's worth
         else:  # the whole track's features (a file) or a chunk of context (live): nothing trimmed
             be.from_host(b["audio_windows"], self._track_windows(clip, source, live))
@@ -404,6 +402,12 @@ class Pipeline:
         be.from_host(self.x0s[0], np.zeros(shape, np.float32))
         if self.step_plan.noise is not None:
             self.loop.set_noise(np.stack([step_noise(seed, clip, i, shape) for i in range(self.step_plan.k)]))
+
+    def _bind_clip_audio(self, clip: int, source: AudioSource, windows: ClipWindows) -> None:
+        """The clip's audio window and its family's per-clip inputs, into the audio encoder's buffers."""
+        self.backend.from_host(self.buf["audio"], audio_window(source.samples, windows, clip, source.offset))
+        for name, value in self.family.clip_inputs(windows, clip, source).items():
+            self.backend.from_host(self.buf[name], value)
 
     def _decode(self, length: int):
         """Queue the clip's decode, the next clip's motion frames (the last of its ``length`` frames) and the
@@ -523,13 +527,13 @@ class Pipeline:
         tokens = self._file_tokens(source, plan, length)
         noise = np.concatenate([clip_noise(seed, c, (f, *shape), g.noise_clamp) for c in range(plan.clips)])[:length]
         x, zeros = noise * np.float32(self.sampler.init_scale), np.zeros((f, *shape), np.float32)
+        be.from_host(self.x0s[0], zeros)  # x0_prev: unread by one-step samplers, and no step writes this side
         for step, loop in enumerate(self._one_step_loops()):
             mean = WindowMean(x.shape)
             for w, index in enumerate(context_windows(length, f, g.context_overlap, g.context_shift, step)):
                 be.from_host(b["audio_tokens"], tokens[index])
                 self._timed("clip_condition", self.call_condition)
                 be.from_host(self.xs[0], x[index])
-                be.from_host(self.x0s[0], zeros)
                 loop(timed=self._timed)
                 mean.add(index, be.to_host(self.xs[1]))
                 if progress is not None:
@@ -547,13 +551,11 @@ class Pipeline:
         tokens = self.family.file_tokens(source.samples, length, self._run_unbound)
         if tokens is not None:
             return tokens
-        be, b, clips = self.backend, self.buf, []
+        clips = []
         for clip in range(plan.clips):
-            be.from_host(b["audio"], audio_window(source.samples, self.windows, clip, source.offset))
-            for name, value in self.family.clip_inputs(self.windows, clip, source).items():
-                be.from_host(b[name], value)
+            self._bind_clip_audio(clip, source, self.windows)
             self._timed("audio_encoder", self.call_audio)
-            clips.append(be.to_host(b["audio_tokens"]).copy())
+            clips.append(self.backend.to_host(self.buf["audio_tokens"]).copy())
         return np.concatenate(clips)[:length]
 
     def _run_unbound(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
