@@ -485,7 +485,9 @@ def _add_cpu_options(d) -> None:
 
 def _args_export(d) -> None:
     d.add_argument(
-        "--preset", required=True, help="model preset: tiny, demo, emo-sd15, hallo, hallo-tiny, echomimic, echomimic-acc, echomimic-tiny"
+        "--preset",
+        required=True,
+        help="model preset: tiny, demo, demo-fast, emo-sd15, hallo, hallo-tiny, echomimic, echomimic-acc, echomimic-tiny",
     )
     d.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + config.json); default: shipped weights, else random")
     d.add_argument("--out", required=True, help="bundle folder to write")

@@ -14,6 +14,16 @@ def test_help_lists_every_command():
         assert cmd in text
 
 
+def test_export_help_names_every_preset():
+    import re
+
+    from emote.models.config import PRESETS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    listed = re.search(r"model preset:(.*?)--checkpoint", commands["export"].format_help(), re.S).group(1)
+    assert set(PRESETS) <= {word.strip(",") for word in listed.split()}
+
+
 def test_doctor_reports_versions_and_backends(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
