@@ -58,12 +58,35 @@ def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / np.mean((wm._luma(a) - wm._luma(b)) ** 2)))
 
 
+def luma_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from emote.engines.fidelity import ssim
+
+    return float(np.mean([ssim(wm._luma(x), wm._luma(y)) for x, y in zip(a, b)]))
+
+
+def test_ssim_is_scikit_images():
+    from skimage.metrics import structural_similarity
+
+    from emote.engines.fidelity import ssim
+
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0, 255, (64, 80))
+    b = np.clip(a + rng.normal(0, 6, a.shape), 0, 255)
+    want = structural_similarity(a, b, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert abs(ssim(a, b) - want) < 1e-9
+
+
 def test_payload_code_corrects_two_bytes_and_refuses_noise():
     bits = pl.encode(PAYLOAD)
     assert bits.shape == (pl.CODED_BITS,)
     hurt = bits.copy()
     hurt[[3, 20]] *= -1  # two bytes wrong
     assert pl.decode(hurt) == (PAYLOAD, 2)
+    # three wrong bytes are past hard decisions; when their bits are the least reliable, erasures recover them
+    weak = bits.copy()
+    weak[[27, 45, 60]] *= -0.1
+    assert pl.decode(np.sign(weak))[0] is None
+    assert pl.decode(weak)[0] == PAYLOAD
     rng = np.random.default_rng(1)
     accepted = sum(pl.decode(rng.normal(size=pl.CODED_BITS))[0] is not None for _ in range(200))
     assert accepted <= 1
@@ -89,11 +112,12 @@ def test_round_trip_cost_and_one_reencode(clip):
     marked = wm.Embedder(KEY, PAYLOAD).mark(frames, face)
     assert marked.shape == frames.shape and marked.dtype == np.uint8
     assert 40.0 <= luma_psnr(frames, marked) < 42.0
+    assert luma_ssim(frames[::5], marked[::5]) >= 0.98
     found = wm.detect_frames(marked, KEY)
     assert found.marked and found.payload == PAYLOAD and found.p_value < 1e-8
     assert abs(found.period - 16 * wm.cell_px(512, 512)) < 1.0
-    after = wm.detect_frames(h264(marked, 23), KEY)  # what a re-upload does (CRF 28 on 16 frames: z 6.4, at the threshold)
-    assert after.marked, after
+    after = wm.detect_frames(h264(marked, 28), KEY)  # what a re-upload does
+    assert after.marked and after.payload == PAYLOAD, after
 
 
 def test_no_detection_without_the_mark_or_with_another_key(clip):
@@ -156,6 +180,25 @@ def test_audio_mark_survives_aac_64k_and_says_nothing_unmarked():
     assert am.detect(aac(marked[: 3 * rate], rate), 16000, KEY).z > 4.0  # a 3 s window alone
     assert not am.detect(aac(speech, rate), 16000, KEY).marked
     assert not am.detect(aac(marked, rate), 16000, wm.Key("another key")).marked
+
+
+def test_flat_frames_get_less_of_the_mark_and_keep_ssim():
+    """The model's flat-shaded portraits at 128 px: the strength is lowered to keep SSIM >= 0.98, textured frames get all of it."""
+    import cv2
+    from PIL import Image
+
+    from emote.runtime.examples import PORTRAIT
+
+    picture = cv2.resize(np.asarray(Image.open(PORTRAIT).convert("RGB")), (128, 128), interpolation=cv2.INTER_AREA)
+    flat = cv2.GaussianBlur(picture, (0, 0), 4)  # soft shading, few edges: where the pattern shows most
+    rng = np.random.default_rng(4)
+    textured = np.clip(picture.astype(np.float32) + rng.normal(0, 12, flat.shape), 0, 255).astype(np.uint8)
+    frames = np.stack([flat, textured])
+    marked = wm.Embedder(KEY, PAYLOAD).mark(frames)
+    change = np.sqrt(np.mean((wm._luma(marked) - wm._luma(frames)) ** 2, axis=(1, 2)))
+    assert change[0] < 0.9 * change[1] and 2.0 < change[1] < 2.6, change  # the RMS budget, 2.3 levels, on texture
+    assert luma_ssim(frames[:1], marked[:1]) >= 0.98
+    assert luma_psnr(frames, marked) >= 40.0
 
 
 def test_small_frames_carry_a_time_varying_mark():

@@ -1,19 +1,22 @@
 """The invisible video watermark: a keyed, tiled spread-spectrum pattern added to luma.
 
 What it is (classical spread spectrum, Cox et al. 1997, made shift- and scale-searchable by
-tiling, as in Kutter 1998's periodic marks):
+tiling, as in Kutter 1998's periodic marks, and detected by phase-only matched filtering):
 
-- The key seeds a tile of 16 x 16 cells, each cell a chip of +-1. Half the cells (keyed choice)
-  are the sync pattern; the other half carry the 64 coded bits of the payload (payload.py),
-  two cells a bit, each cell's chip multiplied by its bit's sign.
-- The tile repeats over the whole frame, anchored at its top-left corner, with cells of
-  ``cell_px(frame)`` pixels (4 px at 128-256 px, 8 at 512), and is smoothed a little so that
-  its cell edges carry no energy a codec would spend bits on.
-- Embedding adds ``strength x mask x pattern`` to luma (the same value to R, G and B: luma
-  moves, chroma does not). The mask follows local contrast (texture masking: more where the
-  eye and the codec see less of it) and is raised on the face region, the part of a talking
-  portrait a crop keeps. It is scaled so that every frame gets the same RMS change,
-  ``RMS`` = 2.3 levels of 255: luma PSNR 40.9 dB before rounding.
+- The key chooses a tile's frequencies and phases in one band (``BAND``: 2-10 cycles per tile,
+  154 frequencies): 64 carry the coded bits of the payload (payload.py), one each, its sign the
+  bit's, drawn mostly from the lower frequencies (a re-encode keeps them best, and the payload
+  needs every bit where the sync needs most); the other 90 are the sync pattern. The sets are disjoint, so the sync's correlation with
+  the data is zero at every shift and its own is one peak: a strong mark's evidence is not capped
+  by its own sidelobes. ``SYNC_SHARE`` of the energy is the sync's.
+- The tile (16 cells of ``cell_px(frame)`` pixels a side: 64 px at 128-256 px, 128 at 512) repeats
+  over the whole frame, anchored at its top-left corner.
+- Embedding adds ``mask x pattern`` to luma (the same value to R, G and B: luma moves, chroma does
+  not). The mask follows local contrast (texture masking: more where the eye and the codec see
+  less of it) and is raised on the face region, the part of a talking portrait a crop keeps. It is
+  scaled so that every frame gets the same RMS change, ``RMS`` = 2.3 levels of 255 (luma PSNR
+  40.9 dB before rounding), then lowered where that would cost more than ``SSIM_LOSS`` of the
+  frame's SSIM (flat frames: SSIM >= 0.98 holds on the model's flat-shaded portraits too).
 - Small frames (short side under ``TEMPORAL_BELOW``: the demo's 128 px) are too few pixels for a
   still picture's one pattern to stand out of the picture itself, and summing identical frames
   adds nothing. There the pattern's sign follows a fixed public sequence in time (blocks of
@@ -23,16 +26,15 @@ tiling, as in Kutter 1998's periodic marks):
 
 Detection, over a whole clip: every frame's luma is whitened (minus its local mean, divided by
 its local contrast) and the whitened frames are summed, plainly and signed by the sequence; both
-sums are searched. Because the pattern is locked to the
-frame, not to the content, the sum keeps it wherever the picture is still (background, torso)
-and motion-compensated drift only loses the moving parts. The sum is folded modulo the tile
-period for every candidate period (a log grid from 24 to 256 px: resizing), giving one tile;
-cross-correlation with the key's sync tile at every cyclic shift (crops) is one FFT. The peak's
-z-score against all the shifts of the same fold is the evidence (a strong mark's own sidelobes
-cap it near sqrt(sync cells): a tile's spread measured with the tile removed had a null tail too
-heavy to calibrate, bench/RESULTS.md); the p-value (``null_p``) counts every sum, shift and period tried, with an effective
-number of tests fitted to wrong-key trials. At the best period and
-shift the data cells give soft bits for the Reed-Solomon decoder.
+sums are searched. Because the pattern is locked to the frame, not to the content, the sum keeps
+it wherever the picture is still (background, torso) and motion-compensated drift only loses the
+moving parts. The sum is folded modulo the tile period for every candidate period (a log grid
+from 24 to 256 px: resizing), giving one tile; its spectrum is reduced to phases, and the
+correlation with the key's sync at every cyclic shift (crops) is one FFT. The peak, in standard
+deviations of that correlation in an unmarked clip (known exactly: each sync frequency adds a
+unit phasor), is the evidence; the p-value (``null_p``) counts every sum, shift and period tried,
+with an effective number of tests fitted to wrong-key trials. At the best period and shift (to a
+fraction of a bin) the data frequencies give soft bits for the Reed-Solomon decoder.
 
 Numpy and OpenCV only: the runtime imports this module to mark every frame it emits.
 """
@@ -49,18 +51,22 @@ import numpy as np
 
 from . import payload as pl
 
-CELLS = 16  # cells a tile side
-SYNC_CELLS = CELLS * CELLS // 2  # 128 sync cells, 128 data cells = 2 per coded bit
-CANON_CELL = 4  # bins per cell in the detector's folded tile
-BINS = CELLS * CANON_CELL  # 64 x 64 folded tile
+CELLS = 16  # the tile's side in cells (cell_px pixels each): the tile is 64 px at 128-256 px, 128 at 512
+BINS = 64  # the detector folds a clip's sum into a BINS x BINS tile; the pattern's frequencies are counted per tile
+BAND = (2.0, 10.0)  # the pattern's frequencies, cycles per tile (radius): above the whitening's high-pass, below what x264 drops
+DATA_BINS = pl.CODED_BITS  # one frequency per coded bit
+DATA_LOW = 4.0  # the data take the band's lower frequencies: sorted by radius plus a keyed uniform 0-4 cycles
+SYNC_SHARE = 0.6  # of the pattern's energy in the sync frequencies (detection), the rest in the data ones (payload)
 RMS = 2.3  # luma change per frame, 8-bit levels: 20 log10(255 / 2.3) = 40.9 dB (the budget: >= 40 dB)
+MASK_FLOOR = 3.0  # texture masking: the mask is the local contrast (8-bit levels) plus this
+MASK_CAP = 3.0  # and at most this many times its mean
+SSIM_LOSS = 0.016  # a frame's predicted SSIM loss at most this (the budget: SSIM >= 0.98)
+SSIM_C2 = (0.03 * 255) ** 2  # SSIM's contrast constant (Wang et al. 2004)
 FACE_GAIN = 1.5  # mask weight on the face region relative to elsewhere
 PERIOD_MIN, PERIOD_MAX = 24.0, 256.0  # tile periods searched, px: 0.375x of a 128 px video's to 2x of a 512 px one's
-PERIOD_STEP = 1.006  # 0.6 % apart: the fold stays within a quarter cell over 512 px at the worst grid point
+PERIOD_STEP = 1.006  # 0.6 % apart: the fold stays within a quarter bin over 512 px at the worst grid point
 DETECT_P = 1e-5  # a clip is marked when its (calibrated) p-value is below this: a false-positive rate of 1e-5 per clip
-NULL_TESTS_FACTOR = (
-    0.05  # effective tests per nominal test in null_p: twice the 0.026 fitted to 1,809 wrong-key trials at 128 px (bench/RESULTS.md)
-)
+NULL_TESTS_FACTOR = 0.45  # effective tests per nominal test in null_p: 0.405 fitted to 109,800 wrong-key and unmarked trials (bench/RESULTS.md), rounded up
 PUBLIC_KEY = "emote-edge public watermark key 1"  # the default: anyone can detect (and so could strip) it
 KEY_ENV = "EMOTE_WATERMARK_KEY"
 BLOCK_S = 0.32  # the pattern's sign holds for 0.32 s (8 frames at 25 fps, ~5 at 15), then may flip
@@ -88,58 +94,77 @@ class Key:
         return int.from_bytes(hashlib.sha256(self.text.encode()).digest()[:8], "big")
 
 
+@lru_cache(maxsize=1)
+def band() -> tuple[np.ndarray, np.ndarray]:
+    """The band's frequencies (ky, kx), cycles per tile: one of each conjugate pair (kx > 0, or kx = 0 and ky > 0)."""
+    ky, kx = np.meshgrid(np.arange(-BINS // 2, BINS // 2), np.arange(BINS // 2 + 1), indexing="ij")
+    r = np.hypot(ky, kx)
+    keep = (r >= BAND[0]) & (r <= BAND[1]) & ((kx > 0) | (ky > 0))
+    return ky[keep], kx[keep]
+
+
 @dataclass(frozen=True)
 class Layout:
-    """The key's tile: a chip per cell, which cells are sync, which coded bit each data cell carries."""
+    """The key's frequencies: the sync ones with their phases, and one per coded bit with its phase.
 
-    chips: np.ndarray  # (CELLS, CELLS) +-1
-    sync: np.ndarray  # (CELLS, CELLS) bool
-    bit_of: np.ndarray  # (CELLS, CELLS) int, the coded bit of a data cell, -1 on sync cells
+    Disjoint sets of one band: the sync pattern's correlation with the data is zero at every shift,
+    and its own is a single peak, so the data never raise the detector's noise.
+    """
+
+    sync: tuple[np.ndarray, np.ndarray]  # (ky, kx)
+    sync_phase: np.ndarray
+    data: tuple[np.ndarray, np.ndarray]  # (ky, kx) of coded bit i at i
+    data_phase: np.ndarray
 
 
-@lru_cache(maxsize=8)
-def layout(key: Key) -> Layout:
-    rng = np.random.default_rng(key.seed)
-    chips = rng.choice(np.array([-1.0, 1.0], np.float32), size=(CELLS, CELLS))
-    order = rng.permutation(CELLS * CELLS)
-    sync = np.zeros(CELLS * CELLS, bool)
-    sync[order[:SYNC_CELLS]] = True
-    bit_of = np.full(CELLS * CELLS, -1, np.int64)
-    bit_of[order[SYNC_CELLS:]] = np.arange(CELLS * CELLS - SYNC_CELLS) % pl.CODED_BITS
-    return Layout(chips, sync.reshape(CELLS, CELLS), bit_of.reshape(CELLS, CELLS))
+@lru_cache(maxsize=16)
+def layout(key: Key, moving: bool) -> Layout:
+    """The key's layout for a static mark (large frames: the data anywhere in the band) or a moving one
+    (small frames, the sign following the sequence: the data mostly on the band's lower frequencies)."""
+    ky, kx = band()
+    if moving:
+        # the lower frequencies survive re-encodes best and the signed sum cancels the picture there; the
+        # payload needs every bit where the sync needs most
+        rng = np.random.default_rng(key.seed)
+        order = np.argsort(np.hypot(ky, kx) + rng.uniform(0, DATA_LOW, len(ky)), kind="stable")
+    else:  # a static mark's sum keeps the picture, strongest at low frequencies: the data spread over the band
+        rng = np.random.default_rng([key.seed, 1])
+        order = rng.permutation(len(ky))
+    data, sync = order[:DATA_BINS], order[DATA_BINS:]
+    phase = rng.uniform(0, 2 * np.pi, len(ky))
+    pick = lambda i: (ky[i], kx[i])  # noqa: E731
+    return Layout(pick(sync), phase[sync], pick(data), phase[data])
 
 
 def cell_px(height: int, width: int) -> int:
     """Pixels per cell for a frame: 4 up to 383 px, then short side / 64 (8 at 512 px)."""
-    return max(CANON_CELL, min(height, width) // 64)
+    return max(4, min(height, width) // 64)
 
 
-def _cells(key: Key, coded: bytes) -> np.ndarray:
-    """The tile's cell values: the chip on sync cells, chip x bit sign on data cells (coded: float32 +-1 bytes)."""
-    lay = layout(key)
-    signs = np.frombuffer(coded, np.float32)
-    return np.where(lay.sync, lay.chips, lay.chips * signs[np.maximum(lay.bit_of, 0)]).astype(np.float32)
-
-
-def _smooth_tile(cells: np.ndarray, px: int) -> np.ndarray:
-    """Cells blown up to px x px blocks, blurred cyclically (the tile repeats), RMS 1."""
-    import cv2
-
-    tile = np.kron(cells, np.ones((px, px), np.float32)).astype(np.float32)
-    pad = px
-    wrapped = np.pad(tile, pad, mode="wrap")
-    tile = cv2.GaussianBlur(wrapped, (0, 0), px / 3.0)[pad:-pad, pad:-pad]
-    return tile / np.sqrt(np.mean(tile**2))
+def _spectrum(key: Key, coded: bytes | None, side: int, moving: bool) -> np.ndarray:
+    """The tile's rfft2 spectrum on a side x side grid: unit-energy sync and data sets (data signed by the coded
+    bits, float32 +-1 bytes; None: the sync alone, as the detector's reference), both halves of kx = 0 pairs set."""
+    lay = layout(key, moving)
+    spec = np.zeros((side, side // 2 + 1), np.complex128)
+    parts = [(lay.sync, np.exp(1j * lay.sync_phase) * math.sqrt(SYNC_SHARE / len(lay.sync_phase)))]
+    if coded is not None:
+        signs = np.frombuffer(coded, np.float32).astype(np.float64)
+        parts.append((lay.data, signs * np.exp(1j * lay.data_phase) * math.sqrt((1 - SYNC_SHARE) / DATA_BINS)))
+    for (ky, kx), value in parts:
+        spec[ky % side, kx] = value
+        on_axis = kx == 0
+        spec[(-ky[on_axis]) % side, 0] = np.conj(value[on_axis])
+    return spec
 
 
 @lru_cache(maxsize=16)
 def _frame_pattern(key: Key, coded: bytes, height: int, width: int) -> np.ndarray:
-    """The full-frame pattern (H, W) float32 of RMS 1 for a payload's coded bits."""
-    px = cell_px(height, width)
-    cells = _cells(key, coded)
-    tile = _smooth_tile(cells.astype(np.float32), px)
-    reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]))
-    return np.ascontiguousarray(np.tile(tile, reps)[:height, :width])
+    """The full-frame pattern (H, W) float32 of RMS 1 for a payload's coded bits: the tile repeated."""
+    side = CELLS * cell_px(height, width)
+    tile = np.fft.irfft2(_spectrum(key, coded, side, temporal(height, width)), s=(side, side))
+    tile /= np.sqrt(np.mean(tile**2))
+    reps = (-(-height // side), -(-width // side))
+    return np.ascontiguousarray(np.tile(tile.astype(np.float32), reps)[:height, :width])
 
 
 @lru_cache(maxsize=1)
@@ -163,6 +188,22 @@ def _luma(frames: np.ndarray) -> np.ndarray:
     """BT.601 luma of uint8 RGB (..., 3) as float32 (what yuv420p keeps at full resolution)."""
     f = frames.astype(np.float32)
     return 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+
+
+def _ssim_scale(change: np.ndarray, room: np.ndarray) -> float:
+    """The factor (<= 1) on a frame's mask that keeps its predicted SSIM loss at most SSIM_LOSS.
+
+    An added pattern of local power v where the picture's local variance is s lowers SSIM's structure
+    term there by about v / (2 s + C2 + v): much in flat regions, little in textured ones. ``change``
+    is v per pixel, ``room`` 2 s + C2. A flat frame gets less than the RMS budget, a textured one all.
+    """
+    loss = lambda t: float(np.mean(t * change / (room + t * change)))  # noqa: E731
+    if loss(1.0) <= SSIM_LOSS:
+        return 1.0
+    t = 1.0
+    for _ in range(4):  # the loss is concave in t: each step lands closer from above
+        t *= SSIM_LOSS / loss(t)
+    return math.sqrt(t)
 
 
 class Embedder:
@@ -201,11 +242,13 @@ class Embedder:
             y = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
             mean = cv2.blur(y, (k, k))
             var = cv2.blur(y * y, (k, k)) - mean * mean
-            mask = np.sqrt(np.maximum(var, 0.0)) + 3.0  # a floor: flat areas still carry some of it
-            np.minimum(mask, 3.0 * float(mask.mean()), out=mask)  # edges would take it all
+            np.maximum(var, 0.0, out=var)
+            mask = np.sqrt(var) + MASK_FLOOR  # flat areas still carry some of it
+            np.minimum(mask, MASK_CAP * float(mask.mean()), out=mask)  # edges would take it all
             if gain is not None:
                 mask *= gain
             mask *= self.rms / math.sqrt(float(np.mean(mask * mask)))
+            mask *= _ssim_scale(mask * mask, 2.0 * var + SSIM_C2)
             sign = frame_sign(self.frames / self.fps) if moving else 1.0
             delta = mask * pattern * np.float32(sign)
             self.frames += 1
@@ -263,7 +306,7 @@ class Detection:
     payload: pl.Payload | None  # decoded through the Reed-Solomon code; None when it does not, or when no mark is found
     corrected: int  # bytes the code corrected
     period: float  # tile period found, px (the frame's scale relative to the mark's)
-    shift: tuple[int, int]  # the tile's offset found, in fold bins (a crop)
+    shift: tuple[float, float]  # the tile's displacement found, in fold bins (a crop)
     frames: int
     bits_agree: int  # coded bits read as the decoded payload's (of 64); 0 without a payload
     sum: str  # the sum the peak was found in: "static" or "signed" (the time-varying mark of small frames)
@@ -281,12 +324,19 @@ class Detection:
         }
 
 
-@lru_cache(maxsize=8)
-def _sync_reference(key: Key) -> tuple[np.ndarray, np.ndarray]:
-    """The sync tile at the fold's scale (bins) and its conjugate spectrum."""
-    lay = layout(key)
-    tile = _smooth_tile(np.where(lay.sync, lay.chips, 0.0).astype(np.float32), CANON_CELL)
-    return tile, np.conj(np.fft.rfft2(tile))
+SUMS = ("static", "signed")  # ClipSum's two sums; the signed one is searched for the moving mark's layout
+
+
+@lru_cache(maxsize=16)
+def _sync_reference(key: Key, moving: bool) -> np.ndarray:
+    """The key's conjugate sync spectrum at the fold's size (BINS x BINS // 2 + 1, unit magnitude on its frequencies)."""
+    ref = _spectrum(key, None, BINS, moving)
+    return np.conj(ref / np.abs(ref).max())
+
+
+def references(keys) -> np.ndarray:
+    """Sync references of several keys, as ``search`` takes them: (sums, K, BINS, BINS // 2 + 1), one per sum."""
+    return np.stack([np.stack([_sync_reference(k, name == "signed") for k in keys]) for name in SUMS])
 
 
 @lru_cache(maxsize=1)
@@ -315,28 +365,44 @@ def fold(total: np.ndarray, period: float) -> np.ndarray:
     return (sums / np.maximum(counts, 1)).reshape(BINS, BINS)
 
 
-def search(sums: tuple[np.ndarray, ...], refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every key's best peak over the sums, periods and cyclic shifts: the statistic detection thresholds.
-
-    refs: (K, BINS, BINS // 2 + 1) conjugate sync spectra (one per key). Returns per key the peak z
-    (the correlation's maximum over the fold's shifts, minus their mean, over their standard deviation),
-    the index of the sum, the period and the flat shift where it was found. One fold per sum and
-    period serves every key: wrong-key trials (bench/watermark.py) cost a few FFTs each.
-    """
-    k = refs.shape[0]
-    best = np.full(k, -np.inf)
-    where_sum, where_period, where_shift = np.zeros(k, np.int64), np.zeros(k), np.zeros(k, np.int64)
+def _fold_spectra(sums: tuple[np.ndarray, ...]):
+    """(sum index, period, rfft2 of the fold) for every sum and candidate period."""
     for si, total in enumerate(sums):
         for period in candidate_periods(*total.shape):
-            spectrum = np.fft.rfft2(fold(total, period))
-            c = np.fft.irfft2(spectrum[None] * refs, s=(BINS, BINS)).reshape(k, -1)
-            sd = c.std(axis=1)
-            at = np.argmax(c, axis=1)
-            z = (c[np.arange(k), at] - c.mean(axis=1)) / np.maximum(sd, 1e-30)
-            z[sd == 0] = -np.inf
-            better = z > best
-            best[better], where_sum[better], where_period[better], where_shift[better] = z[better], si, period, at[better]
+            yield si, period, np.fft.rfft2(fold(total, period))
+
+
+def _phases(spectrum: np.ndarray) -> np.ndarray:
+    return spectrum / np.maximum(np.abs(spectrum), 1e-30)
+
+
+def search(sums: tuple[np.ndarray, ...], refs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every key's best peak over the sums, periods and cyclic shifts: the statistic detection thresholds.
+
+    refs (``references``): per sum, (K, BINS, BINS // 2 + 1) conjugate sync spectra. The fold's spectrum is
+    reduced to its phases (phase-only matched filtering): each sync frequency then adds a unit phasor,
+    so that a picture's own strong frequencies weigh no more than its weak ones, and in an unmarked clip
+    the correlation at a shift has a known spread whatever the picture: sqrt(2 n) / BINS^2 for n sync
+    frequencies. Returns per key the peak z, the index of the sum, the period and the flat shift where it
+    was found. One fold per sum and period serves every key: wrong-key trials (bench/watermark.py) cost
+    a few FFTs each.
+    """
+    k = refs.shape[1]
+    sd = math.sqrt(2.0 * _sync_count(refs[0, 0])) / (BINS * BINS)
+    best = np.full(k, -np.inf)
+    where_sum, where_period, where_shift = np.zeros(k, np.int64), np.zeros(k), np.zeros(k, np.int64)
+    for si, period, spectrum in _fold_spectra(sums):
+        c = np.fft.irfft2(_phases(spectrum)[None] * refs[si], s=(BINS, BINS)).reshape(k, -1)
+        at = np.argmax(c, axis=1)
+        z = c[np.arange(k), at] / sd
+        better = z > best
+        best[better], where_sum[better], where_period[better], where_shift[better] = z[better], si, period, at[better]
     return best, where_sum, where_period, where_shift
+
+
+def _sync_count(ref: np.ndarray) -> float:
+    """Sync frequencies in a reference spectrum, each conjugate pair once."""
+    return np.count_nonzero(ref) - np.count_nonzero(ref[:, 0]) / 2
 
 
 def null_p(z: float, height: int, width: int) -> float:
@@ -344,43 +410,90 @@ def null_p(z: float, height: int, width: int) -> float:
 
     The search's best of ``tests`` correlated Gaussian peaks (2 sums x BINS^2 shifts x the periods
     that fit) has the tail 1 - exp(-NULL_TESTS_FACTOR x tests x Q(z)), Q the normal tail: a Bonferroni
-    count with an effective number of tests fitted to wrong-key trials (bench/watermark.py --calibrate;
+    count with an effective number of tests fitted to wrong-key trials (bench/watermark_scale.py;
     bench/RESULTS.md), which also absorbs a per-shift tail heavier than Gaussian.
     """
     tests = 2 * BINS * BINS * max(len(candidate_periods(height, width)), 1)
     return float(-math.expm1(-NULL_TESTS_FACTOR * tests * 0.5 * math.erfc(z / math.sqrt(2))))
 
 
+def _refine(total: np.ndarray, period: float, conj: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """The period between the search's grid points, with its fold's spectrum and the sync peak's flat shift.
+
+    The payload's frequencies need the period closer than the sync's search finds it (0.7% off over a
+    512 px frame turns them by up to a radian), and the sync's peak is flat and rippled (by the shift's
+    whole bins) over a percent of period. So the peak, interpolated between bins, is measured over two
+    grid steps each side and a parabola fitted to it; its vertex is the period.
+    """
+    logs = np.linspace(-2, 2, 17) * math.log(PERIOD_STEP)
+    heights = []
+    for step in logs:
+        c = np.fft.irfft2(_phases(np.fft.rfft2(fold(total, period * math.exp(step)))) * conj, s=(BINS, BINS))
+        heights.append(_interpolated_peak(c))
+    a, b, _ = np.polyfit(logs, heights, 2)
+    best = float(np.clip(-b / (2 * a), logs[0], logs[-1])) if a < 0 else float(logs[int(np.argmax(heights))])
+    period = period * math.exp(best)
+    spectrum = np.fft.rfft2(fold(total, period))
+    at = int(np.argmax(np.fft.irfft2(_phases(spectrum) * conj, s=(BINS, BINS))))
+    return period, spectrum, at
+
+
+def _interpolated_peak(c: np.ndarray) -> float:
+    """The correlation's maximum between bins: a parabola through the top bin and its neighbours, each axis."""
+    y, x = divmod(int(np.argmax(c)), BINS)
+
+    def lift(m, z0, p):
+        d = m - 2 * z0 + p
+        return 0.0 if d >= 0 else -0.125 * (m - p) ** 2 / d
+
+    top = c[y, x]
+    return float(top + lift(c[y - 1, x], top, c[(y + 1) % BINS, x]) + lift(c[y, x - 1], top, c[y, (x + 1) % BINS]))
+
+
+def _subbin(c: np.ndarray, at: int) -> tuple[float, float]:
+    """The correlation peak's position to a fraction of a bin (a parabola through it and its neighbours, each axis)."""
+    c = c.reshape(BINS, BINS)
+    y, x = divmod(int(at), BINS)
+
+    def vertex(m, z0, p):
+        d = m - 2 * z0 + p
+        return 0.0 if d >= 0 else float(np.clip(0.5 * (m - p) / d, -0.5, 0.5))
+
+    return y + vertex(c[y - 1, x], c[y, x], c[(y + 1) % BINS, x]), x + vertex(c[y, x - 1], c[y, x], c[y, (x + 1) % BINS])
+
+
 def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> Detection:
-    """Search sum, period and shift for the key's sync tile; decode the payload at the best."""
-    _, ref_conj = _sync_reference(key)
-    z, si, period, at = (a[0] for a in search(sums, ref_conj[None]))
+    """Search sum, period and shift for the key's sync pattern; decode the payload at the best."""
+    z, si, period, at = (a[0] for a in search(sums, references([key])))
     h, w = sums[0].shape
-    name = ("static", "signed")[int(si)]
+    name = SUMS[int(si)]
+    conj = _sync_reference(key, name == "signed")
     if not np.isfinite(z):
         return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name)
-    shift = divmod(int(at), BINS)
+    period, spectrum, at = _refine(sums[int(si)], float(period), conj)
+    shift = _subbin(np.fft.irfft2(_phases(spectrum) * conj, s=(BINS, BINS)), at)
     p = null_p(float(z), h, w)
     marked = p < DETECT_P
     payload, corrected, agree = None, 0, 0
     if marked:  # a word the code accepts out of noise says nothing
-        soft = soft_bits(sums[int(si)], float(period), shift, key)
+        soft = _soft_bits(spectrum, shift, key, name == "signed")
         payload, corrected = pl.decode(soft)
         agree = int(np.sum((soft > 0) == (pl.encode(payload) > 0))) if payload else 0
     return Detection(marked, float(z), p, payload, corrected, float(period), shift, frames, agree, name)
 
 
-def soft_bits(total: np.ndarray, period: float, shift: tuple[int, int], key: Key) -> np.ndarray:
-    """The coded bits' evidence in a sum folded at ``period`` and aligned at ``shift``."""
-    return _soft_bits(np.roll(fold(total, period), (-shift[0], -shift[1]), axis=(0, 1)), key)
+def soft_bits(total: np.ndarray, period: float, shift: tuple[float, float], key: Key, moving: bool) -> np.ndarray:
+    """The coded bits' evidence in a sum folded at ``period`` whose tile is displaced by ``shift`` bins
+    (``moving``: the signed sum, read with the moving mark's layout)."""
+    return _soft_bits(np.fft.rfft2(fold(total, period)), shift, key, moving)
 
 
-def _soft_bits(aligned: np.ndarray, key: Key) -> np.ndarray:
-    """Each coded bit's evidence: its cells of the aligned fold, times their chips, summed."""
-    lay = layout(key)
-    cells = aligned.reshape(CELLS, CANON_CELL, CELLS, CANON_CELL).sum(axis=(1, 3))
-    data = ~lay.sync
-    return np.bincount(lay.bit_of[data], weights=(cells * lay.chips)[data], minlength=pl.CODED_BITS)
+def _soft_bits(spectrum: np.ndarray, shift: tuple[float, float], key: Key, moving: bool) -> np.ndarray:
+    """Each coded bit's evidence: its frequency of the fold, the displacement undone, along its phase."""
+    lay = layout(key, moving)
+    ky, kx = lay.data
+    ramp = np.exp(2j * np.pi * (ky * shift[0] + kx * shift[1]) / BINS)
+    return np.real(spectrum[ky % BINS, kx] * ramp * np.exp(-1j * lay.data_phase))
 
 
 def detect_frames(frames: np.ndarray, key: Key | None = None, fps: float = 25.0) -> Detection:
