@@ -1,7 +1,9 @@
 """The watermark under attack: detection, payload, bit accuracy, false positives, cost, speed.
 
     python bench/watermark.py --clips 4 --frames 50 --sizes 128,512 --wrong-keys 40
-    python bench/watermark.py --clips 200 --frames 250 --wrong-keys 100000   # the issue's scale (hours)
+    python bench/watermark.py --clips 3 --frames 75 --sizes 512 --baselines dwtDctSvd,rivaGan --baseline-stride 5
+
+The issue's scale (the runtime's own clips, 100,000 wrong keys, unmarked videos): bench/watermark_scale.py.
 
 Clips: the example portrait (or --images DIR), moved by a random walk (camera shake) with
 sensor-like noise, at each size, 25 fps, delivered as H.264 CRF 18 like `emote generate`,
@@ -225,8 +227,7 @@ def clip_sum(frames: np.ndarray, fps: float) -> wm.ClipSum:
 
 def null_scores(sums, keys: list) -> list[float]:
     """Each key's detection statistic on the sums: watermark.search once for all the keys."""
-    refs = np.stack([wm._sync_reference(k)[1] for k in keys])
-    return wm.search(sums, refs)[0].tolist()
+    return wm.search(sums, wm.references(keys))[0].tolist()
 
 
 def fit_null(trials: list[dict]) -> dict:
@@ -322,8 +323,8 @@ def main() -> int:
                 r["z"].append(d.z)
                 r["exact"] += d.payload == payload
                 # raw bit accuracy at the sum, period and shift found, before the code
-                total = s.sums()[("static", "signed").index(d.sum)]
-                r["bits"].append(float(np.mean((wm.soft_bits(total, d.period, d.shift, key) > 0) == coded)))
+                total = s.sums()[wm.SUMS.index(d.sum)]
+                r["bits"].append(float(np.mean((wm.soft_bits(total, d.period, d.shift, key, d.sum == "signed") > 0) == coded)))
                 # the null: the unmarked twin with the key, and both with wrong keys (one fold, many keys)
                 wrong = [wm.Key(f"wrong {size} {c} {name} {k}") for k in range(wrong_per_clip)]
                 h, w = got.shape[1:3]
