@@ -5,8 +5,10 @@ tiling, as in Kutter 1998's periodic marks, and detected by phase-only matched f
 
 - The key chooses a tile's frequencies and phases in one band (``BAND``: 2-10 cycles per tile,
   154 frequencies): 64 carry the coded bits of the payload (payload.py), one each, its sign the
-  bit's, drawn mostly from the lower frequencies (a re-encode keeps them best, and the payload
-  needs every bit where the sync needs most); the other 90 are the sync pattern. The sets are disjoint, so the sync's correlation with
+  bit's; the other 90 are the sync pattern. Small frames' (moving) marks draw the data mostly
+  from the lower frequencies (a re-encode keeps them best, and the payload needs every bit where
+  the sync needs most); large frames' (static) marks spread them over the band, since a static
+  sum keeps the picture, strongest at low frequencies. The sets are disjoint, so the sync's correlation with
   the data is zero at every shift and its own is one peak: a strong mark's evidence is not capped
   by its own sidelobes. ``SYNC_SHARE`` of the energy is the sync's.
 - The tile (16 cells of ``cell_px(frame)`` pixels a side: 64 px at 128-256 px, 128 at 512) repeats
@@ -66,7 +68,8 @@ FACE_GAIN = 1.5  # mask weight on the face region relative to elsewhere
 PERIOD_MIN, PERIOD_MAX = 24.0, 256.0  # tile periods searched, px: 0.375x of a 128 px video's to 2x of a 512 px one's
 PERIOD_STEP = 1.006  # 0.6 % apart: the fold stays within a quarter bin over 512 px at the worst grid point
 DETECT_P = 1e-5  # a clip is marked when its (calibrated) p-value is below this: a false-positive rate of 1e-5 per clip
-NULL_TESTS_FACTOR = 0.45  # effective tests per nominal test in null_p: 0.405 fitted to 109,800 wrong-key and unmarked trials (bench/RESULTS.md), rounded up
+# effective tests per nominal test in null_p: 0.405 fitted to 109,800 wrong-key and unmarked trials (bench/RESULTS.md), rounded up
+NULL_TESTS_FACTOR = 0.45
 PUBLIC_KEY = "emote-edge public watermark key 1"  # the default: anyone can detect (and so could strip) it
 KEY_ENV = "EMOTE_WATERMARK_KEY"
 BLOCK_S = 0.32  # the pattern's sign holds for 0.32 s (8 frames at 25 fps, ~5 at 15), then may flip
@@ -301,7 +304,7 @@ class ClipSum:
 @dataclass(frozen=True)
 class Detection:
     marked: bool  # p_value < DETECT_P
-    z: float  # the best sync peak over every sum, period and shift, in standard deviations of its fold's shifts
+    z: float  # the best sync peak over every sum, period and shift, in standard deviations of an unmarked clip's correlation
     p_value: float  # chance of a peak this high in an unmarked clip (calibrated: see null_p)
     payload: pl.Payload | None  # decoded through the Reed-Solomon code; None when it does not, or when no mark is found
     corrected: int  # bytes the code corrected
