@@ -26,7 +26,6 @@ OpenCV the project uses): ``pip install --no-deps invisible-watermark==0.2.0 PyW
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 
 cv2.setNumThreads(1)
 
+from emote.bench.attacks import h264  # noqa: E402
 from emote.provenance import payload as pl  # noqa: E402
 from emote.provenance import watermark as wm  # noqa: E402
 
@@ -57,27 +57,6 @@ def make_clip(image: np.ndarray, size: int, frames: int, seed: int) -> np.ndarra
         f = cv2.warpAffine(big, m, (size, size), borderMode=cv2.BORDER_REFLECT) + rng.normal(0, 2, (size, size, 3))
         out.append(np.clip(f, 0, 255).astype(np.uint8))
     return np.stack(out)
-
-
-def h264(frames: np.ndarray, crf: int, fps: int = 25) -> np.ndarray:
-    import av
-
-    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        v = c.add_stream("libx264", rate=fps)
-        v.height, v.width, v.pix_fmt = h, w, "yuv420p"
-        v.options = {"crf": str(crf), "preset": "veryfast"}
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")
-            vf.pts = i
-            for p in v.encode(vf):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-    buf.seek(0)
-    with av.open(buf) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def resize(frames: np.ndarray, scale: float) -> np.ndarray:

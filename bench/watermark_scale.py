@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import watermark as harness  # noqa: E402  (bench/watermark.py: the attacks, clips, SSIM)
 
+from emote.bench.attacks import aac, h264  # noqa: E402
 from emote.provenance import audio_mark as am  # noqa: E402
 from emote.provenance import payload as pl  # noqa: E402
 from emote.provenance import watermark as wm  # noqa: E402
@@ -52,29 +53,6 @@ MUST = {  # the issue's bars: attack -> detection rate
 }
 EXACT = ("CRF 28", "25 -> 15 fps + CRF 23", "crop 10% a side + CRF 23")  # exact payload in >= 95%
 FPR = 1e-4
-
-
-def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
-    """Mono float32 through AAC at ``kbps`` (48 kHz) and back at 16 kHz: a re-encode and two resamplings."""
-    import io
-
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=48000, layout="mono")
-        s.bit_rate = kbps * 1000
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate, frame.pts = rate, 0
-        for rf in av.AudioResampler(format="fltp", layout="mono", rate=48000).resample(frame):
-            for p in s.encode(rf):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-    buf.seek(0)
-    with av.open(buf) as c:
-        back = av.AudioResampler(format="flt", layout="mono", rate=16000)
-        return np.concatenate([rf.to_ndarray().ravel() for f in c.decode(audio=0) for rf in back.resample(f)])
 
 
 def clip_inputs(index: int, seconds: float):
@@ -127,7 +105,7 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) ->
         "embed_ms_per_frame": round(embed_ms, 3),
         "attacks": {},
     }
-    delivered_marked, delivered_plain = harness.h264(marked, 18), harness.h264(plain, 18)
+    delivered_marked, delivered_plain = h264(marked, 18), h264(plain, 18)
     wrong = [wm.Key(f"wrong {index} {k}") for k in range(wrong_per_pair)]
     for name in harness.ATTACKS:
         got = harness.ATTACKS[name](delivered_marked)
@@ -135,13 +113,13 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) ->
         s = harness.clip_sum(got, harness.FPS.get(name, 25))
         d = s.detect(key)
         detect_ms = (time.perf_counter() - t0) * 1000 / len(got)
-        total = s.sums()[wm.SUMS.index(d.sum)]
-        decoded, _ = pl.decode(wm.soft_bits(total, d.period, d.shift, key, d.sum == "signed"))
+        soft = wm.soft_bits(s.sums()[wm.SUMS.index(d.sum)], d.period, d.shift, key, d.sum == "signed")
+        decoded, _ = pl.decode(soft)
         null = attacked_sums(delivered_plain, name)
         rec["attacks"][name] = {
             "z": round(d.z, 3),
             "payload": decoded == payload,  # decoded at the best alignment; counted where the clip is detected
-            "bits": round(float(np.mean((wm.soft_bits(total, d.period, d.shift, key, d.sum == "signed") > 0) == coded)), 4),
+            "bits": round(float(np.mean((soft > 0) == coded)), 4),
             "detect_ms_per_frame": round(detect_ms, 3),
             "height": got.shape[1],
             "width": got.shape[2],
@@ -149,7 +127,7 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) ->
             "wrong_z": [round(z, 3) for z in harness.null_scores(s.sums(), wrong) + harness.null_scores(null.sums(), wrong)],
         }
     photo = harness.make_clip(np.asarray(_photo()), 128, len(plain), seed=index)
-    delivered_photo = harness.h264(photo, 18)
+    delivered_photo = h264(photo, 18)
     rec["photo"] = {
         name: {
             "z": round(float(harness.null_scores(attacked_sums(delivered_photo, name).sums(), [key])[0]), 3),
@@ -180,7 +158,7 @@ def one_photo(image: np.ndarray, index: int, wrong_per_video: int) -> dict:
     rng = np.random.default_rng([2002, index])
     size = (128, 256)[index % 2]
     frames = harness.make_clip(image, size, int(rng.uniform(5, 15) * 25), seed=10_000 + index)
-    delivered = harness.h264(frames, 18)
+    delivered = h264(frames, 18)
     key, wrong = wm.Key.default(), [wm.Key(f"photo wrong {index} {k}") for k in range(wrong_per_video)]
     rec = {"photo": index, "size": size, "attacks": {}}
     for name in PHOTO_ATTACKS:
@@ -215,7 +193,6 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
             nulls.append((a["unmarked_z"], a["height"], a["width"]))
             wrong += [(z, a["height"], a["width"]) for z in a["wrong_z"]]
         nulls += [(p["z"], p["height"], p["height"]) for p in r["photo"].values()]
-    null_p = lambda z, h, w: wm.null_p(z, h, w)  # noqa: E731
     all_null = nulls + wrong
     zs = np.sort([z for z, _, _ in all_null])
     out = {
@@ -225,10 +202,10 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
         "null_tests_factor": wm.NULL_TESTS_FACTOR,
         "unmarked_videos": len(nulls),
         "photograph_videos": sum(len(r["attacks"]) for r in photos),
-        "unmarked_detected": sum(null_p(*n) < wm.DETECT_P for n in nulls),
+        "unmarked_detected": sum(wm.null_p(*n) < wm.DETECT_P for n in nulls),
         "wrong_key_trials": len(wrong),
-        "wrong_key_detected": sum(null_p(*n) < wm.DETECT_P for n in wrong),
-        "null_detected_at_1e-4": sum(null_p(*n) < FPR for n in all_null),
+        "wrong_key_detected": sum(wm.null_p(*n) < wm.DETECT_P for n in wrong),
+        "null_detected_at_1e-4": sum(wm.null_p(*n) < FPR for n in all_null),
         "null_max_z": round(float(zs[-1]), 2),
         "null_z_at_1e-4": round(float(zs[int(math.ceil((1 - FPR) * len(zs))) - 1]), 2),
         "psnr_db_min_median": [min(r["psnr_db"] for r in lines), float(np.median([r["psnr_db"] for r in lines]))],
@@ -239,10 +216,10 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
     out["fit"] = harness.fit_null([{"height": h, "width": w, "z": [z]} for z, h, w in all_null])
     for name in harness.ATTACKS:
         rows = [r["attacks"][name] for r in lines]
-        found = [null_p(a["z"], a["height"], a["width"]) < wm.DETECT_P for a in rows]
+        found = [wm.null_p(a["z"], a["height"], a["width"]) < wm.DETECT_P for a in rows]
         out["attacks"][name] = {
             "detected": round(float(np.mean(found)), 4),
-            "detected_at_1e-4": round(float(np.mean([null_p(a["z"], a["height"], a["width"]) < FPR for a in rows])), 4),
+            "detected_at_1e-4": round(float(np.mean([wm.null_p(a["z"], a["height"], a["width"]) < FPR for a in rows])), 4),
             "exact_payload": round(float(np.mean([f and a["payload"] for f, a in zip(found, rows)])), 4),
             "bit_accuracy": round(float(np.mean([a["bits"] for a in rows])), 4),
             "z_min_median": [round(min(a["z"] for a in rows), 2), round(float(np.median([a["z"] for a in rows])), 2)],

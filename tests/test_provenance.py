@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
+from emote.bench.attacks import aac, h264
 from emote.provenance import payload as pl
 from emote.provenance import watermark as wm
 
@@ -32,26 +31,6 @@ def clip():
     face = np.zeros((512, 512), np.float32)
     face[128:384, 128:384] = 1
     return np.stack(frames), face
-
-
-def h264(frames: np.ndarray, crf: int) -> np.ndarray:
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        v = c.add_stream("libx264", rate=25)
-        v.height, v.width = frames.shape[1:3]
-        v.pix_fmt, v.options = "yuv420p", {"crf": str(crf), "preset": "veryfast"}
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            for p in v.encode(vf):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-    buf.seek(0)
-    with av.open(buf) as c:
-        return np.stack([f.to_ndarray(format="gray") for f in c.decode(video=0)])
 
 
 def luma_psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,27 +122,6 @@ def test_pipeline_hands_out_marked_frames(tiny_bundle, tiny_inputs):
     assert payload is not None and payload.generator == pl.GENERATOR_EMOTE
     assert not np.array_equal(marked, plain)
     assert np.array_equal(marked, wm.Embedder(KEY, payload).mark(plain, mask))
-
-
-def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
-    """float32 mono at ``rate`` through AAC at ``kbps`` (48 kHz), back as 16 kHz mono: a re-encode and two resamplings."""
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=48000, layout="mono")
-        s.bit_rate = kbps * 1000
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate, frame.pts = rate, 0
-        for rf in av.AudioResampler(format="fltp", layout="mono", rate=48000).resample(frame):
-            for p in s.encode(rf):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
-    buf.seek(0)
-    with av.open(buf) as c:
-        back = av.AudioResampler(format="flt", layout="mono", rate=16000)
-        return np.concatenate([rf.to_ndarray().ravel() for f in c.decode(audio=0) for rf in back.resample(f)])
 
 
 def test_audio_mark_survives_aac_64k_and_says_nothing_unmarked():

@@ -8,9 +8,9 @@ tiling, as in Kutter 1998's periodic marks, and detected by phase-only matched f
   bit's; the other 90 are the sync pattern. Small frames' (moving) marks draw the data mostly
   from the lower frequencies (a re-encode keeps them best, and the payload needs every bit where
   the sync needs most); large frames' (static) marks spread them over the band, since a static
-  sum keeps the picture, strongest at low frequencies. The sets are disjoint, so the sync's correlation with
-  the data is zero at every shift and its own is one peak: a strong mark's evidence is not capped
-  by its own sidelobes. ``SYNC_SHARE`` of the energy is the sync's.
+  sum keeps the picture, strongest at low frequencies. Either way the sets are disjoint, so the
+  sync's correlation with the data is zero at every shift and its own is one peak: a strong mark's
+  evidence is not capped by its own sidelobes. ``SYNC_SHARE`` of the energy is the sync's.
 - The tile (16 cells of ``cell_px(frame)`` pixels a side: 64 px at 128-256 px, 128 at 512) repeats
   over the whole frame, anchored at its top-left corner.
 - Embedding adds ``mask x pattern`` to luma (the same value to R, G and B: luma moves, chroma does
@@ -420,8 +420,8 @@ def null_p(z: float, height: int, width: int) -> float:
     return float(-math.expm1(-NULL_TESTS_FACTOR * tests * 0.5 * math.erfc(z / math.sqrt(2))))
 
 
-def _refine(total: np.ndarray, period: float, conj: np.ndarray) -> tuple[float, np.ndarray, int]:
-    """The period between the search's grid points, with its fold's spectrum and the sync peak's flat shift.
+def _refine(total: np.ndarray, period: float, conj: np.ndarray) -> tuple[float, np.ndarray, tuple[float, float]]:
+    """The period between the search's grid points, with its fold's spectrum and the sync peak's position.
 
     The payload's frequencies need the period closer than the sync's search finds it (0.7% off over a
     512 px frame turns them by up to a radian), and the sync's peak is flat and rippled (by the shift's
@@ -432,37 +432,27 @@ def _refine(total: np.ndarray, period: float, conj: np.ndarray) -> tuple[float, 
     heights = []
     for step in logs:
         c = np.fft.irfft2(_phases(np.fft.rfft2(fold(total, period * math.exp(step)))) * conj, s=(BINS, BINS))
-        heights.append(_interpolated_peak(c))
+        heights.append(_peak(c)[1])
     a, b, _ = np.polyfit(logs, heights, 2)
     best = float(np.clip(-b / (2 * a), logs[0], logs[-1])) if a < 0 else float(logs[int(np.argmax(heights))])
     period = period * math.exp(best)
     spectrum = np.fft.rfft2(fold(total, period))
-    at = int(np.argmax(np.fft.irfft2(_phases(spectrum) * conj, s=(BINS, BINS))))
-    return period, spectrum, at
+    return period, spectrum, _peak(np.fft.irfft2(_phases(spectrum) * conj, s=(BINS, BINS)))[0]
 
 
-def _interpolated_peak(c: np.ndarray) -> float:
-    """The correlation's maximum between bins: a parabola through the top bin and its neighbours, each axis."""
-    y, x = divmod(int(np.argmax(c)), BINS)
-
-    def lift(m, z0, p):
-        d = m - 2 * z0 + p
-        return 0.0 if d >= 0 else -0.125 * (m - p) ** 2 / d
-
-    top = c[y, x]
-    return float(top + lift(c[y - 1, x], top, c[(y + 1) % BINS, x]) + lift(c[y, x - 1], top, c[y, (x + 1) % BINS]))
-
-
-def _subbin(c: np.ndarray, at: int) -> tuple[float, float]:
-    """The correlation peak's position to a fraction of a bin (a parabola through it and its neighbours, each axis)."""
+def _peak(c: np.ndarray) -> tuple[tuple[float, float], float]:
+    """The correlation's peak between bins: its position (fold bins) and height, from a parabola through
+    the top bin and its neighbours on each axis."""
     c = c.reshape(BINS, BINS)
-    y, x = divmod(int(at), BINS)
+    y, x = divmod(int(np.argmax(c)), BINS)
+    top = float(c[y, x])
 
-    def vertex(m, z0, p):
-        d = m - 2 * z0 + p
-        return 0.0 if d >= 0 else float(np.clip(0.5 * (m - p) / d, -0.5, 0.5))
+    def vertex(m: float, p: float) -> tuple[float, float]:  # (offset, lift) of the parabola through m, top, p
+        d = m - 2 * top + p
+        return (0.0, 0.0) if d >= 0 else (float(np.clip(0.5 * (m - p) / d, -0.5, 0.5)), float(-0.125 * (m - p) ** 2 / d))
 
-    return y + vertex(c[y - 1, x], c[y, x], c[(y + 1) % BINS, x]), x + vertex(c[y, x - 1], c[y, x], c[y, (x + 1) % BINS])
+    (dy, ly), (dx, lx) = vertex(c[y - 1, x], c[(y + 1) % BINS, x]), vertex(c[y, x - 1], c[y, (x + 1) % BINS])
+    return (y + dy, x + dx), top + ly + lx
 
 
 def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> Detection:
@@ -473,12 +463,12 @@ def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> D
     conj = _sync_reference(key, name == "signed")
     if not np.isfinite(z):
         return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name)
-    period, spectrum, at = _refine(sums[int(si)], float(period), conj)
-    shift = _subbin(np.fft.irfft2(_phases(spectrum) * conj, s=(BINS, BINS)), at)
     p = null_p(float(z), h, w)
     marked = p < DETECT_P
+    shift = tuple(float(v) for v in divmod(int(at), BINS))
     payload, corrected, agree = None, 0, 0
-    if marked:  # a word the code accepts out of noise says nothing
+    if marked:  # a word the code accepts out of noise says nothing; the period is refined for it
+        period, spectrum, shift = _refine(sums[int(si)], float(period), conj)
         soft = _soft_bits(spectrum, shift, key, name == "signed")
         payload, corrected = pl.decode(soft)
         agree = int(np.sum((soft > 0) == (pl.encode(payload) > 0))) if payload else 0

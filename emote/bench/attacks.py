@@ -1,0 +1,54 @@
+"""What a re-upload does to a video or its sound, in memory: H.264 and AAC round trips through PyAV.
+
+The watermark's harnesses (bench/watermark.py, bench/watermark_scale.py) and its tests attack
+marked media with these.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def h264(frames: np.ndarray, crf: int, fps: int = 25) -> np.ndarray:
+    """uint8 RGB frames (N, H, W, 3) through libx264 at ``crf`` (yuv420p, preset veryfast) and back, cut to even sides."""
+    import av
+
+    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.height, v.width, v.pix_fmt = h, w, "yuv420p"
+        v.options = {"crf": str(crf), "preset": "veryfast"}
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")
+            vf.pts = i
+            for p in v.encode(vf):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    buf.seek(0)
+    with av.open(buf) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
+    """Mono float32 at ``rate`` through AAC at ``kbps`` (48 kHz) and back at 16 kHz: a re-encode and two resamplings."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=48000, layout="mono")
+        s.bit_rate = kbps * 1000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        for rf in av.AudioResampler(format="fltp", layout="mono", rate=48000).resample(frame):
+            for p in s.encode(rf):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    buf.seek(0)
+    with av.open(buf) as c:
+        back = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        return np.concatenate([rf.to_ndarray().ravel() for f in c.decode(audio=0) for rf in back.resample(f)])
