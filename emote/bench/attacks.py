@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 
+from ..bundle import SAMPLE_RATE
+
 
 def h264(frames: np.ndarray, crf: int, fps: int = 25) -> np.ndarray:
     """uint8 RGB frames (N, H, W, 3) through libx264 at ``crf`` (yuv420p, preset veryfast) and back, cut to even sides."""
@@ -34,7 +36,8 @@ def h264(frames: np.ndarray, crf: int, fps: int = 25) -> np.ndarray:
 
 
 def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
-    """Mono float32 at ``rate`` through AAC at ``kbps`` (48 kHz) and back at 16 kHz: a re-encode and two resamplings."""
+    """Mono float32 at ``rate`` through AAC at ``kbps`` (48 kHz) and back at the model's rate (SAMPLE_RATE, 16 kHz):
+    a re-encode and two resamplings."""
     import av
 
     buf = io.BytesIO()
@@ -50,5 +53,5 @@ def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
             c.mux(p)
     buf.seek(0)
     with av.open(buf) as c:
-        back = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        back = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         return np.concatenate([rf.to_ndarray().ravel() for f in c.decode(audio=0) for rf in back.resample(f)])
