@@ -80,13 +80,23 @@ def attacked_sums(frames: np.ndarray, name: str) -> wm.ClipSum:
     return harness.clip_sum(harness.ATTACKS[name](frames), harness.FPS.get(name, 25))
 
 
-def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) -> dict:
+def upscale(frames: np.ndarray, size: int) -> np.ndarray:
+    """Frames resized (bicubic) to ``size`` px a side: the model's clips at a larger delivery size."""
+    import cv2
+
+    if frames.shape[1] == size:
+        return frames
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
+def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator, size: int | None = None, attacks=None) -> dict:
     seconds = float(rng.uniform(5, 15))
     image, box, audio = clip_inputs(index, seconds)
     portrait = pipe.prepare(image, box)
     t0 = time.perf_counter()
     plain = pipe.generate(portrait, audio, seed=index)
     generated_s = time.perf_counter() - t0
+    plain = upscale(plain, size or plain.shape[1])
     key = wm.Key.default()
     payload = pl.Payload(pl.GENERATOR_EMOTE, 100_000 + index)
     coded = pl.encode(payload) > 0
@@ -107,7 +117,7 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) ->
     }
     delivered_marked, delivered_plain = h264(marked, 18), h264(plain, 18)
     wrong = [wm.Key(f"wrong {index} {k}") for k in range(wrong_per_pair)]
-    for name in harness.ATTACKS:
+    for name in attacks or harness.ATTACKS:
         got = harness.ATTACKS[name](delivered_marked)
         t0 = time.perf_counter()
         s = harness.clip_sum(got, harness.FPS.get(name, 25))
@@ -120,21 +130,23 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator) ->
             "z": round(d.z, 3),
             "payload": decoded == payload,  # decoded at the best alignment; counted where the clip is detected
             "bits": round(float(np.mean((soft > 0) == coded)), 4),
+            "soft": [float(f"{v:.4g}") for v in soft],  # the coded bits' evidence: decoders compared offline
+            "coded": pl.encode(payload).astype(int).tolist(),
             "detect_ms_per_frame": round(detect_ms, 3),
             "height": got.shape[1],
             "width": got.shape[2],
             "unmarked_z": round(float(harness.null_scores(null.sums(), [key])[0]), 3),
             "wrong_z": [round(z, 3) for z in harness.null_scores(s.sums(), wrong) + harness.null_scores(null.sums(), wrong)],
         }
-    photo = harness.make_clip(np.asarray(_photo()), 128, len(plain), seed=index)
-    delivered_photo = h264(photo, 18)
-    rec["photo"] = {
-        name: {
-            "z": round(float(harness.null_scores(attacked_sums(delivered_photo, name).sums(), [key])[0]), 3),
-            "height": 128 if name != "0.5x + CRF 23" else 64,
-        }
-        for name in PHOTO_ATTACKS
-    }
+    rec["photo"] = {}
+    photo_attacks = [name for name in PHOTO_ATTACKS if name in (attacks or harness.ATTACKS)]
+    if photo_attacks:
+        delivered_photo = h264(harness.make_clip(np.asarray(_photo()), plain.shape[1], len(plain), seed=index), 18)
+        for name in photo_attacks:
+            rec["photo"][name] = {
+                "z": round(float(harness.null_scores(attacked_sums(delivered_photo, name).sums(), [key])[0]), 3),
+                "height": plain.shape[1] if name != "0.5x + CRF 23" else plain.shape[1] // 2,
+            }
     track = am.embed(audio, 16000, key)
     rec["audio"] = {
         "z": round(am.detect(aac(track, 16000), 16000, key).z, 3),
@@ -215,7 +227,9 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
     }
     out["fit"] = harness.fit_null([{"height": h, "width": w, "z": [z]} for z, h, w in all_null])
     for name in harness.ATTACKS:
-        rows = [r["attacks"][name] for r in lines]
+        rows = [r["attacks"][name] for r in lines if name in r["attacks"]]
+        if not rows:
+            continue
         found = [wm.null_p(a["z"], a["height"], a["width"]) < wm.DETECT_P for a in rows]
         out["attacks"][name] = {
             "detected": round(float(np.mean(found)), 4),
@@ -266,6 +280,8 @@ def main() -> int:
     ap.add_argument("--summary", action="store_true", help="only print the summary of what OUT holds")
     ap.add_argument("--photos", type=int, default=0, help="also N unmarked videos of a public-domain photograph (OUT/photos-I.jsonl)")
     ap.add_argument("--photo-wrong-keys", type=int, default=10, help="wrong keys on each of them")
+    ap.add_argument("--size", type=int, help="deliver the clips at this many px a side (bicubic from the model's; default: as made)")
+    ap.add_argument("--attacks", help="comma-separated attack names (default: every one)")
     ap.add_argument("--shard", default="0/1", help="I/N: this process makes the clips whose index is I modulo N (one a core)")
     ap.add_argument("-o", "--out", default="build/bench-watermark-scale")
     args = ap.parse_args()
@@ -278,14 +294,18 @@ def main() -> int:
     if todo:
         from emote.runtime.pipeline import Pipeline
 
-        wrong_per_pair = max(1, math.ceil(args.wrong_keys / (2 * args.clips * len(harness.ATTACKS))))
+        attacks = args.attacks.split(",") if args.attacks else list(harness.ATTACKS)
+        unknown = sorted(set(attacks) - set(harness.ATTACKS))
+        if unknown:
+            ap.error(f"unknown attacks {unknown}; known: {', '.join(harness.ATTACKS)}")
+        wrong_per_pair = max(1, math.ceil(args.wrong_keys / (2 * args.clips * len(attacks))))
         with (
             Pipeline(args.bundle, unmarked_research=True, backend_options={"threads": 1} if shards > 1 else None) as pipe,
             (out / f"clips-{shard}.jsonl").open("a") as f,
         ):
             for index in todo:
                 t0 = time.perf_counter()
-                rec = one_clip(pipe, index, wrong_per_pair, np.random.default_rng([1919, index]))
+                rec = one_clip(pipe, index, wrong_per_pair, np.random.default_rng([1919, index]), args.size, attacks)
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 lines.append(rec)
