@@ -302,8 +302,7 @@ def main() -> int:
                 r["z"].append(d.z)
                 r["exact"] += d.payload == payload
                 # raw bit accuracy at the sum, period and shift found, before the code
-                total = s.sums()[wm.SUMS.index(d.sum)]
-                r["bits"].append(float(np.mean((wm.soft_bits(total, d.period, d.shift, key, d.sum == "signed") > 0) == coded)))
+                r["bits"].append(float(np.mean((d.soft > 0) == coded)))
                 # the null: the unmarked twin with the key, and both with wrong keys (one fold, many keys)
                 wrong = [wm.Key(f"wrong {size} {c} {name} {k}") for k in range(wrong_per_clip)]
                 h, w = got.shape[1:3]

@@ -123,9 +123,10 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator, si
         s = harness.clip_sum(got, harness.FPS.get(name, 25))
         d = s.detect(key)
         detect_ms = (time.perf_counter() - t0) * 1000 / len(got)
-        soft = wm.soft_bits(s.sums()[wm.SUMS.index(d.sum)], d.period, d.shift, key, d.sum == "signed")
+        soft = d.soft
         decoded, _ = pl.decode(soft)
         null = attacked_sums(delivered_plain, name)
+        unmarked = null.detect(key)
         rec["attacks"][name] = {
             "z": round(d.z, 3),
             "payload": decoded == payload,  # decoded at the best alignment; counted where the clip is detected
@@ -135,7 +136,8 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator, si
             "detect_ms_per_frame": round(detect_ms, 3),
             "height": got.shape[1],
             "width": got.shape[2],
-            "unmarked_z": round(float(harness.null_scores(null.sums(), [key])[0]), 3),
+            "unmarked_z": round(unmarked.z, 3),
+            "unmarked_soft": [float(f"{v:.4g}") for v in unmarked.soft],  # noise the payload decoder must refuse
             "wrong_z": [round(z, 3) for z in harness.null_scores(s.sums(), wrong) + harness.null_scores(null.sums(), wrong)],
         }
     rec["photo"] = {}

@@ -55,20 +55,33 @@ def test_ssim_is_scikit_images():
     assert abs(ssim(a, b) - want) < 1e-9
 
 
-def test_payload_code_corrects_two_bytes_and_refuses_noise():
+def test_the_payload_code_is_bch_63_36_extended():
+    from emote.provenance import bch
+
+    # BCH(63, 36), t = 5: g(x) = 1033500423 in octal (Lin & Costello, Error Control Coding, appendix C)
+    assert bch.generator_polynomial() == 0o1033500423
+    g = bch.generator_matrix()
+    assert g.shape == (32, 64) and np.array_equal(g[:, :32], np.eye(32, dtype=np.uint8))  # systematic
+    assert g.sum(axis=1).min() >= 12 and not (g.sum(axis=1) % 2).any()  # even weights (the extension), >= d
+
+
+def test_payload_code_corrects_weak_bits_and_refuses_noise():
     bits = pl.encode(PAYLOAD)
     assert bits.shape == (pl.CODED_BITS,)
-    hurt = bits.copy()
-    hurt[[3, 20]] *= -1  # two bytes wrong
-    assert pl.decode(hurt) == (PAYLOAD, 2)
-    # three wrong bytes are past hard decisions; when their bits are the least reliable, erasures recover them
-    weak = bits.copy()
-    weak[[27, 45, 60]] *= -0.1
-    assert pl.decode(np.sign(weak))[0] is None
-    assert pl.decode(weak)[0] == PAYLOAD
     rng = np.random.default_rng(1)
-    accepted = sum(pl.decode(rng.normal(size=pl.CODED_BITS))[0] is not None for _ in range(200))
-    assert accepted <= 1
+    hurt = bits.copy()
+    hurt[rng.choice(64, 5, replace=False)] *= -1  # any 5 wrong bits: within the distance of 12, hard decisions suffice
+    assert pl.decode(hurt) == (PAYLOAD, 5)
+    # 9 wrong bits are past half the distance; when they are the weak ones, the soft decoder recovers them
+    weak = bits.copy()
+    weak[rng.choice(64, 9, replace=False)] *= -0.2
+    assert pl.decode(weak) == (PAYLOAD, 9)
+    # a marked clip's bits with 7% of them wrong (Gaussian noise at 1.5 x the mark): all but a few decode
+    noisy = [pl.decode(1.5 * bits + rng.normal(size=64))[0] for _ in range(100)]
+    assert sum(p == PAYLOAD for p in noisy) >= 90 and all(p in (PAYLOAD, None) for p in noisy)
+    accepted = sum(pl.decode(rng.normal(size=pl.CODED_BITS))[0] is not None for _ in range(1000))
+    assert accepted <= 2  # 1 in 10,000 expected
+    assert pl.decode(np.zeros(64)) == (None, 0) and pl.decode(np.ones(63)) == (None, 0)
 
 
 def test_the_payload_minute_is_the_clocks_or_source_date_epochs(monkeypatch):

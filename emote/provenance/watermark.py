@@ -36,7 +36,7 @@ correlation with the key's sync at every cyclic shift (crops) is one FFT. The pe
 deviations of that correlation in an unmarked clip (known exactly: each sync frequency adds a
 unit phasor), is the evidence; the p-value (``null_p``) counts every sum, shift and period tried,
 with an effective number of tests fitted to wrong-key trials. At the best period and shift (to a
-fraction of a bin) the data frequencies give soft bits for the Reed-Solomon decoder.
+fraction of a bin) the data frequencies give soft bits for the payload's decoder (payload.py).
 
 Numpy and OpenCV only: the runtime imports this module to mark every frame it emits.
 """
@@ -260,13 +260,23 @@ class Embedder:
         return out
 
 
+def reduction(height: int, width: int) -> int:
+    """The factor the detector shrinks frames by before whitening: a cell of 4 px or more stays 4 px or
+    more (1 up to 511 px, 2 at 512-767, 4 at 1080p). The band's finest wave is 1.6 cells, so nothing of
+    the mark is lost, and a large frame costs no more to read than a 256-511 px one."""
+    return max(1, cell_px(height, width) // 4)
+
+
 def whiten(luma: np.ndarray) -> np.ndarray:
-    """A frame's luma (H, W) minus its local mean, over its local contrast: the pattern's scale of
-    detail, each region weighted alike whatever its texture."""
+    """A frame's luma (H, W), shrunk by ``reduction``, minus its local mean, over its local contrast: the
+    pattern's scale of detail, each region weighted alike whatever its texture."""
     import cv2
 
     y = luma.astype(np.float32)
-    sigma = float(cell_px(*y.shape))  # a cell's scale, which grows with the frame as the embedder's does
+    f = reduction(*y.shape)
+    if f > 1:
+        y = cv2.resize(y, (y.shape[1] // f, y.shape[0] // f), interpolation=cv2.INTER_AREA)
+    sigma = float(cell_px(*luma.shape) / f)  # a cell's scale, which grows with the frame as the embedder's does
     high = y - cv2.GaussianBlur(y, (0, 0), sigma)
     contrast = np.sqrt(cv2.GaussianBlur(high * high, (0, 0), sigma))
     return high / (contrast + 1.0)
@@ -274,14 +284,18 @@ def whiten(luma: np.ndarray) -> np.ndarray:
 
 class ClipSum:
     """A clip's whitened luma summed two ways: plainly (``static``) and signed by the time sequence
-    (``signed``). ``add(luma, t)`` per frame (t: its time in seconds), then ``detect(key)``."""
+    (``signed``), at the frames' size shrunk by ``reduction``. ``add(luma, t)`` per frame (t: its time
+    in seconds), then ``detect(key)``."""
 
     def __init__(self) -> None:
         self.static: np.ndarray | None = None
         self.signed: np.ndarray | None = None
         self.frames = 0
+        self.scale = 1  # frame px per sum px
 
     def add(self, luma: np.ndarray, t: float) -> None:
+        if self.static is None:
+            self.scale = reduction(*luma.shape)
         r = whiten(luma).astype(np.float64)
         if self.static is None:
             self.static, self.signed = r.copy(), r * frame_sign(t)
@@ -297,8 +311,8 @@ class ClipSum:
 
     def detect(self, key: Key | None = None) -> Detection:
         if self.static is None:
-            return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), 0, 0, "static")
-        return detect_sums(self.sums(), self.frames, key or Key.default())
+            return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), 0, 0, "static", None)
+        return detect_sums(self.sums(), self.frames, key or Key.default(), self.scale)
 
 
 @dataclass(frozen=True)
@@ -306,13 +320,14 @@ class Detection:
     marked: bool  # p_value < DETECT_P
     z: float  # the best sync peak over every sum, period and shift, in standard deviations of an unmarked clip's correlation
     p_value: float  # chance of a peak this high in an unmarked clip (calibrated: see null_p)
-    payload: pl.Payload | None  # decoded through the Reed-Solomon code; None when it does not, or when no mark is found
-    corrected: int  # bytes the code corrected
-    period: float  # tile period found, px (the frame's scale relative to the mark's)
+    payload: pl.Payload | None  # decoded through the payload's code; None when it is refused, or when no mark is found
+    corrected: int  # coded bits the code corrected
+    period: float  # tile period found, frame px (the frame's scale relative to the mark's)
     shift: tuple[float, float]  # the tile's displacement found, in fold bins (a crop)
     frames: int
     bits_agree: int  # coded bits read as the decoded payload's (of 64); 0 without a payload
     sum: str  # the sum the peak was found in: "static" or "signed" (the time-varying mark of small frames)
+    soft: np.ndarray | None = None  # the coded bits' evidence at the peak (refined where marked), for benches
 
     def as_dict(self) -> dict:
         return {
@@ -320,7 +335,7 @@ class Detection:
             "z": round(self.z, 2),
             "p_value": float(f"{self.p_value:.3g}"),
             "payload": self.payload.describe() if self.payload else None,
-            "corrected_bytes": self.corrected,
+            "corrected_bits": self.corrected,
             "period_px": round(self.period, 2),
             "frames": self.frames,
             "sum": self.sum,
@@ -455,30 +470,28 @@ def _peak(c: np.ndarray) -> tuple[tuple[float, float], float]:
     return (y + dy, x + dx), top + ly + lx
 
 
-def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key) -> Detection:
-    """Search sum, period and shift for the key's sync pattern; decode the payload at the best."""
+def detect_sums(sums: tuple[np.ndarray, np.ndarray], frames: int, key: Key, scale: int = 1) -> Detection:
+    """Search sum, period and shift for the key's sync pattern; decode the payload at the best.
+    ``scale``: frame px per sum px (ClipSum.scale), for the period reported."""
     z, si, period, at = (a[0] for a in search(sums, references([key])))
     h, w = sums[0].shape
     name = SUMS[int(si)]
     conj = _sync_reference(key, name == "signed")
     if not np.isfinite(z):
-        return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name)
+        return Detection(False, 0.0, 1.0, None, 0, 0.0, (0, 0), frames, 0, name, None)
     p = null_p(float(z), h, w)
     marked = p < DETECT_P
     shift = tuple(float(v) for v in divmod(int(at), BINS))
     payload, corrected, agree = None, 0, 0
     if marked:  # a word the code accepts out of noise says nothing; the period is refined for it
         period, spectrum, shift = _refine(sums[int(si)], float(period), conj)
-        soft = _soft_bits(spectrum, shift, key, name == "signed")
+    else:
+        spectrum = np.fft.rfft2(fold(sums[int(si)], float(period)))
+    soft = _soft_bits(spectrum, shift, key, name == "signed")
+    if marked:
         payload, corrected = pl.decode(soft)
         agree = int(np.sum((soft > 0) == (pl.encode(payload) > 0))) if payload else 0
-    return Detection(marked, float(z), p, payload, corrected, float(period), shift, frames, agree, name)
-
-
-def soft_bits(total: np.ndarray, period: float, shift: tuple[float, float], key: Key, moving: bool) -> np.ndarray:
-    """The coded bits' evidence in a sum folded at ``period`` whose tile is displaced by ``shift`` bins
-    (``moving``: the signed sum, read with the moving mark's layout)."""
-    return _soft_bits(np.fft.rfft2(fold(total, period)), shift, key, moving)
+    return Detection(marked, float(z), p, payload, corrected, float(period) * scale, shift, frames, agree, name, soft)
 
 
 def _soft_bits(spectrum: np.ndarray, shift: tuple[float, float], key: Key, moving: bool) -> np.ndarray:
