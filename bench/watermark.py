@@ -67,9 +67,8 @@ def resize(frames: np.ndarray, scale: float) -> np.ndarray:
 
 def screen(frames: np.ndarray) -> np.ndarray:
     """A screen recording: 0.9x, display gamma 1.1, a little blur, CRF 30."""
-    small = resize(frames, 0.9).astype(np.float32) / 255.0
-    g = np.clip(255.0 * small**1.1, 0, 255).astype(np.uint8)
-    return h264(np.stack([cv2.GaussianBlur(f, (0, 0), 0.7) for f in g]), 30)
+    gamma = np.clip(255.0 * (np.arange(256) / 255.0) ** 1.1, 0, 255).astype(np.uint8)
+    return h264(np.stack([cv2.GaussianBlur(cv2.LUT(f, gamma), (0, 0), 0.7) for f in resize(frames, 0.9)]), 30)
 
 
 def crop(frames: np.ndarray, frac: float) -> np.ndarray:
@@ -198,9 +197,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def clip_sum(frames: np.ndarray, fps: float) -> wm.ClipSum:
+    """The detector's sums of RGB frames, their luma read as `emote detect` reads a file's (8-bit gray)."""
     s = wm.ClipSum()
     for i, f in enumerate(frames):
-        s.add(wm._luma(f), i / fps)
+        s.add(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), i / fps)
     return s
 
 

@@ -237,11 +237,15 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
             "detected": round(float(np.mean(found)), 4),
             "detected_at_1e-4": round(float(np.mean([wm.null_p(a["z"], a["height"], a["width"]) < FPR for a in rows])), 4),
             "exact_payload": round(float(np.mean([f and a["payload"] for f, a in zip(found, rows)])), 4),
+            "wrong_payload": sum(f and _wrong_payload(a) for f, a in zip(found, rows)),  # a payload decoded, not the clip's
             "bit_accuracy": round(float(np.mean([a["bits"] for a in rows])), 4),
             "z_min_median": [round(min(a["z"] for a in rows), 2), round(float(np.median([a["z"] for a in rows])), 2)],
             "detect_ms_per_frame": round(float(np.median([a["detect_ms_per_frame"] for a in rows])), 2),
             "bar": MUST.get(name),
         }
+    # the payload decoder on noise: each unmarked twin's soft bits at its best (wrong) alignment
+    garbage = [a["unmarked_soft"] for r in lines for a in r["attacks"].values() if "unmarked_soft" in a]
+    out["payload_from_unmarked"] = [sum(pl.decode(np.array(g))[0] is not None for g in garbage), len(garbage)]
     audio = [r["audio"] for r in lines]
     out["audio_aac_64k"] = {
         "detected": round(float(np.mean([am.null_p(a["z"]) < wm.DETECT_P for a in audio])), 4),
@@ -251,17 +255,25 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
     return out
 
 
+def _wrong_payload(attack: dict) -> bool:
+    """Whether the clip's soft bits decode to a payload other than its own (records that keep them)."""
+    if "soft" not in attack:
+        return False
+    got, _ = pl.decode(np.array(attack["soft"]))
+    return got is not None and not np.array_equal(pl.encode(got), np.array(attack["coded"], np.float32))
+
+
 def print_summary(s: dict) -> None:
     print(
         f"\n{s['clips']} clips of {s['seconds'][0]}-{s['seconds'][1]} s; decision p < {s['threshold_p']:g} (null_p factor {s['null_tests_factor']})"
     )
     print(f"luma PSNR min/median {s['psnr_db_min_median']}, SSIM {s['ssim_min_median']}, embed {s['embed_ms_per_frame']} ms/frame")
-    print("| attack | detected | at p < 1e-4 | bar | exact payload | bit accuracy | z min / median | detect ms/frame |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| attack | detected | at p < 1e-4 | bar | exact payload | wrong payload | bit accuracy | z min / median | detect ms/frame |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for k, a in s["attacks"].items():
         bar = f">= {a['bar']:.0%}" if a["bar"] else ""
         print(
-            f"| {k} | {a['detected']:.1%} | {a['detected_at_1e-4']:.1%} | {bar} | {a['exact_payload']:.1%} | {a['bit_accuracy']} | "
+            f"| {k} | {a['detected']:.1%} | {a['detected_at_1e-4']:.1%} | {bar} | {a['exact_payload']:.1%} | {a['wrong_payload']} | {a['bit_accuracy']} | "
             f"{a['z_min_median'][0]} / {a['z_min_median'][1]} | {a['detect_ms_per_frame']} |"
         )
     print(
@@ -271,6 +283,7 @@ def print_summary(s: dict) -> None:
         f"{s['unmarked_videos'] + s['wrong_key_trials']}"
     )
     print(f"null fit: {s['fit']}")
+    print(f"a payload decoded from unmarked videos' soft bits: {s['payload_from_unmarked'][0]} of {s['payload_from_unmarked'][1]}")
     print(f"audio mark after AAC 64 kbps: {s['audio_aac_64k']}")
 
 

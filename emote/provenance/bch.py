@@ -1,8 +1,8 @@
 """The payload's code: a [64, 32] binary code from the extended BCH(63, 36) code, decoded from soft bits.
 
 BCH(63, 36) over GF(2^6) (primitive x^6 + x + 1; zeros alpha^1, 3, 5, 7, 9: designed distance 11)
-with an overall parity bit is [64, 36, 12]. Its subcode whose 4 extra message bits are parities of the
-32 payload bytes' bits is [64, 32, >= 12]: any 5 wrong bits are corrected by hard decisions alone.
+with an overall parity bit is [64, 36, 12]. Its subcode whose 4 extra message bits are parities of
+the 32 payload bits is [64, 32, >= 12]: any 5 wrong bits are corrected by hard decisions alone.
 Hard decisions throw away what the detector knows: which bits are weak. ``decode`` is ordered
 statistics decoding (Fossorier & Lin 1995): the 32 most reliable independent positions are taken as
 right, up to ``ORDER`` of them flipped, and of those candidate codewords the one that agrees best

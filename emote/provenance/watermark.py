@@ -26,8 +26,9 @@ tiling, as in Kutter 1998's periodic marks, and detected by phase-only matched f
   still and keeps the mark. The frame's time (not its index) places it in the sequence, so a
   frame-rate change keeps it; a copy whose clock starts elsewhere (a trimmed start) loses it.
 
-Detection, over a whole clip: every frame's luma is whitened (minus its local mean, divided by
-its local contrast) and the whitened frames are summed, plainly and signed by the sequence; both
+Detection, over a whole clip: every frame's luma (shrunk first where it is 512 px or more, to
+cells of 4-7 px: ``reduction``) is whitened (minus its local mean, divided by its local contrast)
+and the whitened frames are summed, plainly and signed by the sequence; both
 sums are searched. Because the pattern is locked to the frame, not to the content, the sum keeps
 it wherever the picture is still (background, torso) and motion-compensated drift only loses the
 moving parts. The sum is folded modulo the tile period for every candidate period (a log grid
@@ -261,9 +262,9 @@ class Embedder:
 
 
 def reduction(height: int, width: int) -> int:
-    """The factor the detector shrinks frames by before whitening: a cell of 4 px or more stays 4 px or
-    more (1 up to 511 px, 2 at 512-767, 4 at 1080p). The band's finest wave is 1.6 cells, so nothing of
-    the mark is lost, and a large frame costs no more to read than a 256-511 px one."""
+    """The factor the detector shrinks frames by before whitening, so that a cell stays 4-7 px (1 under
+    512 px, 2 at 512-767, 4 at 1080p). The band's finest wave is 1.6 cells, 6.4 px or more after
+    shrinking, so the mark keeps, and a large frame costs about what a 256-511 px one does to read."""
     return max(1, cell_px(height, width) // 4)
 
 
