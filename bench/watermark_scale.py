@@ -16,8 +16,9 @@ keys on every attacked marked and unmarked clip make up the wrong-key null (one 
 serves every key). The audio mark: each clip's track marked, through AAC 64 kbps, and unmarked.
 
 Resumable: one JSON line per clip in OUT/clips-I.jsonl (I: the shard, ``--shard I/N``, one
-process a core); a rerun makes only the clips that are not there. The summary reads the lines, so the decision threshold can be refitted without rerunning (its
-p-values use watermark.null_p as it is now; the z's are kept).
+process a core); a rerun makes only the clips that are not there. The summary reads the lines, so
+the decision threshold can be refitted without rerunning (its p-values use watermark.null_p as it is
+now; the z's are kept), and the payload decoder changed (the soft bits are kept).
 """
 
 from __future__ import annotations
@@ -236,8 +237,8 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
         out["attacks"][name] = {
             "detected": round(float(np.mean(found)), 4),
             "detected_at_1e-4": round(float(np.mean([wm.null_p(a["z"], a["height"], a["width"]) < FPR for a in rows])), 4),
-            "exact_payload": round(float(np.mean([f and a["payload"] for f, a in zip(found, rows)])), 4),
-            "wrong_payload": sum(f and _wrong_payload(a) for f, a in zip(found, rows)),  # a payload decoded, not the clip's
+            "exact_payload": round(float(np.mean([f and _payload(a) == "exact" for f, a in zip(found, rows)])), 4),
+            "wrong_payload": sum(f and _payload(a) == "wrong" for f, a in zip(found, rows)),  # decoded, not the clip's
             "bit_accuracy": round(float(np.mean([a["bits"] for a in rows])), 4),
             "z_min_median": [round(min(a["z"] for a in rows), 2), round(float(np.median([a["z"] for a in rows])), 2)],
             "detect_ms_per_frame": round(float(np.median([a["detect_ms_per_frame"] for a in rows])), 2),
@@ -255,12 +256,15 @@ def summary(lines: list[dict], photos: list[dict] = ()) -> dict:
     return out
 
 
-def _wrong_payload(attack: dict) -> bool:
-    """Whether the clip's soft bits decode to a payload other than its own (records that keep them)."""
+def _payload(attack: dict) -> str:
+    """ "exact", "wrong" or "none": what payload.decode, as it is now, makes of the clip's soft bits (records
+    that keep them; older ones say only whether the decoder of their run got it)."""
     if "soft" not in attack:
-        return False
+        return "exact" if attack["payload"] else "none"
     got, _ = pl.decode(np.array(attack["soft"]))
-    return got is not None and not np.array_equal(pl.encode(got), np.array(attack["coded"], np.float32))
+    if got is None:
+        return "none"
+    return "exact" if np.array_equal(pl.encode(got), np.array(attack["coded"], np.float32)) else "wrong"
 
 
 def print_summary(s: dict) -> None:
