@@ -77,28 +77,37 @@ def encode(payload: Payload) -> np.ndarray:
     return (bch.encode(bits).astype(np.float32) * 2 - 1).astype(np.float32)
 
 
-# a decoded word is accepted when its normalised correlation with the soft bits is at least this: Gaussian
-# soft bits pass 1 time in 1,000 (0.7537 is the 1e-3 quantile of 200,000 trials, 0.7736 the 1e-4 one; the
-# Reed-Solomon decoder this replaced accepted 1 random word in 1,100). Unmarked videos' soft bits pass
-# more rarely than Gaussian ones (their median is 0.63 against 0.68: bench/RESULTS.md)
-RHO_MIN = 0.754
+# a decoded word is accepted when its normalised correlation with the limited soft bits is at least this:
+# Gaussian soft bits pass 1 time in 1,000 (0.8141 is the 1e-3 quantile of 60,000 trials, 0.8387 the 1e-4
+# one; the Reed-Solomon decoder this replaced accepted 1 random word in 1,100). The soft bits of unmarked
+# videos pass more rarely than Gaussian ones (bench/RESULTS.md)
+RHO_MIN = 0.814
 
 
 def decode(soft: np.ndarray) -> tuple[Payload | None, int]:
     """Soft bits (positive = 1) -> (payload or None, coded bits corrected).
 
-    The code's best word for the soft bits (bch.decode: ordered statistics, which uses how weak each
-    bit is) is accepted only when it explains them: its correlation with the soft bits, over their
-    norm and sqrt(64), is at least RHO_MIN. Noise, or a mark too worn for its payload, gives a best word
+    The soft bits are limited (``limit``). The code's best word for them (bch.decode: ordered
+    statistics, which uses how weak each bit is) is accepted only when it explains them: its
+    correlation with them, over their norm and sqrt(64), is at least RHO_MIN. Noise, or a mark too worn for its payload, gives a best word
     too, and that rule refuses all but 1 in 1,000 of them.
     """
     soft = np.asarray(soft, np.float64)
     if soft.shape != (CODED_BITS,) or not np.all(np.isfinite(soft)) or not soft.any():
         return None, 0
+    soft = limit(soft)
     found = bch.decode(soft)
     if correlation(soft, found.codeword) < RHO_MIN:
         return None, 0
     return Payload.from_bytes(np.packbits(found.bits).tobytes()), found.flipped
+
+
+def limit(soft: np.ndarray) -> np.ndarray:
+    """Soft bits over their median magnitude, clipped to +-1: a few bits far larger than the rest (a
+    picture's strong frequencies in a large frame's static sum) can neither outvote the others nor, by
+    their share of the norm, sink a right word's correlation."""
+    scale = float(np.median(np.abs(soft)))
+    return np.clip(soft / scale, -1.0, 1.0) if scale > 0 else np.sign(soft)
 
 
 def correlation(soft: np.ndarray, codeword: np.ndarray) -> float:
