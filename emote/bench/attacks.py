@@ -23,13 +23,7 @@ def h264(frames: np.ndarray, crf: int, fps: int = 25) -> np.ndarray:
         v = c.add_stream("libx264", rate=fps)
         v.height, v.width, v.pix_fmt = h, w, "yuv420p"
         v.options = {"crf": str(crf), "preset": "veryfast"}
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")
-            vf.pts = i
-            for p in v.encode(vf):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
+        _encode_all(c, v, (_video_frame(av, f[:h, :w], i) for i, f in enumerate(frames)))
     buf.seek(0)
     with av.open(buf) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
@@ -46,12 +40,21 @@ def aac(samples: np.ndarray, rate: int, kbps: int = 64) -> np.ndarray:
         s.bit_rate = kbps * 1000
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate, frame.pts = rate, 0
-        for rf in av.AudioResampler(format="fltp", layout="mono", rate=48000).resample(frame):
-            for p in s.encode(rf):
-                c.mux(p)
-        for p in s.encode(None):
-            c.mux(p)
+        _encode_all(c, s, av.AudioResampler(format="fltp", layout="mono", rate=48000).resample(frame))
     buf.seek(0)
     with av.open(buf) as c:
         back = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         return np.concatenate([rf.to_ndarray().ravel() for f in c.decode(audio=0) for rf in back.resample(f)])
+
+
+def _video_frame(av, rgb: np.ndarray, pts: int):
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame.pts = pts
+    return frame
+
+
+def _encode_all(container, stream, frames) -> None:
+    """Encode every frame into the stream, then flush the encoder, muxing each packet."""
+    for frame in [*frames, None]:
+        for packet in stream.encode(frame):
+            container.mux(packet)

@@ -7,8 +7,7 @@ Hard decisions throw away what the detector knows: which bits are weak. ``decode
 statistics decoding (Fossorier & Lin 1995): the 32 most reliable independent positions are taken as
 right, up to ``ORDER`` of them flipped, and of those candidate codewords the one that agrees best
 with the soft bits wins; it corrects most patterns of 6-10 wrong bits that sit on weak positions.
-A best codeword is still found in noise, so the decoder also says how far it is from the soft bits
-(``Decoded.doubt``), for payload.py's acceptance rule.
+A best codeword is still found in noise: payload.py decides whether it explains the soft bits.
 
 Numpy only: a generator matrix of 32 x 64 bits, a Gaussian elimination and a few thousand candidates
 per clip.
@@ -22,7 +21,6 @@ from functools import lru_cache
 
 import numpy as np
 
-M = 6  # GF(2^6)
 PRIMITIVE = 0b1000011  # x^6 + x + 1
 ZEROS = (1, 3, 5, 7, 9)  # the BCH code's designed zeros: alpha^1 .. alpha^10 (conjugates included)
 N = 64  # coded bits: 63 of the BCH code and its overall parity
@@ -111,7 +109,6 @@ class Decoded:
     bits: np.ndarray  # K payload bits (uint8 0/1)
     codeword: np.ndarray  # N coded bits
     flipped: int  # coded bits that differ from the hard decisions
-    doubt: float  # the soft evidence against the codeword (the |soft| of the flipped bits), over the mean |soft|
 
 
 @lru_cache(maxsize=4)
@@ -151,6 +148,4 @@ def decode(soft: np.ndarray, order: int = ORDER) -> Decoded:
     best = candidates[int(np.argmax(candidates @ (2 * s).astype(np.float32)))].astype(np.uint8)
     codeword = np.empty(N, np.uint8)
     codeword[perm] = best
-    wrong = codeword != (soft > 0)
-    scale = float(np.mean(np.abs(soft))) or 1.0
-    return Decoded(codeword[:K].copy(), codeword, int(wrong.sum()), float(np.abs(soft[wrong]).sum() / scale))
+    return Decoded(codeword[:K].copy(), codeword, int(np.count_nonzero(codeword != (soft > 0))))
