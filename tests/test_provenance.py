@@ -137,6 +137,26 @@ def test_pipeline_hands_out_marked_frames(tiny_bundle, tiny_inputs):
     assert np.array_equal(marked, wm.Embedder(KEY, payload).mark(plain, mask))
 
 
+def test_frames_delivered_larger_are_marked_at_their_size(tiny_bundle, tiny_inputs):
+    """``size``: the model's frames resized bicubic, then marked for the delivered pixels (not a small mark scaled up)."""
+    from emote.errors import EmoteError
+    from emote.runtime.face import Portrait
+    from emote.runtime.pipeline import Pipeline, resize_frames
+
+    image, mask, audio = tiny_inputs
+    portrait = Portrait(image=image, mask=mask, box=(0, 0, image.shape[1], image.shape[0]))
+    with Pipeline(tiny_bundle, backend="onnxruntime", steps=2, watermark_key=KEY.text, size=160) as pipe:
+        marked = pipe.generate(portrait, audio[:8000], seed=2)
+        payload = pipe.last_payload
+    with Pipeline(tiny_bundle, backend="onnxruntime", steps=2, unmarked_research=True) as pipe:
+        plain = pipe.generate(portrait, audio[:8000], seed=2)
+    assert marked.shape == (len(plain), 160, 160, 3)
+    assert np.array_equal(marked, wm.Embedder(KEY, payload).mark(resize_frames(plain, 160), mask))
+    for bad in (161, 8, 5000):
+        with pytest.raises(EmoteError, match="--size must be an even number of px"):
+            Pipeline(tiny_bundle, backend="onnxruntime", size=bad)
+
+
 def test_audio_mark_survives_aac_64k_and_says_nothing_unmarked():
     import soundfile as sf
 

@@ -96,7 +96,7 @@ def generate_video(
     first = None
     n_frames = 0
     # the track carries the audio mark whenever the frames carry the watermark (same key)
-    with VideoWriter(out, out_fps, pipe.resolution, audio=track, audio_rate=rate, audio_mark=pipe.watermark_key) as video:
+    with VideoWriter(out, out_fps, pipe.size, audio=track, audio_rate=rate, audio_mark=pipe.watermark_key) as video:
 
         def advance(clip: int, step: int) -> None:  # (window, step) under the window schedule
             bar.set_postfix_str(f"{part} {clip + 1}/{parts}" + (f", step {step + 1}" if part == "window" else ""), refresh=False)

@@ -129,6 +129,30 @@ class Timings:
         self.calls[stage].append(seconds)
 
 
+MAX_SIZE = 4096  # px a side: past it, an H.264 level the players take no longer holds one frame
+
+
+def delivery_size(size: int | None, resolution: int) -> int:
+    """The px a side frames are handed out at: ``size`` checked (even, for 4:2:0 video), else the model's."""
+    if size is None:
+        return resolution
+    if not 16 <= size <= MAX_SIZE or size % 2:
+        raise EmoteError(f"--size must be an even number of px from 16 to {MAX_SIZE}, got {size}")
+    return size
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames resized bicubic to ``size`` px a side (the same array when they are that size)."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    import cv2
+
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        cv2.resize(frame, (size, size), dst=out[i], interpolation=cv2.INTER_CUBIC)
+    return out
+
+
 class Pipeline:
     """``Pipeline(bundle).stream(image, audio)`` yields uint8 frames (N, H, W, 3) per clip.
 
@@ -139,6 +163,11 @@ class Pipeline:
     ``watermark_key`` (default: ``$EMOTE_WATERMARK_KEY``, else the public key), its payload the
     generator and the minute the video was started (``last_payload``). ``unmarked_research=True``
     hands out frames without it: for research on the model or the mark only.
+
+    ``size``: frames are handed out at this many px a side (``size``; default the model's
+    ``resolution``), resized bicubic from the model's frames before they are marked, so that the
+    mark is made for the delivered pixels (at 512 px it also survives CRF 35 and a screen
+    recording, which the 128 px mark does not: bench/RESULTS.md).
     """
 
     def __init__(
@@ -156,6 +185,7 @@ class Pipeline:
         observe: Callable[[str, dict], None] | None = None,
         watermark_key: str | None = None,
         unmarked_research: bool = False,
+        size: int | None = None,
         vocal_model=None,
         **family_options,
     ):
@@ -187,6 +217,7 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         g = self.bundle.geometry
         self.frames, self.motion, self.resolution, self.fps = g.frames, g.motion_frames, g.resolution, g.fps
+        self.size = delivery_size(size, self.resolution)
         self.windows = clip_windows_of(self.bundle)
         self.family = family_for(self.bundle, **family_options)
         choice = resolve(backend, precision, backend_options, self.bundle)
@@ -482,6 +513,7 @@ class Pipeline:
             made = self._unmarked_clips(portrait, source, seed, progress, windows)
         mark = self._marker()
         for frames in made:
+            frames = resize_frames(frames, self.size)
             yield frames if mark is None else mark.mark(frames, portrait.mask)
 
     def _unmarked_clips(self, portrait, source: AudioSource, seed: int, progress, windows: ClipWindows) -> Iterator[np.ndarray]:
@@ -585,7 +617,7 @@ class Pipeline:
     def generate(self, image, audio, **kw) -> np.ndarray:
         """All frames of the video: (round(seconds x fps), H, W, 3) uint8."""
         clips = list(self.stream(image, audio, **kw))
-        return np.concatenate(clips) if clips else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+        return np.concatenate(clips) if clips else np.zeros((0, self.size, self.size, 3), np.uint8)
 
     def close(self) -> None:
         self.backend.close()  # and the loops it made

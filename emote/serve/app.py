@@ -268,8 +268,8 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Pl
             "stream": f"/sessions/{s.id}/ws?token={s.token}",
             "offer": f"/sessions/{s.id}/offer?token={s.token}",
             "fps": pipe.fps,
-            "width": pipe.resolution,
-            "height": pipe.resolution,
+            "width": pipe.size,
+            "height": pipe.size,
             "sample_rate": SAMPLE_RATE,
             "audio_in": {
                 "format": options.get("audio_format", "s16le"),
@@ -337,9 +337,7 @@ def create_app(cfg: ServeConfig, sessions: Sessions | None = None, placement: Pl
         s.streaming = True
         s.last_message = time.monotonic()
         live = s.live
-        await ws.send_text(
-            json.dumps({"type": "ready", "fps": live.fps, "sample_rate": SAMPLE_RATE, "width": s.pipe.resolution, "pace": s.pace})
-        )
+        await ws.send_text(json.dumps({"type": "ready", "fps": live.fps, "sample_rate": SAMPLE_RATE, "width": s.pipe.size, "pace": s.pace}))
         reason = "closed: the client closed the stream"
 
         async def receive():
