@@ -294,7 +294,10 @@ def print_summary(s: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default="build/demo/bundle", help="the bundle whose output is marked (default: make demo's)")
-    ap.add_argument("--clips", type=int, default=200)
+    ap.add_argument("--clips", type=int, default=200, help="clips FIRST .. CLIPS-1 (default 200)")
+    ap.add_argument(
+        "--first", type=int, default=0, help="the first clip's index: a run that adds new clips to an earlier run's (default 0)"
+    )
     ap.add_argument("--wrong-keys", type=int, default=100_000, help="wrong-key trials in all, spread over the attacked clips")
     ap.add_argument("--summary", action="store_true", help="only print the summary of what OUT holds")
     ap.add_argument("--photos", type=int, default=0, help="also N unmarked videos of a public-domain photograph (OUT/photos-I.jsonl)")
@@ -309,7 +312,7 @@ def main() -> int:
     shard, shards = (int(x) for x in args.shard.split("/"))
     lines = [json.loads(x) for p in sorted(out.glob("clips-*.jsonl")) for x in p.read_text().splitlines() if x.strip()]
     done = {r["clip"] for r in lines}
-    todo = [] if args.summary else [i for i in range(shard, args.clips, shards) if i not in done]
+    todo = [] if args.summary else [i for i in range(args.first, args.clips) if i % shards == shard and i not in done]
     if todo:
         from emote.runtime.pipeline import Pipeline
 
@@ -317,7 +320,7 @@ def main() -> int:
         unknown = sorted(set(attacks) - set(harness.ATTACKS))
         if unknown:
             ap.error(f"unknown attacks {unknown}; known: {', '.join(harness.ATTACKS)}")
-        wrong_per_pair = max(1, math.ceil(args.wrong_keys / (2 * args.clips * len(attacks))))
+        wrong_per_pair = max(1, math.ceil(args.wrong_keys / (2 * max(1, args.clips - args.first) * len(attacks))))
         with (
             Pipeline(args.bundle, unmarked_research=True, backend_options={"threads": 1} if shards > 1 else None) as pipe,
             (out / f"clips-{shard}.jsonl").open("a") as f,
