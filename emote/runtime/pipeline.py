@@ -129,7 +129,7 @@ class Timings:
         self.calls[stage].append(seconds)
 
 
-MAX_SIZE = 4096  # px a side: past it, an H.264 level the players take no longer holds one frame
+MAX_SIZE = 3072  # px a side: H.264 level 5.1's largest frame, 36,864 macroblocks (what common decoders take)
 
 
 def delivery_size(size: int | None, resolution: int) -> int:
