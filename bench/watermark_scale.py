@@ -42,6 +42,7 @@ from emote.bench.attacks import aac, h264  # noqa: E402
 from emote.provenance import audio_mark as am  # noqa: E402
 from emote.provenance import payload as pl  # noqa: E402
 from emote.provenance import watermark as wm  # noqa: E402
+from emote.runtime.pipeline import resize_frames  # noqa: E402
 
 PHOTO_ATTACKS = ("CRF 18 (as delivered)", "CRF 28", "0.5x + CRF 23")  # what the photographs' videos go through
 MUST = {  # the issue's bars: attack -> detection rate
@@ -81,15 +82,6 @@ def attacked_sums(frames: np.ndarray, name: str) -> wm.ClipSum:
     return harness.clip_sum(harness.ATTACKS[name](frames), harness.FPS.get(name, 25))
 
 
-def upscale(frames: np.ndarray, size: int) -> np.ndarray:
-    """Frames resized (bicubic) to ``size`` px a side: the model's clips at a larger delivery size."""
-    import cv2
-
-    if frames.shape[1] == size:
-        return frames
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
-
-
 def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator, size: int | None = None, attacks=None) -> dict:
     seconds = float(rng.uniform(5, 15))
     image, box, audio = clip_inputs(index, seconds)
@@ -97,7 +89,7 @@ def one_clip(pipe, index: int, wrong_per_pair: int, rng: np.random.Generator, si
     t0 = time.perf_counter()
     plain = pipe.generate(portrait, audio, seed=index)
     generated_s = time.perf_counter() - t0
-    plain = upscale(plain, size or plain.shape[1])
+    plain = resize_frames(plain, size or plain.shape[1])  # as Pipeline(size=...) delivers them
     key = wm.Key.default()
     payload = pl.Payload(pl.GENERATOR_EMOTE, 100_000 + index)
     coded = pl.encode(payload) > 0

@@ -121,8 +121,10 @@ def test_no_detection_without_the_mark_or_with_another_key(clip):
 
 
 def test_pipeline_hands_out_marked_frames(tiny_bundle, tiny_inputs):
+    """Marked frames, also when delivered larger (``size``: resized bicubic, then marked for the delivered pixels)."""
+    from emote.errors import EmoteError
     from emote.runtime.face import Portrait
-    from emote.runtime.pipeline import Pipeline
+    from emote.runtime.pipeline import Pipeline, resize_frames
 
     image, mask, audio = tiny_inputs
     portrait = Portrait(image=image, mask=mask, box=(0, 0, image.shape[1], image.shape[0]))
@@ -135,23 +137,11 @@ def test_pipeline_hands_out_marked_frames(tiny_bundle, tiny_inputs):
     assert payload is not None and payload.generator == pl.GENERATOR_EMOTE
     assert not np.array_equal(marked, plain)
     assert np.array_equal(marked, wm.Embedder(KEY, payload).mark(plain, mask))
-
-
-def test_frames_delivered_larger_are_marked_at_their_size(tiny_bundle, tiny_inputs):
-    """``size``: the model's frames resized bicubic, then marked for the delivered pixels (not a small mark scaled up)."""
-    from emote.errors import EmoteError
-    from emote.runtime.face import Portrait
-    from emote.runtime.pipeline import Pipeline, resize_frames
-
-    image, mask, audio = tiny_inputs
-    portrait = Portrait(image=image, mask=mask, box=(0, 0, image.shape[1], image.shape[0]))
     with Pipeline(tiny_bundle, backend="onnxruntime", steps=2, watermark_key=KEY.text, size=160) as pipe:
-        marked = pipe.generate(portrait, audio[:8000], seed=2)
+        larger = pipe.generate(portrait, audio[:8000], seed=2)
         payload = pipe.last_payload
-    with Pipeline(tiny_bundle, backend="onnxruntime", steps=2, unmarked_research=True) as pipe:
-        plain = pipe.generate(portrait, audio[:8000], seed=2)
-    assert marked.shape == (len(plain), 160, 160, 3)
-    assert np.array_equal(marked, wm.Embedder(KEY, payload).mark(resize_frames(plain, 160), mask))
+    assert larger.shape == (len(plain), 160, 160, 3)
+    assert np.array_equal(larger, wm.Embedder(KEY, payload).mark(resize_frames(plain, 160), mask))
     for bad in (161, 8, 5000):
         with pytest.raises(EmoteError, match="--size must be an even number of px"):
             Pipeline(tiny_bundle, backend="onnxruntime", size=bad)
